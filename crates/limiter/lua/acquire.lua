@@ -1,0 +1,152 @@
+-- sluice_acquire_v1: reserve the earliest slot for a cost on the best of N accounts.
+-- Bump the version (name, Rust constant and docs/ARCHITECTURE.md) whenever KEYS, ARGV
+-- or the reply change: old and new gateways run side by side during a rolling deploy.
+--
+-- KEYS: 2 per candidate account, all with the same hash tag:
+--   KEYS[2c-1] = sluice:{<group>}:w:<name>   KEYS[2c] = sluice:{<group>}:s:<name>
+-- ARGV:
+--   [1] now (us) or '' to read Redis TIME     [2] max wait (us)
+--   [3] requests in the cost (for pacing)     [4] 1 for a read-only check (cost zero)
+--   [5] pacing mode: 0 off, 1 auto, 2 fixed   [6] fixed interval (us)   [7] fixed burst
+--   [8] windows TTL past the last slot (ms)   [9] n, the number of limits
+--   then n rows of 6: id, window (us), bucket width (us), configured limit, charge,
+--   auto-pacing eligible (1/0)
+-- Returns one of:
+--   {1, c, slot_us, wait_us, binding, remaining_1..n, effective_1..n}   granted on c
+--   {0, c, retry_after_us, binding, remaining_1..n, effective_1..n}      refused; c is ready first
+--   {2, c, reason}                                                       every candidate disabled
+--   {3, i, capacity, charge}                          limit i can never hold the charge
+--   binding: 0 now, 1 queue (earlier slots), 2 cooldown, 3 pacing, 10 + i limit i.
+-- Invariants: read all, check all, then write: a refusal charges nothing (it may drop
+-- expired buckets). A slot is never before the account's tail, so the only window a
+-- charge can overfill is the one ending at its slot, and that window's usage only falls
+-- as the slot moves later; the slot chosen is the earliest where every limit fits.
+
+local now = clock(ARGV[1])
+local max_wait = tonumber(ARGV[2])
+local requests = tonumber(ARGV[3])
+local read_only = ARGV[4] == '1'
+local mode, interval, burst = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local windows_ttl_ms = tonumber(ARGV[8])
+local n = tonumber(ARGV[9])
+local candidates = #KEYS / 2
+
+-- The earliest t >= from at which `charge` fits limit row r of windows hash h.
+local function fit(h, r, total, charge, from)
+  if total + charge <= r.eff then
+    return from
+  end
+  local lo = kmin_of(from, r.window, r.bucket)
+  local hi = math.floor(from / r.bucket)
+  local names = {}
+  for k = lo, hi do
+    names[#names + 1] = r.id .. ':' .. int(k)
+  end
+  local vals = redis.call('HMGET', h, unpack(names))
+  local used = 0
+  for i = 1, #names do
+    used = used + (tonumber(vals[i]) or 0)
+  end
+  local needed = used + charge - r.eff
+  if needed <= 0 then
+    return from
+  end
+  local freed = 0
+  for i = 1, #names do
+    freed = freed + (tonumber(vals[i]) or 0)
+    if freed >= needed then
+      return math.max(from, (lo + i) * r.bucket + r.window)
+    end
+  end
+  return from
+end
+
+local best = nil
+local disabled = nil
+local capacity = nil
+for c = 1, candidates do
+  local h, st = KEYS[2 * c - 1], KEYS[2 * c]
+  local rows = read_limits(10, n, 6)
+  local off, cool, pace = read_state(st, rows)
+  if off then
+    if disabled == nil then
+      disabled = { c, off }
+    end
+  else
+    local ok = true
+    for i, r in ipairs(rows) do
+      r.charge, r.auto = r.a, r.b
+      if ok and r.charge > r.eff then
+        ok = false
+        if capacity == nil then
+          capacity = { i, r.eff, r.charge }
+        end
+      end
+    end
+    if ok then
+      local t, tau = pacing(mode, interval, burst, pace, rows)
+      local w = redis.call('HMGET', h, 'tail', 'tat')
+      local tail, tat = tonumber(w[1]) or 0, tonumber(w[2]) or 0
+      for _, r in ipairs(rows) do
+        r.total, r.oldest = evict(h, r.id, r.window, r.bucket, now)
+      end
+      local slot, binding = now, 0
+      if tail > slot then slot, binding = tail, 1 end
+      if cool > slot then slot, binding = cool, 2 end
+      if t ~= nil and requests > 0 and tat - tau > slot then slot, binding = tat - tau, 3 end
+      local from = slot
+      local headroom = nil
+      for i, r in ipairs(rows) do
+        if r.charge > 0 then
+          local ti = fit(h, r, r.total, r.charge, from)
+          if ti > slot then slot, binding = ti, 10 + i end
+          local left = math.floor((r.eff - r.total - r.charge) / r.eff * 1e6)
+          if headroom == nil or left < headroom then headroom = left end
+        end
+      end
+      headroom = headroom or math.huge
+      if best == nil or slot < best.slot or (slot == best.slot and headroom > best.headroom) then
+        best = { c = c, slot = slot, binding = binding, headroom = headroom, rows = rows,
+                 t = t, tat = tat, tail = tail, h = h }
+      end
+    end
+  end
+end
+
+if best == nil then
+  if disabled ~= nil then
+    return { 2, disabled[1], disabled[2] }
+  end
+  return { 3, capacity[1], capacity[2], capacity[3] }
+end
+
+local wait = best.slot - now
+local reply
+if wait > max_wait then
+  reply = { 0, best.c, wait, best.binding }
+else
+  if not read_only then
+    local h = best.h
+    for _, r in ipairs(best.rows) do
+      if r.charge > 0 then
+        r.total = add(h, r.id, math.floor(best.slot / r.bucket), r.charge, r.total, r.oldest,
+                      now, r.window, r.bucket)
+      end
+    end
+    local tail = math.max(best.tail, best.slot)
+    local tat = best.tat
+    if best.t ~= nil and requests > 0 then
+      tat = math.max(tat, best.slot) + best.t * requests
+    end
+    redis.call('HSET', h, 'tail', int(tail), 'tat', int(tat))
+    keep(h, math.ceil((math.max(tail, tat, now) - now) / 1000) + windows_ttl_ms)
+  end
+  reply = { 1, best.c, best.slot, wait, best.binding }
+end
+for _, r in ipairs(best.rows) do
+  reply[#reply + 1] = math.max(r.eff - r.total, 0)
+end
+for _, r in ipairs(best.rows) do
+  reply[#reply + 1] = r.eff
+end
+return reply

@@ -1,0 +1,173 @@
+//! What a decision returns: a [`Reservation`] to use (possibly after waiting) or a
+//! [`Refusal`] that says when to come back.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::quota::{Cost, LimitId, QuotaKey, Unit, Window};
+use crate::time::Timestamp;
+
+/// The identifier of one reservation, used to make [`reconcile`](crate::Store::reconcile)
+/// idempotent.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ReservationId(u64);
+
+impl ReservationId {
+    /// A fresh random identifier.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// An identifier from a number (for tests and replays).
+    pub const fn from_u64(id: u64) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Where a reservation was recorded.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Origin {
+    /// In the shared store (Redis, or the embedded store when it is the only one).
+    Shared,
+    /// In this process's fallback store at its share of the limits (`on_error = local`).
+    Local,
+    /// Nowhere: granted without metering because the store failed (`on_error = fail_open`).
+    Unmetered,
+}
+
+/// One limit's budget as the decision left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Remaining {
+    /// The limit.
+    pub limit: LimitId,
+    /// What it counts.
+    pub unit: Unit,
+    /// Its window.
+    pub window: Window,
+    /// The limit in force: the configured limit or a lower learned one.
+    pub effective: u64,
+    /// What is left of it now, counting every reservation already made (queued ones too).
+    pub remaining: u64,
+}
+
+/// A granted slot: the request may go at `slot`, that is after waiting `wait`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reservation {
+    /// Identifies the reservation for [`reconcile`](crate::Store::reconcile).
+    pub id: ReservationId,
+    /// The account it was made on.
+    pub key: QuotaKey,
+    /// Which of the candidates that is (index into the list given to `acquire`).
+    pub candidate: usize,
+    /// When the request may be sent, on the store's clock.
+    pub slot: Timestamp,
+    /// How long to wait before sending, measured from the decision: sleep this long
+    /// on the local clock (a relative wait is immune to clock skew between hosts).
+    pub wait: Duration,
+    /// What was charged.
+    pub cost: Cost,
+    /// The budget left per limit.
+    pub remaining: Vec<Remaining>,
+    /// Where it was recorded.
+    pub origin: Origin,
+}
+
+/// Why a request could not have a slot within its maximum wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RefusalReason {
+    /// This limit's window is full until `retry_after`.
+    Limit(LimitId),
+    /// Earlier requests are queued for slots up to `retry_after` (first come, first served).
+    Queue,
+    /// Pacing spaces requests out and the next paced slot is after the maximum wait.
+    Pacing,
+    /// The account is cooling down after the provider refused it.
+    Cooldown,
+    /// The account is out of rotation, for the given reason, until an operator or a
+    /// probe puts it back.
+    Disabled(String),
+    /// The store is unavailable and the policy is `fail_closed`.
+    Unavailable,
+}
+
+/// No slot within the maximum wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The earliest moment, from now, at which the same cost would fit if nothing else
+    /// happened meanwhile; `None` when waiting cannot help (disabled account).
+    pub retry_after: Option<Duration>,
+    /// What stood in the way (for the candidate that would be ready first).
+    pub reason: RefusalReason,
+    /// The candidate the refusal describes.
+    pub candidate: usize,
+    /// The budget left per limit of that candidate.
+    pub remaining: Vec<Remaining>,
+}
+
+/// The outcome of [`acquire`](crate::Store::acquire).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
+pub enum Decision {
+    /// A slot was reserved.
+    Granted(Reservation),
+    /// No slot within the maximum wait.
+    Refused(Refusal),
+}
+
+impl Decision {
+    /// The reservation, if granted.
+    pub fn granted(self) -> Option<Reservation> {
+        match self {
+            Decision::Granted(r) => Some(r),
+            Decision::Refused(_) => None,
+        }
+    }
+
+    /// The refusal, if refused.
+    pub fn refused(self) -> Option<Refusal> {
+        match self {
+            Decision::Granted(_) => None,
+            Decision::Refused(r) => Some(r),
+        }
+    }
+}
+
+/// One limit of an account as it stands (for `/v1/quotas` and the sidecar).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitStatus {
+    /// The limit.
+    pub limit: LimitId,
+    /// What it counts.
+    pub unit: Unit,
+    /// Its window.
+    pub window: Window,
+    /// The configured limit.
+    pub configured: u64,
+    /// The limit in force (a learned limit, never above the configured one).
+    pub effective: u64,
+    /// What the trailing window holds now, queued reservations included.
+    pub used: u64,
+}
+
+/// An account's state as it stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaStatus {
+    /// Each limit.
+    pub limits: Vec<LimitStatus>,
+    /// How long the cooldown still lasts, if one is set.
+    pub cooldown: Option<Duration>,
+    /// Why the account is out of rotation, if it is.
+    pub disabled: Option<String>,
+    /// The pacing slow-down factor in thousandths (1000 = as configured).
+    pub pacing_permille: u32,
+    /// How far ahead slots are already booked (zero when nobody is queued).
+    pub booked_ahead: Duration,
+}

@@ -1,0 +1,223 @@
+//! [`Limiter`]: the store a service uses — embedded, or Redis with a failure policy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::decision::{Decision, Origin, QuotaStatus, Refusal, RefusalReason, Reservation, ReservationId};
+use crate::error::LimitError;
+use crate::memory::InProcessStore;
+use crate::quota::{Cost, Quota, QuotaKey};
+use crate::redis::{RedisOptions, RedisStore};
+use crate::store::{StateChange, Store};
+use crate::time::{Clock, SystemClock};
+
+/// What to do with a decision when Redis cannot be reached (down, slow, restarting).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnError {
+    /// Refuse: a [`RefusalReason::Unavailable`] with a retry after the breaker's pause.
+    /// Never exceeds a provider limit; serves nothing while Redis is down.
+    FailClosed,
+    /// Grant without metering. Keeps serving; may exceed provider limits.
+    FailOpen,
+    /// Decide in this process at the limit divided by the expected number of replicas,
+    /// so that the fleet as a whole stays within its limits. The default.
+    #[default]
+    Local,
+}
+
+impl OnError {
+    /// The policy's configuration name (`fail_closed`, `fail_open`, `local`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnError::FailClosed => "fail_closed",
+            OnError::FailOpen => "fail_open",
+            OnError::Local => "local",
+        }
+    }
+}
+
+enum Backend {
+    Embedded(InProcessStore),
+    Redis {
+        store: RedisStore,
+        policy: OnError,
+        replicas: u32,
+        local: InProcessStore,
+        retry: Duration,
+    },
+}
+
+/// The limiter a gateway or sidecar holds: the embedded store, or Redis with a failure
+/// policy. It is itself a [`Store`].
+///
+/// ```
+/// use sluice_limiter::{Limiter, OnError, RedisOptions};
+/// // A single instance: limits are per process.
+/// let embedded = Limiter::embedded();
+/// assert!(!embedded.is_shared());
+/// // A fleet: one budget in Redis, each replica at limit / 3 while Redis is down.
+/// let shared = Limiter::redis("redis://127.0.0.1:6379/0", RedisOptions::default(), OnError::Local, 3).unwrap();
+/// assert!(shared.is_shared());
+/// ```
+pub struct Limiter {
+    backend: Backend,
+}
+
+impl Limiter {
+    /// The embedded in-process limiter on the system clock.
+    pub fn embedded() -> Self {
+        Self::from_store(InProcessStore::new())
+    }
+
+    /// The embedded limiter on an existing store (e.g. one on a manual clock).
+    pub fn from_store(store: InProcessStore) -> Self {
+        Self {
+            backend: Backend::Embedded(store),
+        }
+    }
+
+    /// A limiter on Redis at `url` that follows `policy` when Redis fails, assuming
+    /// `expected_replicas` replicas share the limits.
+    pub fn redis(
+        url: &str,
+        options: RedisOptions,
+        policy: OnError,
+        expected_replicas: u32,
+    ) -> Result<Self, crate::StoreError> {
+        let clock: Arc<dyn Clock> = options.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+        let retry = options.breaker_open_for.max(Duration::from_millis(100));
+        Ok(Self {
+            backend: Backend::Redis {
+                store: RedisStore::new(url, options)?,
+                policy,
+                replicas: expected_replicas.max(1),
+                local: InProcessStore::with_clock(clock),
+                retry,
+            },
+        })
+    }
+
+    /// True when decisions are shared through Redis.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Redis { .. })
+    }
+
+    /// True while Redis is treated as down and the failure policy decides.
+    pub fn is_degraded(&self) -> bool {
+        match &self.backend {
+            Backend::Embedded(_) => false,
+            Backend::Redis { store, .. } => store.is_degraded(),
+        }
+    }
+
+    /// The failure policy, when the limiter is on Redis.
+    pub fn policy(&self) -> Option<OnError> {
+        match &self.backend {
+            Backend::Embedded(_) => None,
+            Backend::Redis { policy, .. } => Some(*policy),
+        }
+    }
+
+    /// Checks that Redis answers (always `Ok` for the embedded limiter).
+    pub async fn ping(&self) -> Result<(), crate::StoreError> {
+        match &self.backend {
+            Backend::Embedded(_) => Ok(()),
+            Backend::Redis { store, .. } => store.ping().await,
+        }
+    }
+}
+
+impl Store for Limiter {
+    async fn acquire(
+        &self,
+        candidates: &[QuotaKey],
+        quota: &Quota,
+        cost: Cost,
+        max_wait: Duration,
+    ) -> Result<Decision, LimitError> {
+        let (store, policy, replicas, local, retry) = match &self.backend {
+            Backend::Embedded(s) => return s.acquire_now(candidates, quota, cost, max_wait),
+            Backend::Redis {
+                store,
+                policy,
+                replicas,
+                local,
+                retry,
+            } => (store, *policy, *replicas, local, *retry),
+        };
+        let error = match store.acquire(candidates, quota, cost, max_wait).await {
+            Err(LimitError::Unavailable(e)) => e,
+            other => return other,
+        };
+        metrics::counter!("sluice_limiter_degraded_decisions_total", "policy" => policy.as_str())
+            .increment(1);
+        tracing::debug!(error = %error, policy = policy.as_str(), "deciding without redis");
+        match policy {
+            OnError::FailClosed => Ok(Decision::Refused(Refusal {
+                retry_after: Some(retry),
+                reason: RefusalReason::Unavailable,
+                candidate: 0,
+                remaining: Vec::new(),
+            })),
+            OnError::FailOpen => {
+                let Some(key) = candidates.first() else {
+                    return Err(LimitError::NoCandidates);
+                };
+                Ok(Decision::Granted(Reservation {
+                    id: ReservationId::random(),
+                    key: key.clone(),
+                    candidate: 0,
+                    slot: SystemClock.now(),
+                    wait: Duration::ZERO,
+                    cost,
+                    remaining: Vec::new(),
+                    origin: Origin::Unmetered,
+                }))
+            }
+            OnError::Local => {
+                let share = quota.divided(replicas);
+                let decision = local.acquire_now(candidates, &share, cost, max_wait)?;
+                Ok(match decision {
+                    Decision::Granted(r) => Decision::Granted(Reservation {
+                        origin: Origin::Local,
+                        ..r
+                    }),
+                    refused => refused,
+                })
+            }
+        }
+    }
+
+    async fn reconcile(&self, quota: &Quota, reservation: &Reservation, actual: Cost) -> Result<(), LimitError> {
+        match (&self.backend, reservation.origin) {
+            (_, Origin::Unmetered) => Ok(()),
+            (Backend::Embedded(s), _) => s.reconcile(quota, reservation, actual).await,
+            (Backend::Redis { local, replicas, .. }, Origin::Local) => {
+                local.reconcile(&quota.divided(*replicas), reservation, actual).await
+            }
+            (Backend::Redis { store, .. }, _) => store.reconcile(quota, reservation, actual).await,
+        }
+    }
+
+    async fn record_usage(&self, key: &QuotaKey, quota: &Quota, cost: Cost) -> Result<(), LimitError> {
+        match &self.backend {
+            Backend::Embedded(s) => s.record_usage(key, quota, cost).await,
+            Backend::Redis { store, .. } => store.record_usage(key, quota, cost).await,
+        }
+    }
+
+    async fn update(&self, key: &QuotaKey, quota: &Quota, change: StateChange) -> Result<(), LimitError> {
+        match &self.backend {
+            Backend::Embedded(s) => s.update(key, quota, change).await,
+            Backend::Redis { store, .. } => store.update(key, quota, change).await,
+        }
+    }
+
+    async fn status(&self, key: &QuotaKey, quota: &Quota) -> Result<QuotaStatus, LimitError> {
+        match &self.backend {
+            Backend::Embedded(s) => s.status(key, quota).await,
+            Backend::Redis { store, .. } => store.status(key, quota).await,
+        }
+    }
+}

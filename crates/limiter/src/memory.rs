@@ -1,0 +1,242 @@
+//! [`InProcessStore`]: the limiter in this process's memory, with the same semantics as
+//! Redis. The embedded default for a single instance, and the `local` fallback.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::decision::{Decision, Origin, QuotaStatus, Refusal, RefusalReason, Reservation, ReservationId};
+use crate::error::LimitError;
+use crate::quota::{Cost, Quota, QuotaKey};
+use crate::store::{StateChange, Store};
+use crate::time::{Clock, SystemClock, Timestamp, duration_micros};
+use crate::window::{AccountState, Plan, Unplannable};
+
+const SHARDS: usize = 16;
+/// Sweep a shard for expired accounts once every this many decisions on it.
+const SWEEP_EVERY: u64 = 4096;
+
+/// One lock's worth of accounts: every account of a key group lives in one shard, so
+/// choosing among a group's accounts is atomic.
+#[derive(Default)]
+struct Shard {
+    accounts: HashMap<QuotaKey, AccountState>,
+    ops: u64,
+}
+
+/// The in-process limiter.
+///
+/// ```
+/// # tokio_test();
+/// # fn tokio_test() { tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// use sluice_limiter::{Cost, InProcessStore, Limit, Quota, QuotaKey, Store, Window};
+/// use std::time::Duration;
+/// let store = InProcessStore::new();
+/// let quota = Quota::new(vec![Limit::requests(2, Window::secs(60).unwrap()).unwrap()]).unwrap();
+/// let key = QuotaKey::new("openai/gpt-4o", "key-0").unwrap();
+/// let one = Cost::request(10, 10);
+/// let keys = [key];
+/// assert!(store.acquire(&keys, &quota, one, Duration::ZERO).await.unwrap().granted().is_some());
+/// # }); }
+/// ```
+pub struct InProcessStore {
+    clock: Arc<dyn Clock>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    accounts: AtomicU64,
+}
+
+impl Default for InProcessStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InProcessStore {
+    /// A store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// A store on `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: RandomState::new(),
+            accounts: AtomicU64::new(0),
+        }
+    }
+
+    /// How many accounts are held in memory (expired ones are swept as decisions go).
+    pub fn accounts(&self) -> u64 {
+        self.accounts.load(Ordering::Relaxed)
+    }
+
+    fn shard(&self, group: &str) -> &Mutex<Shard> {
+        let mut h = self.hasher.build_hasher();
+        group.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    fn with_account<T>(&self, key: &QuotaKey, f: impl FnOnce(&mut AccountState, u64) -> T) -> T {
+        let now = self.clock.now().as_micros();
+        let mut shard = self.shard(key.group()).lock();
+        let shard = &mut *shard;
+        let before = shard.accounts.len();
+        let out = f(shard.accounts.entry(key.clone()).or_default(), now);
+        self.count(shard, before);
+        out
+    }
+
+    fn count(&self, shard: &mut Shard, before: usize) {
+        shard.ops += 1;
+        if shard.ops % SWEEP_EVERY == 0 {
+            let now = self.clock.now().as_micros();
+            shard.accounts.retain(|_, a| !a.expired(now));
+        }
+        let after = shard.accounts.len();
+        if after >= before {
+            self.accounts.fetch_add((after - before) as u64, Ordering::Relaxed);
+        } else {
+            self.accounts.fetch_sub((before - after) as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// The decision, synchronously (the in-process store never waits on IO).
+    pub fn acquire_now(
+        &self,
+        candidates: &[QuotaKey],
+        quota: &Quota,
+        cost: Cost,
+        max_wait: Duration,
+    ) -> Result<Decision, LimitError> {
+        let Some(first) = candidates.first() else {
+            return Err(LimitError::NoCandidates);
+        };
+        let now = self.clock.now().as_micros();
+        let mut guard = self.shard(first.group()).lock();
+        let shard = &mut *guard;
+        let before = shard.accounts.len();
+        let decision = decide(shard, candidates, quota, &cost, max_wait, now);
+        self.count(shard, before);
+        decision
+    }
+}
+
+/// The best plan among `candidates`, committed when it is within `max_wait`.
+fn decide(
+    shard: &mut Shard,
+    candidates: &[QuotaKey],
+    quota: &Quota,
+    cost: &Cost,
+    max_wait: Duration,
+    now: u64,
+) -> Result<Decision, LimitError> {
+    let mut best: Option<(usize, Plan)> = None;
+    let mut disabled: Option<(usize, String)> = None;
+    let mut capacity: Option<LimitError> = None;
+    for (i, key) in candidates.iter().enumerate() {
+        let account = shard.accounts.entry(key.clone()).or_default();
+        match account.plan(quota, cost, now) {
+            Ok(plan) => {
+                let better = best.as_ref().is_none_or(|(_, b)| {
+                    plan.slot < b.slot || (plan.slot == b.slot && plan.headroom > b.headroom)
+                });
+                if better {
+                    best = Some((i, plan));
+                }
+            }
+            Err(Unplannable::Disabled(reason)) => {
+                disabled.get_or_insert((i, reason));
+            }
+            Err(Unplannable::Capacity(e)) => {
+                capacity.get_or_insert(e);
+            }
+        }
+    }
+    let Some((i, plan)) = best else {
+        if let Some((i, reason)) = disabled {
+            let account = shard.accounts.entry(candidates[i].clone()).or_default();
+            return Ok(Decision::Refused(Refusal {
+                retry_after: None,
+                reason: RefusalReason::Disabled(reason),
+                candidate: i,
+                remaining: account.remaining(quota, None),
+            }));
+        }
+        return Err(capacity.unwrap_or(LimitError::NoCandidates));
+    };
+    let account = shard.accounts.get_mut(&candidates[i]).expect("planned above");
+    let wait = plan.slot - now;
+    if wait > duration_micros(max_wait) {
+        return Ok(Decision::Refused(Refusal {
+            retry_after: Some(Duration::from_micros(wait)),
+            reason: plan.binding.reason(quota),
+            candidate: i,
+            remaining: account.remaining(quota, Some(AccountState::plan_effective(&plan))),
+        }));
+    }
+    if *cost != Cost::ZERO {
+        account.commit(quota, &plan, cost, now);
+    }
+    Ok(Decision::Granted(Reservation {
+        id: ReservationId::random(),
+        key: candidates[i].clone(),
+        candidate: i,
+        slot: Timestamp::from_micros(plan.slot),
+        wait: Duration::from_micros(wait),
+        cost: *cost,
+        remaining: account.remaining(quota, Some(AccountState::plan_effective(&plan))),
+        origin: Origin::Shared,
+    }))
+}
+
+impl Store for InProcessStore {
+    async fn acquire(
+        &self,
+        candidates: &[QuotaKey],
+        quota: &Quota,
+        cost: Cost,
+        max_wait: Duration,
+    ) -> Result<Decision, LimitError> {
+        self.acquire_now(candidates, quota, cost, max_wait)
+    }
+
+    async fn reconcile(
+        &self,
+        quota: &Quota,
+        reservation: &Reservation,
+        actual: Cost,
+    ) -> Result<(), LimitError> {
+        self.with_account(&reservation.key, |a, now| {
+            a.reconcile(
+                quota,
+                reservation.id,
+                reservation.slot.as_micros(),
+                &reservation.cost,
+                &actual,
+                now,
+            )
+        });
+        Ok(())
+    }
+
+    async fn record_usage(&self, key: &QuotaKey, quota: &Quota, cost: Cost) -> Result<(), LimitError> {
+        self.with_account(key, |a, now| a.record_usage(quota, &cost, now));
+        Ok(())
+    }
+
+    async fn update(&self, key: &QuotaKey, quota: &Quota, change: StateChange) -> Result<(), LimitError> {
+        self.with_account(key, |a, now| a.update(quota, &change, now));
+        Ok(())
+    }
+
+    async fn status(&self, key: &QuotaKey, quota: &Quota) -> Result<QuotaStatus, LimitError> {
+        Ok(self.with_account(key, |a, now| a.status(quota, now)))
+    }
+}

@@ -1,0 +1,436 @@
+//! What a quota is: [`Limit`]s over [`Window`]s, a [`Pacing`] rule, what a request
+//! [`Cost`]s, and the [`QuotaKey`] that names one account's copy of it.
+
+use std::fmt;
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use crate::error::QuotaError;
+use crate::time::duration_micros;
+
+/// What a limit counts.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Unit {
+    /// Requests.
+    Requests,
+    /// Input and output tokens together.
+    Tokens,
+    /// Prompt (input) tokens only.
+    InputTokens,
+    /// Completion (output) tokens only.
+    OutputTokens,
+}
+
+impl Unit {
+    fn tag(self) -> char {
+        match self {
+            Unit::Requests => 'r',
+            Unit::Tokens => 't',
+            Unit::InputTokens => 'i',
+            Unit::OutputTokens => 'o',
+        }
+    }
+
+    /// A stable lowercase name (`requests`, `tokens`, `input_tokens`, `output_tokens`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Requests => "requests",
+            Unit::Tokens => "tokens",
+            Unit::InputTokens => "input_tokens",
+            Unit::OutputTokens => "output_tokens",
+        }
+    }
+}
+
+/// The length of a sliding window: a whole number of milliseconds, from 1 ms to 366 days.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Window(Duration);
+
+impl Window {
+    /// The longest window accepted.
+    pub const MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+
+    /// A window of `length`, which must be a whole, non-zero number of milliseconds.
+    pub fn new(length: Duration) -> Result<Self, QuotaError> {
+        if length.is_zero() || length > Self::MAX || length.subsec_nanos() % 1_000_000 != 0 {
+            return Err(QuotaError::InvalidWindow(length));
+        }
+        Ok(Self(length))
+    }
+
+    /// A window of `secs` seconds.
+    pub fn secs(secs: u64) -> Result<Self, QuotaError> {
+        Self::new(Duration::from_secs(secs))
+    }
+
+    /// The window's length.
+    pub fn length(self) -> Duration {
+        self.0
+    }
+
+    pub(crate) fn micros(self) -> u64 {
+        duration_micros(self.0)
+    }
+}
+
+/// A stable identifier of one limit of a quota, e.g. `r60000` for requests per 60 s.
+///
+/// State is stored per identifier, so changing a limit's amount keeps its window's
+/// usage, while changing its window or unit starts a fresh window.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LimitId(String);
+
+impl LimitId {
+    /// The identifier as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LimitId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One limit: at most `amount` of `unit` in any trailing `window`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limit {
+    unit: Unit,
+    amount: NonZeroU64,
+    window: Window,
+    id: LimitId,
+}
+
+impl Limit {
+    /// At most `amount` of `unit` in any trailing `window`.
+    pub fn new(unit: Unit, amount: NonZeroU64, window: Window) -> Self {
+        let id = LimitId(format!("{}{}", unit.tag(), window.0.as_millis()));
+        Self {
+            unit,
+            amount,
+            window,
+            id,
+        }
+    }
+
+    /// `amount` requests per `window`; `None` when `amount` is zero.
+    pub fn requests(amount: u64, window: Window) -> Option<Self> {
+        NonZeroU64::new(amount).map(|a| Self::new(Unit::Requests, a, window))
+    }
+
+    /// `amount` tokens (input + output) per `window`; `None` when `amount` is zero.
+    pub fn tokens(amount: u64, window: Window) -> Option<Self> {
+        NonZeroU64::new(amount).map(|a| Self::new(Unit::Tokens, a, window))
+    }
+
+    /// What the limit counts.
+    pub fn unit(&self) -> Unit {
+        self.unit
+    }
+
+    /// How much of the unit one window holds.
+    pub fn amount(&self) -> u64 {
+        self.amount.get()
+    }
+
+    /// The window's length.
+    pub fn window(&self) -> Window {
+        self.window
+    }
+
+    /// The limit's stable identifier.
+    pub fn id(&self) -> &LimitId {
+        &self.id
+    }
+
+    /// How much of this limit `cost` uses.
+    pub fn charge(&self, cost: &Cost) -> u64 {
+        match self.unit {
+            Unit::Requests => cost.requests,
+            Unit::Tokens => cost.input_tokens.saturating_add(cost.output_tokens),
+            Unit::InputTokens => cost.input_tokens,
+            Unit::OutputTokens => cost.output_tokens,
+        }
+    }
+}
+
+/// How requests are spaced out when they wait for a slot (GCRA virtual scheduling).
+///
+/// Pacing applies to the request count of a cost. It is what makes a queue drain
+/// smoothly instead of releasing a burst when a window rolls over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Pacing {
+    /// Space requests at the tightest request rate among the limits whose window is
+    /// at most 60 s (`window / limit`, using the effective limit), with a burst
+    /// tolerance of one second's worth of that rate (at least one request).
+    #[default]
+    Auto,
+    /// No spacing: only the windows bound admission.
+    Off,
+    /// A fixed interval between requests, after an initial burst of `burst` requests.
+    Fixed {
+        /// The interval between two requests.
+        interval: Duration,
+        /// How many requests may go at the same instant after an idle period (≥ 1).
+        burst: u32,
+    },
+}
+
+/// A set of limits that one decision checks together, plus its pacing rule.
+///
+/// ```
+/// use sluice_limiter::{Limit, Quota, Window};
+/// let minute = Window::secs(60).unwrap();
+/// let quota = Quota::new(vec![
+///     Limit::requests(600, minute).unwrap(),
+///     Limit::tokens(1_000_000, minute).unwrap(),
+///     Limit::requests(10, Window::secs(1).unwrap()).unwrap(),
+/// ])
+/// .unwrap();
+/// assert_eq!(quota.limits().len(), 3);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quota {
+    limits: Vec<Limit>,
+    pacing: Pacing,
+    buckets: u32,
+}
+
+impl Quota {
+    /// The default number of buckets a window is divided into.
+    pub const DEFAULT_BUCKETS: u32 = 60;
+
+    /// A quota of `limits`, with automatic pacing and 60 buckets per window.
+    ///
+    /// Fails when there are no limits or two limits share a unit and window.
+    pub fn new(limits: Vec<Limit>) -> Result<Self, QuotaError> {
+        if limits.is_empty() {
+            return Err(QuotaError::NoLimits);
+        }
+        for (i, a) in limits.iter().enumerate() {
+            if limits[..i].iter().any(|b| b.id == a.id) {
+                return Err(QuotaError::DuplicateLimit(a.id.clone()));
+            }
+        }
+        Ok(Self {
+            limits,
+            pacing: Pacing::Auto,
+            buckets: Self::DEFAULT_BUCKETS,
+        })
+    }
+
+    /// The same quota with another pacing rule.
+    pub fn with_pacing(mut self, pacing: Pacing) -> Result<Self, QuotaError> {
+        if let Pacing::Fixed { interval, burst } = pacing
+            && (burst == 0 || interval.is_zero() || interval > Window::MAX)
+        {
+            return Err(QuotaError::InvalidPacing);
+        }
+        self.pacing = pacing;
+        Ok(self)
+    }
+
+    /// The same quota with each window divided into `buckets` buckets (1 to 3600).
+    ///
+    /// More buckets waste less of the limit at saturation (at most one bucket's
+    /// worth of a window) and cost more work per decision.
+    pub fn with_buckets(mut self, buckets: u32) -> Result<Self, QuotaError> {
+        if !(1..=3600).contains(&buckets) {
+            return Err(QuotaError::InvalidBuckets(buckets));
+        }
+        self.buckets = buckets;
+        Ok(self)
+    }
+
+    /// The limits, in the order given.
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits
+    }
+
+    /// The pacing rule.
+    pub fn pacing(&self) -> Pacing {
+        self.pacing
+    }
+
+    /// Buckets per window.
+    pub fn buckets(&self) -> u32 {
+        self.buckets
+    }
+
+    /// The longest window of the quota.
+    pub fn longest_window(&self) -> Window {
+        self.limits
+            .iter()
+            .map(|l| l.window)
+            .max()
+            .unwrap_or(Window(Duration::from_millis(1)))
+    }
+
+    /// The bucket width of `limit`, in microseconds (at least 1).
+    pub(crate) fn bucket_micros(&self, limit: &Limit) -> u64 {
+        (limit.window.micros() / u64::from(self.buckets)).max(1)
+    }
+
+    /// This quota with every limit divided by `parts` (rounded down, at least 1):
+    /// one replica's share when replicas cannot coordinate.
+    pub fn divided(&self, parts: u32) -> Quota {
+        let parts = u64::from(parts.max(1));
+        let limits = self
+            .limits
+            .iter()
+            .map(|l| {
+                let amount = NonZeroU64::new(l.amount.get() / parts).unwrap_or(NonZeroU64::MIN);
+                Limit::new(l.unit, amount, l.window)
+            })
+            .collect();
+        Quota {
+            limits,
+            pacing: self.pacing,
+            buckets: self.buckets,
+        }
+    }
+}
+
+/// What one request uses: a request count and its tokens.
+///
+/// ```
+/// use sluice_limiter::Cost;
+/// let cost = Cost::request(1_200, 800);
+/// assert_eq!(cost.total_tokens(), 2_000);
+/// ```
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Cost {
+    /// Requests (usually 1).
+    pub requests: u64,
+    /// Prompt tokens.
+    pub input_tokens: u64,
+    /// Completion tokens.
+    pub output_tokens: u64,
+}
+
+impl Cost {
+    /// Nothing: a read-only check.
+    pub const ZERO: Cost = Cost {
+        requests: 0,
+        input_tokens: 0,
+        output_tokens: 0,
+    };
+
+    /// One request with the given input and output tokens.
+    pub fn request(input_tokens: u64, output_tokens: u64) -> Self {
+        Self {
+            requests: 1,
+            input_tokens,
+            output_tokens,
+        }
+    }
+
+    /// Input and output tokens together.
+    pub fn total_tokens(&self) -> u64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+}
+
+/// The name of one account's copy of a quota, e.g. group `dashscope/qwen3-max`,
+/// name `key-0`.
+///
+/// The group is the Redis Cluster hash tag: every quota of one group lives in one
+/// slot, so [`acquire`](crate::Store::acquire) can choose among a group's accounts
+/// in one atomic script.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QuotaKey {
+    group: String,
+    name: String,
+}
+
+impl QuotaKey {
+    /// A key; both parts must be 1 to 200 printable characters without braces.
+    pub fn new(group: impl Into<String>, name: impl Into<String>) -> Result<Self, QuotaError> {
+        let (group, name) = (group.into(), name.into());
+        for part in [&group, &name] {
+            let ok = !part.is_empty()
+                && part.len() <= 200
+                && part
+                    .chars()
+                    .all(|c| !c.is_control() && !c.is_whitespace() && c != '{' && c != '}');
+            if !ok {
+                return Err(QuotaError::InvalidKey(part.clone()));
+            }
+        }
+        Ok(Self { group, name })
+    }
+
+    /// The group (hash tag).
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The name within the group.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for QuotaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.group, self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_must_be_whole_milliseconds_and_positive() {
+        assert!(Window::new(Duration::ZERO).is_err());
+        assert!(Window::new(Duration::from_micros(1500)).is_err());
+        assert!(Window::new(Duration::from_secs(367 * 86400)).is_err());
+        assert!(Window::new(Duration::from_millis(1)).is_ok());
+        assert!(Window::secs(86400).is_ok());
+    }
+
+    #[test]
+    fn duplicate_limits_are_refused() {
+        let w = Window::secs(60).unwrap();
+        let err = Quota::new(vec![
+            Limit::requests(1, w).unwrap(),
+            Limit::requests(2, w).unwrap(),
+        ])
+        .unwrap_err();
+        assert!(matches!(err, QuotaError::DuplicateLimit(id) if id.as_str() == "r60000"));
+        assert!(matches!(Quota::new(vec![]), Err(QuotaError::NoLimits)));
+    }
+
+    #[test]
+    fn charge_follows_the_unit() {
+        let w = Window::secs(1).unwrap();
+        let cost = Cost::request(30, 12);
+        let n = NonZeroU64::new(100).unwrap();
+        assert_eq!(Limit::new(Unit::Requests, n, w).charge(&cost), 1);
+        assert_eq!(Limit::new(Unit::Tokens, n, w).charge(&cost), 42);
+        assert_eq!(Limit::new(Unit::InputTokens, n, w).charge(&cost), 30);
+        assert_eq!(Limit::new(Unit::OutputTokens, n, w).charge(&cost), 12);
+    }
+
+    #[test]
+    fn keys_refuse_braces_and_blanks() {
+        assert!(QuotaKey::new("a{b", "x").is_err());
+        assert!(QuotaKey::new("", "x").is_err());
+        assert!(QuotaKey::new("g", "a b").is_err());
+        assert!(QuotaKey::new("dashscope/qwen3-max", "key-0").is_ok());
+    }
+
+    #[test]
+    fn divided_never_reaches_zero() {
+        let w = Window::secs(1).unwrap();
+        let q = Quota::new(vec![Limit::requests(10, w).unwrap(), Limit::tokens(2, w).unwrap()])
+            .unwrap();
+        let d = q.divided(3);
+        assert_eq!(d.limits()[0].amount(), 3);
+        assert_eq!(d.limits()[1].amount(), 1);
+    }
+}

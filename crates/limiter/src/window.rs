@@ -1,0 +1,499 @@
+//! The window arithmetic: one account's state and every decision on it, with no IO
+//! and no clock. The in-process store calls it directly; `lua/*.lua` mirrors it line
+//! for line, and the conformance and property tests hold the two together.
+//!
+//! # The model
+//! Each limit's window of length `W` is cut into buckets of width `w = W / buckets`
+//! (microseconds). A charge made at slot `t` lands in bucket `k = t / w`. The trailing
+//! window ending at `t` counts every bucket that overlaps it, `k >= kmin(t) =
+//! (t - W) / w`, so the partly expired oldest bucket counts in full: the error is at
+//! most one bucket, always on the safe side.
+//!
+//! Slots are first come, first served: a slot is never earlier than the latest slot
+//! already given (`tail`). With no charge after the tail, the only window a new charge
+//! at `t >= tail` can overfill is the one ending at `t`, and the usage of that window
+//! only falls as `t` grows. So the earliest slot is the latest of: now, the tail, the
+//! cooldown, the paced slot (GCRA: `tat - tau`), and for each limit the moment enough
+//! of its oldest buckets have left the window.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use crate::decision::{LimitStatus, QuotaStatus, RefusalReason, Remaining, ReservationId};
+use crate::error::LimitError;
+use crate::quota::{Cost, Limit, LimitId, Pacing, Quota, Unit};
+
+/// Auto pacing looks only at request limits with windows up to this long.
+pub(crate) const AUTO_PACING_MAX_WINDOW_US: u64 = 60_000_000;
+/// One second, the burst tolerance of auto pacing.
+const SECOND_US: u64 = 1_000_000;
+/// Pacing slow-down bounds, in thousandths.
+pub(crate) const PACE_MIN: u32 = 1000;
+pub(crate) const PACE_MAX: u32 = 64_000;
+
+/// The first bucket that still counts in the window ending at `t`.
+pub(crate) fn kmin(t: u64, window_us: u64, bucket_us: u64) -> u64 {
+    t.saturating_sub(window_us) / bucket_us
+}
+
+/// Pacing interval and burst tolerance (`T`, `tau`) in microseconds, if any.
+pub(crate) fn pacing(quota: &Quota, effective: &[u64], pace_permille: u32) -> Option<(u64, u64)> {
+    let scale = |t: u64| t * u64::from(pace_permille) / 1000;
+    match quota.pacing() {
+        Pacing::Off => None,
+        Pacing::Fixed { interval, burst } => {
+            let t = scale(crate::time::duration_micros(interval)).max(1);
+            Some((t, u64::from(burst.max(1) - 1) * t))
+        }
+        Pacing::Auto => {
+            let t = quota
+                .limits()
+                .iter()
+                .zip(effective)
+                .filter(|(l, _)| {
+                    l.unit() == Unit::Requests && l.window().micros() <= AUTO_PACING_MAX_WINDOW_US
+                })
+                .map(|(l, &eff)| l.window().micros() / eff)
+                .max()?;
+            let t = scale(t).max(1);
+            let burst = (SECOND_US / t).max(1);
+            Some((t, (burst - 1) * t))
+        }
+    }
+}
+
+/// One limit's buckets, oldest first, and their sum.
+#[derive(Debug, Default)]
+struct Buckets {
+    entries: VecDeque<(u64, u64)>,
+    total: u64,
+}
+
+impl Buckets {
+    fn evict(&mut self, kmin: u64) {
+        while let Some(&(k, amount)) = self.entries.front() {
+            if k >= kmin {
+                break;
+            }
+            self.total -= amount;
+            self.entries.pop_front();
+        }
+    }
+
+    /// Adds `delta` to bucket `k` (creating it), never taking it below zero.
+    fn add(&mut self, k: u64, delta: i128) {
+        let pos = match self.entries.iter().rposition(|&(i, _)| i <= k) {
+            Some(p) if self.entries[p].0 == k => p,
+            Some(p) => {
+                self.entries.insert(p + 1, (k, 0));
+                p + 1
+            }
+            None => {
+                self.entries.push_front((k, 0));
+                0
+            }
+        };
+        let old = self.entries[pos].1;
+        let new = (i128::from(old) + delta).clamp(0, i128::from(u64::MAX)) as u64;
+        self.entries[pos].1 = new;
+        self.total = self.total - old + new;
+    }
+
+    /// The earliest moment, not before `from`, at which `charge` fits under `limit`.
+    fn fit(&self, from: u64, charge: u64, limit: u64, window_us: u64, bucket_us: u64) -> u64 {
+        let Some(needed) = (self.total + charge).checked_sub(limit).filter(|&n| n > 0) else {
+            return from;
+        };
+        let mut freed = 0;
+        for &(k, amount) in &self.entries {
+            freed += amount;
+            if freed >= needed {
+                return from.max((k + 1) * bucket_us + window_us);
+            }
+        }
+        // Unreachable while charge <= limit: everything leaves the window eventually.
+        from
+    }
+}
+
+/// One account's copy of a quota.
+#[derive(Debug, Default)]
+pub(crate) struct AccountState {
+    windows: Vec<(LimitId, Buckets)>,
+    /// The latest slot given (µs).
+    tail: u64,
+    /// GCRA theoretical arrival time (µs).
+    tat: u64,
+    cooldown_until: u64,
+    effective: Vec<(LimitId, u64)>,
+    pace_permille: u32,
+    disabled: Option<String>,
+    reconciled: HashMap<ReservationId, (Vec<(LimitId, u64)>, u64)>,
+    /// When the windows expire unless written again (µs): the Redis hash's TTL.
+    windows_expire_at: u64,
+    /// When the learned state expires unless written again (µs): the Redis hash's TTL.
+    state_expire_at: u64,
+}
+
+/// How long learned state (cooldown aside) survives its last change.
+pub(crate) const STATE_TTL_US: u64 = 24 * 3600 * SECOND_US;
+
+/// How long after `slot` the windows of `quota` must be kept.
+pub(crate) fn windows_ttl_after(quota: &Quota) -> u64 {
+    quota.longest_window().micros() + SECOND_US
+}
+
+/// Where a candidate could go, before anything is written.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) slot: u64,
+    pub(crate) binding: Binding,
+    /// Headroom after the charge, in millionths of the tightest limit (may be negative).
+    pub(crate) headroom: i64,
+    charges: Vec<u64>,
+    effective: Vec<u64>,
+    pacing: Option<(u64, u64)>,
+}
+
+/// The constraint that set a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Binding {
+    Now,
+    Queue,
+    Cooldown,
+    Pacing,
+    Limit(usize),
+}
+
+impl Binding {
+    pub(crate) fn reason(&self, quota: &Quota) -> RefusalReason {
+        match self {
+            Binding::Now | Binding::Queue => RefusalReason::Queue,
+            Binding::Cooldown => RefusalReason::Cooldown,
+            Binding::Pacing => RefusalReason::Pacing,
+            Binding::Limit(i) => RefusalReason::Limit(quota.limits()[*i].id().clone()),
+        }
+    }
+}
+
+/// What stops a candidate from being planned at all.
+#[derive(Debug)]
+pub(crate) enum Unplannable {
+    Disabled(String),
+    Capacity(LimitError),
+}
+
+impl AccountState {
+    fn window_mut(&mut self, id: &LimitId) -> &mut Buckets {
+        let pos = match self.windows.iter().position(|(i, _)| i == id) {
+            Some(p) => p,
+            None => {
+                self.windows.push((id.clone(), Buckets::default()));
+                self.windows.len() - 1
+            }
+        };
+        &mut self.windows[pos].1
+    }
+
+    fn pace(&self) -> u32 {
+        if self.pace_permille == 0 {
+            PACE_MIN
+        } else {
+            self.pace_permille
+        }
+    }
+
+    /// The limit in force for `limit`.
+    fn effective_of(&self, limit: &Limit) -> u64 {
+        let learned = self.effective.iter().find(|(id, _)| id == limit.id());
+        learned.map_or(limit.amount(), |&(_, v)| v.min(limit.amount()))
+    }
+
+    /// Drops every bucket that left its window by `now`.
+    pub(crate) fn evict(&mut self, quota: &Quota, now: u64) {
+        for limit in quota.limits() {
+            let w = quota.bucket_micros(limit);
+            let kmin = kmin(now, limit.window().micros(), w);
+            self.window_mut(limit.id()).evict(kmin);
+        }
+    }
+
+    /// Plans the earliest slot for `cost` (after eviction at `now`); writes nothing
+    /// but eviction.
+    pub(crate) fn plan(&mut self, quota: &Quota, cost: &Cost, now: u64) -> Result<Plan, Unplannable> {
+        if let Some(reason) = &self.disabled {
+            return Err(Unplannable::Disabled(reason.clone()));
+        }
+        self.evict(quota, now);
+        let effective: Vec<u64> = quota.limits().iter().map(|l| self.effective_of(l)).collect();
+        let charges: Vec<u64> = quota.limits().iter().map(|l| l.charge(cost)).collect();
+        for ((limit, &eff), &charge) in quota.limits().iter().zip(&effective).zip(&charges) {
+            if charge > eff {
+                return Err(Unplannable::Capacity(LimitError::InsufficientCapacity {
+                    limit: limit.id().clone(),
+                    capacity: eff,
+                    cost: charge,
+                }));
+            }
+        }
+        let pacing = pacing(quota, &effective, self.pace());
+        let mut slot = now;
+        let mut binding = Binding::Now;
+        let raise = |t: u64, b: Binding, slot: &mut u64, binding: &mut Binding| {
+            if t > *slot {
+                *slot = t;
+                *binding = b;
+            }
+        };
+        raise(self.tail, Binding::Queue, &mut slot, &mut binding);
+        raise(self.cooldown_until, Binding::Cooldown, &mut slot, &mut binding);
+        if let Some((_, tau)) = pacing
+            && cost.requests > 0
+        {
+            raise(self.tat.saturating_sub(tau), Binding::Pacing, &mut slot, &mut binding);
+        }
+        let from = slot;
+        let mut headroom = i64::MAX;
+        for (i, limit) in quota.limits().iter().enumerate() {
+            let (eff, charge) = (effective[i], charges[i]);
+            let w = quota.bucket_micros(limit);
+            let buckets = self.window_mut(limit.id());
+            if charge > 0 {
+                let t = buckets.fit(from, charge, eff, limit.window().micros(), w);
+                raise(t, Binding::Limit(i), &mut slot, &mut binding);
+                let left = eff as f64 - buckets.total as f64 - charge as f64;
+                headroom = headroom.min((left / eff as f64 * 1e6).floor() as i64);
+            }
+        }
+        Ok(Plan {
+            slot,
+            binding,
+            headroom,
+            charges,
+            effective,
+            pacing,
+        })
+    }
+
+    /// Records `plan` for `cost`.
+    pub(crate) fn commit(&mut self, quota: &Quota, plan: &Plan, cost: &Cost, now: u64) {
+        for (limit, &charge) in quota.limits().iter().zip(&plan.charges) {
+            if charge > 0 {
+                let k = plan.slot / quota.bucket_micros(limit);
+                self.window_mut(limit.id()).add(k, i128::from(charge));
+            }
+        }
+        self.tail = self.tail.max(plan.slot);
+        if let Some((t, _)) = plan.pacing
+            && cost.requests > 0
+        {
+            self.tat = self.tat.max(plan.slot) + t * cost.requests;
+        }
+        self.keep_windows(quota, self.tail.max(self.tat).max(now));
+    }
+
+    /// The budget left per limit, counting everything recorded.
+    pub(crate) fn remaining(&mut self, quota: &Quota, plan_effective: Option<&[u64]>) -> Vec<Remaining> {
+        quota
+            .limits()
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let eff = plan_effective.map_or_else(|| self.effective_of(l), |e| e[i]);
+                Remaining {
+                    limit: l.id().clone(),
+                    unit: l.unit(),
+                    window: l.window(),
+                    effective: eff,
+                    remaining: eff.saturating_sub(self.window_mut(l.id()).total),
+                }
+            })
+            .collect()
+    }
+
+    /// The effective limits a plan used.
+    pub(crate) fn plan_effective(plan: &Plan) -> &[u64] {
+        &plan.effective
+    }
+
+    /// Replaces a reservation's charges by `actual`'s (idempotent per reservation id).
+    pub(crate) fn reconcile(
+        &mut self,
+        quota: &Quota,
+        id: ReservationId,
+        slot: u64,
+        estimate: &Cost,
+        actual: &Cost,
+        now: u64,
+    ) {
+        self.evict(quota, now);
+        let previous = self.reconciled.get(&id).map(|(p, _)| p.clone());
+        let mut applied = Vec::with_capacity(quota.limits().len());
+        for limit in quota.limits() {
+            let before = match &previous {
+                Some(p) => p.iter().find(|(i, _)| i == limit.id()).map_or(0, |&(_, v)| v),
+                None => limit.charge(estimate),
+            };
+            let after = limit.charge(actual);
+            let delta = i128::from(after) - i128::from(before);
+            let (window, w) = (limit.window().micros(), quota.bucket_micros(limit));
+            let k = slot / w;
+            if k >= kmin(now, window, w) {
+                self.window_mut(limit.id()).add(k, delta);
+            } else if delta > 0 {
+                self.window_mut(limit.id()).add(now / w, delta);
+            }
+            applied.push((limit.id().clone(), after));
+        }
+        let expires = slot.max(now) + 2 * quota.longest_window().micros();
+        if self.reconciled.len() >= 1024 {
+            self.reconciled.retain(|_, (_, e)| *e > now);
+        }
+        self.reconciled.insert(id, (applied, expires));
+        self.keep_windows(quota, now);
+    }
+
+    /// Adds usage seen outside Sluice to the current buckets, unchecked.
+    pub(crate) fn record_usage(&mut self, quota: &Quota, cost: &Cost, now: u64) {
+        self.evict(quota, now);
+        for limit in quota.limits() {
+            let charge = limit.charge(cost);
+            if charge > 0 {
+                let w = quota.bucket_micros(limit);
+                self.window_mut(limit.id()).add(now / w, i128::from(charge));
+            }
+        }
+        self.keep_windows(quota, now);
+    }
+
+    /// Applies an operator's or the sidecar's change.
+    pub(crate) fn update(&mut self, quota: &Quota, change: &crate::StateChange, now: u64) {
+        use crate::StateChange;
+        match change {
+            StateChange::Cooldown(d) => {
+                let until = now + crate::time::duration_micros(*d);
+                self.cooldown_until = self.cooldown_until.max(until);
+                let effective: Vec<u64> =
+                    quota.limits().iter().map(|l| self.effective_of(l)).collect();
+                if let Some((_, tau)) = pacing(quota, &effective, self.pace()) {
+                    self.tat = self.tat.max(self.cooldown_until + tau);
+                }
+            }
+            StateChange::ClearCooldown => self.cooldown_until = 0,
+            StateChange::EffectiveLimit { limit, value } => {
+                self.effective.retain(|(id, _)| id != limit);
+                if let Some(v) = value {
+                    self.effective.push((limit.clone(), (*v).max(1)));
+                }
+            }
+            StateChange::PacingFactor(pm) => self.pace_permille = (*pm).clamp(PACE_MIN, PACE_MAX),
+            StateChange::Disable(reason) => self.disabled = Some(reason.clone()),
+            StateChange::Enable => self.disabled = None,
+        }
+        self.state_expire_at = (now + STATE_TTL_US).max(self.cooldown_until);
+        self.keep_windows(quota, self.tat.max(now));
+    }
+
+    /// The account as it stands at `now`.
+    pub(crate) fn status(&mut self, quota: &Quota, now: u64) -> QuotaStatus {
+        self.evict(quota, now);
+        let limits = quota
+            .limits()
+            .iter()
+            .map(|l| LimitStatus {
+                limit: l.id().clone(),
+                unit: l.unit(),
+                window: l.window(),
+                configured: l.amount(),
+                effective: self.effective_of(l),
+                used: self.window_mut(l.id()).total,
+            })
+            .collect();
+        QuotaStatus {
+            limits,
+            cooldown: (self.cooldown_until > now)
+                .then(|| Duration::from_micros(self.cooldown_until - now)),
+            disabled: self.disabled.clone(),
+            pacing_permille: self.pace(),
+            booked_ahead: Duration::from_micros(self.tail.saturating_sub(now)),
+        }
+    }
+
+    /// Keeps the windows until `quota`'s longest window has passed after `at`.
+    fn keep_windows(&mut self, quota: &Quota, at: u64) {
+        self.windows_expire_at = self.windows_expire_at.max(at + windows_ttl_after(quota));
+    }
+
+    /// True when both the windows and the learned state have expired by `now`, as the
+    /// Redis keys would have: the account can be forgotten.
+    pub(crate) fn expired(&self, now: u64) -> bool {
+        now >= self.windows_expire_at && now >= self.state_expire_at
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quota::Window;
+
+    fn quota(limit: u64, window_ms: u64, buckets: u32) -> Quota {
+        let w = Window::new(Duration::from_millis(window_ms)).unwrap();
+        Quota::new(vec![Limit::requests(limit, w).unwrap()])
+            .unwrap()
+            .with_pacing(Pacing::Off)
+            .unwrap()
+            .with_buckets(buckets)
+            .unwrap()
+    }
+
+    #[test]
+    fn buckets_add_in_any_order_and_clamp() {
+        let mut b = Buckets::default();
+        b.add(5, 3);
+        b.add(2, 1);
+        b.add(9, 4);
+        b.add(5, -10);
+        assert_eq!(
+            b.entries.iter().copied().collect::<Vec<_>>(),
+            vec![(2, 1), (5, 0), (9, 4)]
+        );
+        assert_eq!(b.total, 5);
+        b.evict(6);
+        assert_eq!(b.total, 4);
+    }
+
+    #[test]
+    fn slot_waits_for_the_oldest_bucket_to_leave() {
+        // 2 per 1000 ms, 10 buckets of 100 ms.
+        let q = quota(2, 1000, 10);
+        let mut s = AccountState::default();
+        let one = Cost::request(0, 0);
+        for now in [1_000_050, 1_000_150] {
+            let p = s.plan(&q, &one, now).unwrap();
+            assert_eq!(p.slot, now);
+            s.commit(&q, &p, &one, now);
+        }
+        // The first charge sits in bucket 10 (1.0 s–1.1 s): it leaves the window ending
+        // at t once t - 1 s >= 1.1 s.
+        let p = s.plan(&q, &one, 1_000_200).unwrap();
+        assert_eq!(p.slot, 2_100_000);
+        assert_eq!(p.binding, Binding::Limit(0));
+    }
+
+    #[test]
+    fn auto_pacing_uses_the_tightest_short_request_limit() {
+        let minute = Window::secs(60).unwrap();
+        let q = Quota::new(vec![
+            Limit::requests(600, minute).unwrap(),
+            Limit::requests(10, Window::secs(1).unwrap()).unwrap(),
+            Limit::requests(100_000, Window::secs(86400).unwrap()).unwrap(),
+        ])
+        .unwrap();
+        // 60 s / 600 = 100 ms; 1 s / 10 = 100 ms; the daily limit is ignored.
+        assert_eq!(pacing(&q, &[600, 10, 100_000], 1000), Some((100_000, 900_000)));
+        // A learned limit of 5 per second halves the rate; the burst shrinks with it.
+        assert_eq!(pacing(&q, &[600, 5, 100_000], 1000), Some((200_000, 800_000)));
+        // A slow-down factor of 2 does the same.
+        assert_eq!(pacing(&q, &[600, 10, 100_000], 2000), Some((200_000, 800_000)));
+    }
+}
