@@ -18,7 +18,8 @@
 --   {3, i, capacity, charge}                          limit i can never hold the charge
 --   binding: 0 now, 1 queue (earlier slots), 2 cooldown, 3 pacing, 10 + i limit i.
 -- Invariants: read all, check all, then write: a refusal charges nothing (it may drop
--- expired buckets). A slot is never before the account's tail, so the only window a
+-- expired buckets). Pacing is GCRA whose burst tolerance serves only arrivals with
+-- nobody queued ahead (tail <= now); queued slots are at least one interval apart. A slot is never before the account's tail, so the only window a
 -- charge can overfill is the one ending at its slot, and that window's usage only falls
 -- as the slot moves later; the slot chosen is the earliest where every limit fits.
 
@@ -93,7 +94,12 @@ for c = 1, candidates do
       local slot, binding = now, 0
       if tail > slot then slot, binding = tail, 1 end
       if cool > slot then slot, binding = cool, 2 end
-      if t ~= nil and requests > 0 and tat - tau > slot then slot, binding = tat - tau, 3 end
+      if t ~= nil and requests > 0 then
+        -- the burst tolerance serves only arrivals with nobody queued ahead
+        local paced = tat - tau
+        if tail > now then paced = math.max(paced, tail + t) end
+        if paced > slot then slot, binding = paced, 3 end
+      end
       local from = slot
       local headroom = nil
       for i, r in ipairs(rows) do

@@ -161,12 +161,11 @@ fn decide(
     }
     let Some((i, plan)) = best else {
         if let Some((i, reason)) = disabled {
-            let account = shard.accounts.entry(candidates[i].clone()).or_default();
             return Ok(Decision::Refused(Refusal {
                 retry_after: None,
                 reason: RefusalReason::Disabled(reason),
                 candidate: i,
-                remaining: account.remaining(quota, None),
+                remaining: Vec::new(),
             }));
         }
         return Err(capacity.unwrap_or(LimitError::NoCandidates));
@@ -178,7 +177,7 @@ fn decide(
             retry_after: Some(Duration::from_micros(wait)),
             reason: plan.binding.reason(quota),
             candidate: i,
-            remaining: account.remaining(quota, Some(AccountState::plan_effective(&plan))),
+            remaining: account.remaining(quota, AccountState::plan_effective(&plan)),
         }));
     }
     if *cost != Cost::ZERO {
@@ -191,7 +190,7 @@ fn decide(
         slot: Timestamp::from_micros(plan.slot),
         wait: Duration::from_micros(wait),
         cost: *cost,
-        remaining: account.remaining(quota, Some(AccountState::plan_effective(&plan))),
+        remaining: account.remaining(quota, AccountState::plan_effective(&plan)),
         origin: Origin::Shared,
     }))
 }

@@ -13,8 +13,14 @@
 //! already given (`tail`). With no charge after the tail, the only window a new charge
 //! at `t >= tail` can overfill is the one ending at `t`, and the usage of that window
 //! only falls as `t` grows. So the earliest slot is the latest of: now, the tail, the
-//! cooldown, the paced slot (GCRA: `tat - tau`), and for each limit the moment enough
-//! of its oldest buckets have left the window.
+//! cooldown, the paced slot, and for each limit the moment enough of its oldest buckets
+//! have left the window.
+//!
+//! Pacing is GCRA (virtual scheduling with a theoretical arrival time `tat`, interval
+//! `T`, burst tolerance `tau`), with one change: the burst tolerance serves only an
+//! arrival with nobody queued ahead (`tail <= now`). While slots are booked ahead,
+//! consecutive slots are at least `T` apart, so a queue drains at the paced rate and a
+//! window rolling over (or a cooldown ending) never releases a burst.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -247,10 +253,16 @@ impl AccountState {
         };
         raise(self.tail, Binding::Queue, &mut slot, &mut binding);
         raise(self.cooldown_until, Binding::Cooldown, &mut slot, &mut binding);
-        if let Some((_, tau)) = pacing
+        if let Some((t, tau)) = pacing
             && cost.requests > 0
         {
-            raise(self.tat.saturating_sub(tau), Binding::Pacing, &mut slot, &mut binding);
+            // The burst tolerance serves only arrivals with nobody queued ahead; while
+            // slots are booked ahead, consecutive slots are at least one interval apart.
+            let mut paced = self.tat.saturating_sub(tau);
+            if self.tail > now {
+                paced = paced.max(self.tail + t);
+            }
+            raise(paced, Binding::Pacing, &mut slot, &mut binding);
         }
         let from = slot;
         let mut headroom = i64::MAX;
@@ -293,13 +305,13 @@ impl AccountState {
     }
 
     /// The budget left per limit, counting everything recorded.
-    pub(crate) fn remaining(&mut self, quota: &Quota, plan_effective: Option<&[u64]>) -> Vec<Remaining> {
+    pub(crate) fn remaining(&mut self, quota: &Quota, plan_effective: &[u64]) -> Vec<Remaining> {
         quota
             .limits()
             .iter()
             .enumerate()
             .map(|(i, l)| {
-                let eff = plan_effective.map_or_else(|| self.effective_of(l), |e| e[i]);
+                let eff = plan_effective[i];
                 Remaining {
                     limit: l.id().clone(),
                     unit: l.unit(),
@@ -338,7 +350,7 @@ impl AccountState {
             let delta = i128::from(after) - i128::from(before);
             let (window, w) = (limit.window().micros(), quota.bucket_micros(limit));
             let k = slot / w;
-            if k >= kmin(now, window, w) {
+            if delta != 0 && k >= kmin(now, window, w) {
                 self.window_mut(limit.id()).add(k, delta);
             } else if delta > 0 {
                 self.window_mut(limit.id()).add(now / w, delta);

@@ -1,0 +1,187 @@
+//! Concurrency against real Redis: 4 OS processes × 16 tasks hammer shared quotas with
+//! mixed costs for several windows, on Redis time; an independent log of every grant
+//! proves that no trailing window ever exceeded any limit, and that the admitted work
+//! reached at least 95% of what the limits allow.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use sluice_limiter::{Cost, Decision, Limit, Quota, QuotaKey, RedisOptions, RedisStore, Store, Window};
+use sluice_testkit::RedisServer;
+
+const PROCESSES: usize = 4;
+const TASKS: usize = 16;
+const SECONDS: u64 = 6;
+
+/// Requests 40/s, tokens 3000/s (mixed costs of 50..=150: tokens bind most of the
+/// time), and requests 200 per 5 s, with automatic pacing.
+fn hammer_quota() -> Quota {
+    let s = |n| Window::secs(n).unwrap();
+    Quota::new(vec![
+        Limit::requests(40, s(1)).unwrap(),
+        Limit::tokens(3000, s(1)).unwrap(),
+        Limit::requests(200, s(5)).unwrap(),
+    ])
+    .unwrap()
+}
+
+/// One grant, as a child logged it.
+#[derive(Debug, Clone, Copy)]
+struct Grant {
+    slot: u64,
+    tokens: u64,
+}
+
+/// The child side: 16 tasks acquiring until the deadline, logging every grant.
+/// Started by [`run_hammer`] as `<this test binary> concurrency::hammer_child --exact --ignored`.
+#[test]
+#[ignore = "a child process of the hammer tests, started by them"]
+fn hammer_child() {
+    let url = std::env::var("SLUICE_HAMMER_URL").expect("started by run_hammer");
+    let out = std::env::var("SLUICE_HAMMER_OUT").unwrap();
+    let groups: usize = std::env::var("SLUICE_HAMMER_GROUPS").unwrap().parse().unwrap();
+    let accounts: usize = std::env::var("SLUICE_HAMMER_ACCOUNTS").unwrap().parse().unwrap();
+    let seed: u64 = std::env::var("SLUICE_HAMMER_SEED").unwrap().parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let lines = rt.block_on(async move {
+        let options = RedisOptions { timeout: Duration::from_secs(2), ..RedisOptions::default() };
+        let store = Arc::new(RedisStore::new(&url, options).unwrap());
+        let quota = Arc::new(hammer_quota());
+        let deadline = Instant::now() + Duration::from_secs(SECONDS);
+        let mut tasks = Vec::new();
+        for task in 0..TASKS {
+            let (store, quota) = (store.clone(), quota.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 1000 + task as u64);
+                let group = format!("hammer/g{}", task % groups);
+                let keys: Vec<QuotaKey> = (0..accounts).map(|a| QuotaKey::new(&group, format!("key-{a}")).unwrap()).collect();
+                let mut log = Vec::new();
+                while Instant::now() < deadline {
+                    let tokens = rng.random_range(50..=150);
+                    let cost = Cost::request(tokens, 0);
+                    match store.acquire(&keys, &quota, cost, Duration::from_secs(5)).await.unwrap() {
+                        Decision::Granted(r) => {
+                            log.push(format!("{} {} {} {}", group, r.key.name(), r.slot.as_micros(), tokens));
+                            tokio::time::sleep(r.wait.min(deadline.saturating_duration_since(Instant::now()))).await;
+                        }
+                        Decision::Refused(r) => {
+                            let pause = r.retry_after.unwrap_or(Duration::from_millis(50));
+                            tokio::time::sleep(pause.min(Duration::from_millis(200))).await;
+                        }
+                    }
+                }
+                log
+            }));
+        }
+        let mut lines = Vec::new();
+        for t in tasks {
+            lines.extend(t.await.unwrap());
+        }
+        lines
+    });
+    let mut f = std::fs::File::create(&out).unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+}
+
+/// Runs the hammer against `url` and checks the merged log.
+pub fn run_hammer(url: &str, groups: usize, accounts: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|p| {
+            Command::new(&exe)
+                .args(["concurrency::hammer_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+                .env("SLUICE_HAMMER_URL", url)
+                .env("SLUICE_HAMMER_OUT", dir.path().join(format!("p{p}.log")))
+                .env("SLUICE_HAMMER_GROUPS", groups.to_string())
+                .env("SLUICE_HAMMER_ACCOUNTS", accounts.to_string())
+                .env("SLUICE_HAMMER_SEED", p.to_string())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success(), "a hammer child failed");
+    }
+    let grants = read_logs(dir.path());
+    assert_eq!(grants.len(), groups * accounts, "every account was used");
+    for ((group, account), mut log) in grants {
+        log.sort_by_key(|g| g.slot);
+        check_account(&format!("{group}/{account}"), &log);
+    }
+}
+
+fn read_logs(dir: &Path) -> BTreeMap<(String, String), Vec<Grant>> {
+    let mut grants: BTreeMap<(String, String), Vec<Grant>> = BTreeMap::new();
+    for p in 0..PROCESSES {
+        let text = std::fs::read_to_string(dir.join(format!("p{p}.log"))).unwrap();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            grants
+                .entry((f[0].to_owned(), f[1].to_owned()))
+                .or_default()
+                .push(Grant { slot: f[2].parse().unwrap(), tokens: f[3].parse().unwrap() });
+        }
+    }
+    grants
+}
+
+/// No trailing window at any grant instant exceeds a limit, and the windows were used.
+fn check_account(name: &str, log: &[Grant]) {
+    let limits: [(&str, u64, u64, fn(&Grant) -> u64); 3] = [
+        ("requests/1s", 40, 1_000_000, |_| 1),
+        ("tokens/1s", 3000, 1_000_000, |g| g.tokens),
+        ("requests/5s", 200, 5_000_000, |_| 1),
+    ];
+    for (label, limit, window, charge) in limits {
+        // Two pointers over the sorted log: the grants with slot in (t - W, t].
+        let (mut lo, mut sum) = (0, 0);
+        let mut hi = 0;
+        for i in 0..log.len() {
+            let t = log[i].slot;
+            while hi < log.len() && log[hi].slot <= t {
+                sum += charge(&log[hi]);
+                hi += 1;
+            }
+            while log[lo].slot + window <= t {
+                sum -= charge(&log[lo]);
+                lo += 1;
+            }
+            assert!(sum <= limit, "{name}: {label} held {sum} > {limit} in the window ending at {t}");
+        }
+    }
+    // Utilisation over whole seconds from the first slot: in each second the binding
+    // limit (requests or tokens) must be nearly full.
+    let start = log[0].slot;
+    let seconds = (log.last().unwrap().slot - start) / 1_000_000;
+    assert!(seconds >= 4, "{name}: only {seconds} whole seconds of grants");
+    let mut total = 0.0;
+    for s in 0..seconds {
+        let (from, to) = (start + s * 1_000_000, start + (s + 1) * 1_000_000);
+        let in_second = log.iter().filter(|g| g.slot >= from && g.slot < to);
+        let (requests, tokens) = in_second.fold((0u64, 0u64), |(r, t), g| (r + 1, t + g.tokens));
+        total += (requests as f64 / 40.0).max(tokens as f64 / 3000.0);
+    }
+    let utilisation = total / seconds as f64;
+    println!("{name}: {} grants, utilisation of the binding limit {:.3} over {seconds} s", log.len(), utilisation);
+    assert!(utilisation >= 0.95, "{name}: utilisation {utilisation:.3} < 0.95");
+}
+
+#[test]
+fn processes_sharing_one_quota_never_exceed_it_and_use_it() {
+    let server = RedisServer::start();
+    run_hammer(&server.url(), 1, 1);
+}
+
+#[test]
+fn processes_sharing_two_accounts_through_acquire_any() {
+    let server = RedisServer::start();
+    run_hammer(&server.url(), 1, 2);
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the limiter: one conformance suite for both backends, property
+//! tests against a reference model, and concurrency and failure tests on real Redis.
+
+#![allow(unreachable_pub)]
+
+mod cluster;
+mod concurrency;
+mod conformance;
+mod failures;
+mod properties;
+mod support;

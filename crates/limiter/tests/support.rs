@@ -1,0 +1,142 @@
+//! A test rig: a store on a manual clock, in process or on a real `redis-server`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_limiter::{
+    Cost, Decision, InProcessStore, Limit, ManualClock, Pacing, Quota, QuotaKey, RedisOptions,
+    RedisStore, Refusal, Reservation, Store, Timestamp, Window,
+};
+use sluice_testkit::RedisServer;
+
+/// A start time aligned with every bucket of the windows the tests use.
+pub const T0: u64 = 1_800_000_000_000_000;
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+pub fn us(n: u64) -> Duration {
+    Duration::from_micros(n)
+}
+
+/// A window of `n` milliseconds.
+pub fn window(n: u64) -> Window {
+    Window::new(ms(n)).unwrap()
+}
+
+/// A quota with 10 buckets per window and no pacing unless asked.
+pub fn quota(limits: Vec<Limit>) -> Quota {
+    Quota::new(limits)
+        .unwrap()
+        .with_buckets(10)
+        .unwrap()
+        .with_pacing(Pacing::Off)
+        .unwrap()
+}
+
+pub fn key(name: &str) -> QuotaKey {
+    QuotaKey::new("test/model", name).unwrap()
+}
+
+pub fn one() -> Cost {
+    Cost::request(0, 0)
+}
+
+pub fn tokens(n: u64) -> Cost {
+    Cost::request(n, 0)
+}
+
+/// A store on a manual clock, with the server it needs (if any).
+pub struct Rig<S> {
+    pub store: S,
+    pub clock: ManualClock,
+    pub server: Option<RedisServer>,
+}
+
+impl Rig<InProcessStore> {
+    pub fn memory() -> Self {
+        let clock = ManualClock::new(Timestamp::from_micros(T0));
+        Self {
+            store: InProcessStore::with_clock(Arc::new(clock.clone())),
+            clock,
+            server: None,
+        }
+    }
+}
+
+impl Rig<RedisStore> {
+    pub fn redis() -> Self {
+        let server = RedisServer::start();
+        let clock = ManualClock::new(Timestamp::from_micros(T0));
+        let options = RedisOptions {
+            clock: Some(Arc::new(clock.clone())),
+            timeout: Duration::from_secs(5),
+            ..RedisOptions::default()
+        };
+        Self {
+            store: RedisStore::new(&server.url(), options).unwrap(),
+            clock,
+            server: Some(server),
+        }
+    }
+}
+
+impl<S: Store> Rig<S> {
+    pub fn advance(&self, d: Duration) {
+        self.clock.advance(d);
+    }
+
+    pub fn now(&self) -> u64 {
+        use sluice_limiter::Clock;
+        self.clock.now().as_micros()
+    }
+
+    pub async fn decide(&self, q: &Quota, cost: Cost, max_wait: Duration) -> Decision {
+        self.store.acquire(&[key("a")], q, cost, max_wait).await.unwrap()
+    }
+
+    /// Acquires without waiting and expects a grant.
+    pub async fn grant(&self, q: &Quota, cost: Cost) -> Reservation {
+        match self.decide(q, cost, Duration::ZERO).await {
+            Decision::Granted(r) => r,
+            Decision::Refused(r) => panic!("expected a grant at +{}us, got {r:?}", self.now() - T0),
+        }
+    }
+
+    /// Acquires without waiting and expects a refusal.
+    pub async fn refuse(&self, q: &Quota, cost: Cost) -> Refusal {
+        match self.decide(q, cost, Duration::ZERO).await {
+            Decision::Refused(r) => r,
+            Decision::Granted(r) => panic!("expected a refusal at +{}us, got {r:?}", self.now() - T0),
+        }
+    }
+
+    pub async fn used(&self, q: &Quota) -> Vec<u64> {
+        let status = self.store.status(&key("a"), q).await.unwrap();
+        status.limits.iter().map(|l| l.used).collect()
+    }
+}
+
+/// Instantiates each named async test for both backends.
+macro_rules! for_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::support::Rig::memory()).await
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(crate::support::Rig::redis()).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use for_each_backend;
