@@ -1,1 +1,196 @@
-fn main() {}
+//! Limiter benchmark: `cargo bench -p sluice-limiter` prints markdown tables for
+//! `docs/benchmarks.md`.
+//!
+//! - the in-process store's decisions/s on one core (one quota, and 100k quotas);
+//! - a three-limit `acquire` on Redis at concurrency 1, 16 and 64 (decisions/s, p50,
+//!   p99), beside `redis-benchmark` running `EVALSHA` of a trivial script at the same
+//!   concurrency against the same server in the same run: the ceiling Redis sets here;
+//! - throughput and Redis memory with 1, 1k and 100k quotas.
+//!
+//! `SLUICE_BENCH_QUICK=1` shortens every run (for a smoke test);
+//! `SLUICE_BENCH_ONLY=memory` runs only the in-process part (for profiling).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_limiter::{
+    Cost, InProcessStore, Limit, Quota, QuotaKey, RedisOptions, RedisStore, Store, Window,
+};
+use sluice_testkit::RedisServer;
+
+fn quota() -> Quota {
+    let s = |n| Window::secs(n).unwrap();
+    // Large limits: every decision is a grant, the most work a decision does.
+    Quota::new(vec![
+        Limit::requests(1_000_000_000, s(60)).unwrap(),
+        Limit::tokens(1_000_000_000_000, s(60)).unwrap(),
+        Limit::requests(100_000_000, s(1)).unwrap(),
+    ])
+    .unwrap()
+}
+
+fn keys(n: usize) -> Vec<QuotaKey> {
+    (0..n)
+        .map(|i| QuotaKey::new(format!("bench/m{}", i % 1024), format!("key-{i}")).unwrap())
+        .collect()
+}
+
+fn quick() -> bool {
+    std::env::var_os("SLUICE_BENCH_QUICK").is_some()
+}
+
+fn in_process(n_keys: usize) -> f64 {
+    let store = InProcessStore::new();
+    let q = quota();
+    let keys = keys(n_keys);
+    let cost = Cost::request(500, 200);
+    let n = if quick() { 200_000 } else { 5_000_000 };
+    for k in &keys {
+        store.acquire_now(std::slice::from_ref(k), &q, cost, Duration::ZERO).unwrap();
+    }
+    let start = Instant::now();
+    for i in 0..n {
+        let k = &keys[i % keys.len()];
+        let d = store.acquire_now(std::slice::from_ref(k), &q, cost, Duration::ZERO).unwrap();
+        std::hint::black_box(d);
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+struct Run {
+    per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+async fn redis_run(store: Arc<RedisStore>, concurrency: usize, keys: Arc<Vec<QuotaKey>>, total: usize) -> Run {
+    let q = Arc::new(quota());
+    let per_task = total / concurrency;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|t| {
+            let (store, q, keys) = (store.clone(), q.clone(), keys.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_task);
+                for i in 0..per_task {
+                    let k = &keys[(t * per_task + i) % keys.len()];
+                    let t0 = Instant::now();
+                    let d = store
+                        .acquire(std::slice::from_ref(k), &q, Cost::request(500, 200), Duration::ZERO)
+                        .await
+                        .expect("redis answers");
+                    lat.push(t0.elapsed());
+                    std::hint::black_box(d);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(total);
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = start.elapsed();
+    all.sort_unstable();
+    Run {
+        per_sec: all.len() as f64 / elapsed.as_secs_f64(),
+        p50_ms: percentile(&all, 0.50),
+        p99_ms: percentile(&all, 0.99),
+    }
+}
+
+/// `redis-benchmark` running EVALSHA of `return 1` at `clients` clients, unpipelined.
+fn raw_evalsha(server: &RedisServer, clients: usize, total: usize) -> Run {
+    let sha = server.cli(&["SCRIPT", "LOAD", "return 1"]).trim().to_owned();
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
+        .args(["-c", &clients.to_string(), "-n", &total.to_string(), "--csv"])
+        .args(["EVALSHA", &sha, "0"])
+        .output()
+        .expect("redis-benchmark (redis-tools) must be installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
+    let row = text.lines().last().unwrap_or_default();
+    let f: Vec<f64> = row
+        .split(',')
+        .skip(1)
+        .map(|v| v.trim_matches('"').parse().unwrap_or(f64::NAN))
+        .collect();
+    Run {
+        per_sec: f[0],
+        p50_ms: f[3],
+        p99_ms: f[5],
+    }
+}
+
+fn used_memory(server: &RedisServer) -> u64 {
+    server
+        .cli(&["INFO", "memory"])
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_default();
+    println!("machine: {} cores, {cpu}", std::thread::available_parallelism().map_or(0, |n| n.get()));
+
+    println!("\n### In-process store, one thread\n");
+    println!("| quotas | decisions/s |");
+    println!("|---:|---:|");
+    for n in [1, 100_000] {
+        println!("| {n} | {:.0} |", in_process(n));
+    }
+
+    if std::env::var("SLUICE_BENCH_ONLY").as_deref() == Ok("memory") {
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let server = RedisServer::start();
+    let store = Arc::new(RedisStore::new(&server.url(), RedisOptions { timeout: Duration::from_secs(5), ..RedisOptions::default() }).unwrap());
+    let total = if quick() { 20_000 } else { 200_000 };
+
+    println!("\n### Redis: three-limit acquire vs raw EVALSHA (same server, same run)\n");
+    println!("| concurrency | raw EVALSHA/s | raw p50 ms | raw p99 ms | acquire/s | acquire p50 ms | acquire p99 ms | ratio |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let one_key = Arc::new(keys(1));
+    for c in [1, 16, 64] {
+        let n = if c == 1 { total / 4 } else { total };
+        let raw = raw_evalsha(&server, c, n);
+        let ours = rt.block_on(redis_run(store.clone(), c, one_key.clone(), n));
+        println!(
+            "| {c} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.2} |",
+            raw.per_sec, raw.p50_ms, raw.p99_ms, ours.per_sec, ours.p50_ms, ours.p99_ms, ours.per_sec / raw.per_sec
+        );
+    }
+
+    println!("\n### Redis: scaling with the number of quotas (concurrency 64)\n");
+    println!("| quotas | acquire/s | p99 ms | Redis memory | per quota |");
+    println!("|---:|---:|---:|---:|---:|");
+    for n in [1usize, 1_000, 100_000] {
+        server.cli(&["FLUSHALL"]);
+        let before = used_memory(&server);
+        let ks = Arc::new(keys(n));
+        // Touch every quota once, then measure over them round-robin.
+        rt.block_on(redis_run(store.clone(), 64, ks.clone(), n.max(64)));
+        let after = used_memory(&server);
+        let run = rt.block_on(redis_run(store.clone(), 64, ks, total));
+        println!(
+            "| {n} | {:.0} | {:.3} | {:.1} MiB | {:.0} B |",
+            run.per_sec,
+            run.p99_ms,
+            (after.saturating_sub(before)) as f64 / 1048576.0,
+            (after.saturating_sub(before)) as f64 / n as f64
+        );
+    }
+}

@@ -31,10 +31,11 @@ local mode, interval, burst = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARG
 local windows_ttl_ms = tonumber(ARGV[8])
 local n = tonumber(ARGV[9])
 local candidates = #KEYS / 2
+local unchosen = {}
 
 -- The earliest t >= from at which `charge` fits limit row r of windows hash h.
-local function fit(h, r, total, charge, from)
-  if total + charge <= r.eff then
+local function fit(h, r, eff, total, charge, from)
+  if total + charge <= eff then
     return from
   end
   local lo = kmin_of(from, r.window, r.bucket)
@@ -48,7 +49,7 @@ local function fit(h, r, total, charge, from)
   for i = 1, #names do
     used = used + (tonumber(vals[i]) or 0)
   end
-  local needed = used + charge - r.eff
+  local needed = used + charge - eff
   if needed <= 0 then
     return from
   end
@@ -62,12 +63,22 @@ local function fit(h, r, total, charge, from)
   return from
 end
 
+-- The limit rows are the same for every candidate; per-candidate values live apart.
+local rows = read_limits(10, n, 6)
+for _, r in ipairs(rows) do
+  r.charge, r.auto = r.a, r.b
+end
+local wfields = { 'tail', 'tat' }
+for _, r in ipairs(rows) do
+  wfields[#wfields + 1] = r.id .. ':t'
+  wfields[#wfields + 1] = r.id .. ':o'
+end
+
 local best = nil
 local disabled = nil
 local capacity = nil
 for c = 1, candidates do
   local h, st = KEYS[2 * c - 1], KEYS[2 * c]
-  local rows = read_limits(10, n, 6)
   local off, cool, pace = read_state(st, rows)
   if off then
     if disabled == nil then
@@ -75,8 +86,9 @@ for c = 1, candidates do
     end
   else
     local ok = true
+    local eff, total, oldest = {}, {}, {}
     for i, r in ipairs(rows) do
-      r.charge, r.auto = r.a, r.b
+      eff[i] = r.eff
       if ok and r.charge > r.eff then
         ok = false
         if capacity == nil then
@@ -86,10 +98,18 @@ for c = 1, candidates do
     end
     if ok then
       local t, tau = pacing(mode, interval, burst, pace, rows)
-      local w = redis.call('HMGET', h, 'tail', 'tat')
+      local w = redis.call('HMGET', h, unpack(wfields))
       local tail, tat = tonumber(w[1]) or 0, tonumber(w[2]) or 0
-      for _, r in ipairs(rows) do
-        r.total, r.oldest = evict(h, r.id, r.window, r.bucket, now)
+      local evicted = {}
+      for i, r in ipairs(rows) do
+        total[i] = tonumber(w[1 + 2 * i]) or 0
+        oldest[i] = tonumber(w[2 + 2 * i])
+        local kmin = kmin_of(now, r.window, r.bucket)
+        if oldest[i] ~= nil and oldest[i] < kmin then
+          total[i] = drop_buckets(h, r.id, oldest[i], kmin, total[i])
+          oldest[i] = kmin
+          evicted[#evicted + 1] = i
+        end
       end
       local slot, binding = now, 0
       if tail > slot then slot, binding = tail, 1 end
@@ -104,19 +124,42 @@ for c = 1, candidates do
       local headroom = nil
       for i, r in ipairs(rows) do
         if r.charge > 0 then
-          local ti = fit(h, r, r.total, r.charge, from)
+          local ti = fit(h, r, eff[i], total[i], r.charge, from)
           if ti > slot then slot, binding = ti, 10 + i end
-          local left = math.floor((r.eff - r.total - r.charge) / r.eff * 1e6)
+          local left = math.floor((eff[i] - total[i] - r.charge) / eff[i] * 1e6)
           if headroom == nil or left < headroom then headroom = left end
         end
       end
       headroom = headroom or math.huge
+      local plan = { c = c, slot = slot, binding = binding, headroom = headroom, eff = eff,
+                     total = total, oldest = oldest, evicted = evicted, t = t, tat = tat,
+                     tail = tail, h = h }
       if best == nil or slot < best.slot or (slot == best.slot and headroom > best.headroom) then
-        best = { c = c, slot = slot, binding = binding, headroom = headroom, rows = rows,
-                 t = t, tat = tat, tail = tail, h = h }
+        if best ~= nil then
+          table.insert(unchosen, best)
+        end
+        best = plan
+      else
+        table.insert(unchosen, plan)
       end
     end
   end
+end
+
+-- Records the eviction of a plan that is not committed (its totals must stay true).
+local function keep_eviction(p)
+  if #p.evicted > 0 then
+    local f = {}
+    for _, i in ipairs(p.evicted) do
+      local id = rows[i].id
+      f[#f + 1] = id .. ':t'; f[#f + 1] = int(p.total[i])
+      f[#f + 1] = id .. ':o'; f[#f + 1] = int(p.oldest[i])
+    end
+    redis.call('HSET', p.h, unpack(f))
+  end
+end
+for _, p in ipairs(unchosen) do
+  keep_eviction(p)
 end
 
 if best == nil then
@@ -128,31 +171,41 @@ end
 
 local wait = best.slot - now
 local reply
+if wait > max_wait or read_only then
+  keep_eviction(best)
+end
 if wait > max_wait then
   reply = { 0, best.c, wait, best.binding }
 else
   if not read_only then
     local h = best.h
-    for _, r in ipairs(best.rows) do
-      if r.charge > 0 then
-        r.total = add(h, r.id, math.floor(best.slot / r.bucket), r.charge, r.total, r.oldest,
-                      now, r.window, r.bucket)
-      end
-    end
     local tail = math.max(best.tail, best.slot)
     local tat = best.tat
     if best.t ~= nil and requests > 0 then
       tat = math.max(tat, best.slot) + best.t * requests
     end
-    redis.call('HSET', h, 'tail', int(tail), 'tat', int(tat))
-    keep(h, math.ceil((math.max(tail, tat, now) - now) / 1000) + windows_ttl_ms)
+    local f = { 'tail', int(tail), 'tat', int(tat) }
+    for i, r in ipairs(rows) do
+      if r.charge > 0 then
+        redis.call('HINCRBY', h, r.id .. ':' .. int(math.floor(best.slot / r.bucket)), int(r.charge))
+        best.total[i] = best.total[i] + r.charge
+        f[#f + 1] = r.id .. ':t'; f[#f + 1] = int(best.total[i])
+        f[#f + 1] = r.id .. ':o'; f[#f + 1] = int(best.oldest[i] or kmin_of(now, r.window, r.bucket))
+      elseif best.oldest[i] ~= nil then
+        f[#f + 1] = r.id .. ':t'; f[#f + 1] = int(best.total[i])
+        f[#f + 1] = r.id .. ':o'; f[#f + 1] = int(best.oldest[i])
+      end
+    end
+    redis.call('HSET', h, unpack(f))
+    -- The expiry only ever moves later: the tail never moves back.
+    redis.call('PEXPIRE', h, int(math.ceil((math.max(tail, tat, now) - now) / 1000) + windows_ttl_ms))
   end
   reply = { 1, best.c, best.slot, wait, best.binding }
 end
-for _, r in ipairs(best.rows) do
-  reply[#reply + 1] = math.max(r.eff - r.total, 0)
+for i = 1, n do
+  reply[#reply + 1] = math.max(best.eff[i] - best.total[i], 0)
 end
-for _, r in ipairs(best.rows) do
-  reply[#reply + 1] = r.eff
+for i = 1, n do
+  reply[#reply + 1] = best.eff[i]
 end
 return reply

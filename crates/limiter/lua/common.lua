@@ -29,17 +29,9 @@ local function kmin_of(t, window, bucket)
   return math.floor(math.max(t - window, 0) / bucket)
 end
 
--- Drops limit `id`'s buckets that left the window ending at `now`.
--- Returns the kept total and the eviction pointer (nil when the limit holds nothing).
--- Writes only to a hash that already exists, so it never creates a key without a TTL.
-local function evict(h, id, window, bucket, now)
-  local kmin = kmin_of(now, window, bucket)
-  local f = redis.call('HMGET', h, id .. ':t', id .. ':o')
-  local total = tonumber(f[1]) or 0
-  local oldest = tonumber(f[2])
-  if oldest == nil or oldest >= kmin then
-    return total, oldest
-  end
+-- Deletes limit `id`'s buckets from `oldest` up to (not including) `kmin` and returns
+-- `total` less what they held. The caller records the new total and pointer.
+local function drop_buckets(h, id, oldest, kmin, total)
   if kmin - oldest <= 64 then
     local names = {}
     for k = oldest, kmin - 1 do
@@ -66,6 +58,21 @@ local function evict(h, id, window, bucket, now)
       end
     end
   end
+  return total
+end
+
+-- Drops limit `id`'s buckets that left the window ending at `now`.
+-- Returns the kept total and the eviction pointer (nil when the limit holds nothing).
+-- Writes only to a hash that already exists, so it never creates a key without a TTL.
+local function evict(h, id, window, bucket, now)
+  local kmin = kmin_of(now, window, bucket)
+  local f = redis.call('HMGET', h, id .. ':t', id .. ':o')
+  local total = tonumber(f[1]) or 0
+  local oldest = tonumber(f[2])
+  if oldest == nil or oldest >= kmin then
+    return total, oldest
+  end
+  total = drop_buckets(h, id, oldest, kmin, total)
   redis.call('HSET', h, id .. ':t', int(total), id .. ':o', int(kmin))
   return total, kmin
 end

@@ -11,6 +11,9 @@ pub enum QuotaError {
     /// A quota needs at least one limit.
     #[error("a quota needs at least one limit")]
     NoLimits,
+    /// A quota has at most `Quota::MAX_LIMITS` limits.
+    #[error("a quota has at most 8 limits, not {0}")]
+    TooManyLimits(usize),
     /// Two limits count the same unit over the same window.
     #[error("two limits share unit and window ({0})")]
     DuplicateLimit(LimitId),

@@ -40,7 +40,7 @@ impl OnError {
 enum Backend {
     Embedded(InProcessStore),
     Redis {
-        store: RedisStore,
+        store: Box<RedisStore>,
         policy: OnError,
         replicas: u32,
         local: InProcessStore,
@@ -89,7 +89,7 @@ impl Limiter {
         let retry = options.breaker_open_for.max(Duration::from_millis(100));
         Ok(Self {
             backend: Backend::Redis {
-                store: RedisStore::new(url, options)?,
+                store: Box::new(RedisStore::new(url, options)?),
                 policy,
                 replicas: expected_replicas.max(1),
                 local: InProcessStore::with_clock(clock),

@@ -1,8 +1,10 @@
 //! [`InProcessStore`]: the limiter in this process's memory, with the same semantics as
 //! Redis. The embedded default for a single instance, and the `local` fallback.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::BuildHasher;
+
+use hashbrown::HashMap;
+use rustc_hash::FxBuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,10 +23,11 @@ const SHARDS: usize = 16;
 const SWEEP_EVERY: u64 = 4096;
 
 /// One lock's worth of accounts: every account of a key group lives in one shard, so
-/// choosing among a group's accounts is atomic.
+/// choosing among a group's accounts is atomic. Keys come from the operator's
+/// configuration, not from callers, so a fast non-keyed hash is safe here.
 #[derive(Default)]
 struct Shard {
-    accounts: HashMap<QuotaKey, AccountState>,
+    accounts: HashMap<QuotaKey, AccountState, FxBuildHasher>,
     ops: u64,
 }
 
@@ -46,7 +49,7 @@ struct Shard {
 pub struct InProcessStore {
     clock: Arc<dyn Clock>,
     shards: Box<[Mutex<Shard>]>,
-    hasher: RandomState,
+    hasher: FxBuildHasher,
     accounts: AtomicU64,
 }
 
@@ -67,7 +70,7 @@ impl InProcessStore {
         Self {
             clock,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: RandomState::new(),
+            hasher: FxBuildHasher,
             accounts: AtomicU64::new(0),
         }
     }
@@ -78,9 +81,7 @@ impl InProcessStore {
     }
 
     fn shard(&self, group: &str) -> &Mutex<Shard> {
-        let mut h = self.hasher.build_hasher();
-        group.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(group) as usize) % SHARDS]
     }
 
     fn with_account<T>(&self, key: &QuotaKey, f: impl FnOnce(&mut AccountState, u64) -> T) -> T {
@@ -88,14 +89,14 @@ impl InProcessStore {
         let mut shard = self.shard(key.group()).lock();
         let shard = &mut *shard;
         let before = shard.accounts.len();
-        let out = f(shard.accounts.entry(key.clone()).or_default(), now);
+        let out = f(shard.accounts.entry_ref(key).or_default(), now);
         self.count(shard, before);
         out
     }
 
     fn count(&self, shard: &mut Shard, before: usize) {
         shard.ops += 1;
-        if shard.ops % SWEEP_EVERY == 0 {
+        if shard.ops.is_multiple_of(SWEEP_EVERY) {
             let now = self.clock.now().as_micros();
             shard.accounts.retain(|_, a| !a.expired(now));
         }
@@ -140,8 +141,17 @@ fn decide(
     let mut best: Option<(usize, Plan)> = None;
     let mut disabled: Option<(usize, String)> = None;
     let mut capacity: Option<LimitError> = None;
+    if let [only] = candidates {
+        // One account: one lookup, no second pass.
+        let account = shard.accounts.entry_ref(only).or_default();
+        return match account.plan(quota, cost, now) {
+            Ok(plan) => Ok(settle(account, 0, only, plan, quota, cost, max_wait, now)),
+            Err(Unplannable::Disabled(reason)) => Ok(disabled_refusal(0, reason)),
+            Err(Unplannable::Capacity(e)) => Err(e),
+        };
+    }
     for (i, key) in candidates.iter().enumerate() {
-        let account = shard.accounts.entry(key.clone()).or_default();
+        let account = shard.accounts.entry_ref(key).or_default();
         match account.plan(quota, cost, now) {
             Ok(plan) => {
                 let better = best.as_ref().is_none_or(|(_, b)| {
@@ -161,38 +171,57 @@ fn decide(
     }
     let Some((i, plan)) = best else {
         if let Some((i, reason)) = disabled {
-            return Ok(Decision::Refused(Refusal {
-                retry_after: None,
-                reason: RefusalReason::Disabled(reason),
-                candidate: i,
-                remaining: Vec::new(),
-            }));
+            return Ok(disabled_refusal(i, reason));
         }
         return Err(capacity.unwrap_or(LimitError::NoCandidates));
     };
     let account = shard.accounts.get_mut(&candidates[i]).expect("planned above");
+    Ok(settle(account, i, &candidates[i], plan, quota, cost, max_wait, now))
+}
+
+fn disabled_refusal(candidate: usize, reason: String) -> Decision {
+    Decision::Refused(Refusal {
+        retry_after: None,
+        reason: RefusalReason::Disabled(reason),
+        candidate,
+        remaining: Vec::new(),
+    })
+}
+
+/// Grants `plan` (committing it) when it is within `max_wait`, or refuses it.
+#[allow(clippy::too_many_arguments)]
+fn settle(
+    account: &mut AccountState,
+    candidate: usize,
+    key: &QuotaKey,
+    plan: Plan,
+    quota: &Quota,
+    cost: &Cost,
+    max_wait: Duration,
+    now: u64,
+) -> Decision {
     let wait = plan.slot - now;
     if wait > duration_micros(max_wait) {
-        return Ok(Decision::Refused(Refusal {
+        return Decision::Refused(Refusal {
             retry_after: Some(Duration::from_micros(wait)),
             reason: plan.binding.reason(quota),
-            candidate: i,
+            candidate,
             remaining: account.remaining(quota, AccountState::plan_effective(&plan)),
-        }));
+        });
     }
     if *cost != Cost::ZERO {
         account.commit(quota, &plan, cost, now);
     }
-    Ok(Decision::Granted(Reservation {
+    Decision::Granted(Reservation {
         id: ReservationId::random(),
-        key: candidates[i].clone(),
-        candidate: i,
+        key: key.clone(),
+        candidate,
         slot: Timestamp::from_micros(plan.slot),
         wait: Duration::from_micros(wait),
         cost: *cost,
         remaining: account.remaining(quota, AccountState::plan_effective(&plan)),
         origin: Origin::Shared,
-    }))
+    })
 }
 
 impl Store for InProcessStore {

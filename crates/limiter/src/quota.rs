@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::num::NonZeroU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::QuotaError;
@@ -53,7 +54,7 @@ impl Window {
 
     /// A window of `length`, which must be a whole, non-zero number of milliseconds.
     pub fn new(length: Duration) -> Result<Self, QuotaError> {
-        if length.is_zero() || length > Self::MAX || length.subsec_nanos() % 1_000_000 != 0 {
+        if length.is_zero() || length > Self::MAX || !length.subsec_nanos().is_multiple_of(1_000_000) {
             return Err(QuotaError::InvalidWindow(length));
         }
         Ok(Self(length))
@@ -79,7 +80,7 @@ impl Window {
 /// State is stored per identifier, so changing a limit's amount keeps its window's
 /// usage, while changing its window or unit starts a fresh window.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct LimitId(String);
+pub struct LimitId(Arc<str>);
 
 impl LimitId {
     /// The identifier as text.
@@ -106,7 +107,7 @@ pub struct Limit {
 impl Limit {
     /// At most `amount` of `unit` in any trailing `window`.
     pub fn new(unit: Unit, amount: NonZeroU64, window: Window) -> Self {
-        let id = LimitId(format!("{}{}", unit.tag(), window.0.as_millis()));
+        let id = LimitId(format!("{}{}", unit.tag(), window.0.as_millis()).into());
         Self {
             unit,
             amount,
@@ -202,13 +203,19 @@ pub struct Quota {
 impl Quota {
     /// The default number of buckets a window is divided into.
     pub const DEFAULT_BUCKETS: u32 = 60;
+    /// The most limits one quota may have (providers meter at most a handful).
+    pub const MAX_LIMITS: usize = 8;
 
     /// A quota of `limits`, with automatic pacing and 60 buckets per window.
     ///
-    /// Fails when there are no limits or two limits share a unit and window.
+    /// Fails when there are no limits, more than [`Quota::MAX_LIMITS`], or two limits
+    /// share a unit and window.
     pub fn new(limits: Vec<Limit>) -> Result<Self, QuotaError> {
         if limits.is_empty() {
             return Err(QuotaError::NoLimits);
+        }
+        if limits.len() > Self::MAX_LIMITS {
+            return Err(QuotaError::TooManyLimits(limits.len()));
         }
         for (i, a) in limits.iter().enumerate() {
             if limits[..i].iter().any(|b| b.id == a.id) {
@@ -342,8 +349,8 @@ impl Cost {
 /// in one atomic script.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QuotaKey {
-    group: String,
-    name: String,
+    group: Arc<str>,
+    name: Arc<str>,
 }
 
 impl QuotaKey {
@@ -360,7 +367,10 @@ impl QuotaKey {
                 return Err(QuotaError::InvalidKey(part.clone()));
             }
         }
-        Ok(Self { group, name })
+        Ok(Self {
+            group: group.into(),
+            name: name.into(),
+        })
     }
 
     /// The group (hash tag).
@@ -371,6 +381,12 @@ impl QuotaKey {
     /// The name within the group.
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+impl From<&QuotaKey> for QuotaKey {
+    fn from(key: &QuotaKey) -> Self {
+        key.clone()
     }
 }
 

@@ -69,14 +69,31 @@ pub(crate) fn pacing(quota: &Quota, effective: &[u64], pace_permille: u32) -> Op
 }
 
 /// One limit's buckets, oldest first, and their sum.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Buckets {
     entries: VecDeque<(u64, u64)>,
     total: u64,
+    /// When the oldest bucket leaves the window (`u64::MAX` when there is none):
+    /// before then, eviction has nothing to do and costs one comparison.
+    next_exit: u64,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Self {
+            entries: VecDeque::new(),
+            total: 0,
+            next_exit: u64::MAX,
+        }
+    }
 }
 
 impl Buckets {
-    fn evict(&mut self, kmin: u64) {
+    fn evict(&mut self, now: u64, window_us: u64, bucket_us: u64) {
+        if now < self.next_exit {
+            return;
+        }
+        let kmin = kmin(now, window_us, bucket_us);
         while let Some(&(k, amount)) = self.entries.front() {
             if k >= kmin {
                 break;
@@ -84,10 +101,14 @@ impl Buckets {
             self.total -= amount;
             self.entries.pop_front();
         }
+        self.next_exit = self
+            .entries
+            .front()
+            .map_or(u64::MAX, |&(k, _)| (k + 1) * bucket_us + window_us);
     }
 
     /// Adds `delta` to bucket `k` (creating it), never taking it below zero.
-    fn add(&mut self, k: u64, delta: i128) {
+    fn add(&mut self, k: u64, delta: i128, window_us: u64, bucket_us: u64) {
         let pos = match self.entries.iter().rposition(|&(i, _)| i <= k) {
             Some(p) if self.entries[p].0 == k => p,
             Some(p) => {
@@ -96,6 +117,7 @@ impl Buckets {
             }
             None => {
                 self.entries.push_front((k, 0));
+                self.next_exit = (k + 1) * bucket_us + window_us;
                 0
             }
         };
@@ -156,8 +178,9 @@ pub(crate) struct Plan {
     pub(crate) binding: Binding,
     /// Headroom after the charge, in millionths of the tightest limit (may be negative).
     pub(crate) headroom: i64,
-    charges: Vec<u64>,
-    effective: Vec<u64>,
+    charges: [u64; Quota::MAX_LIMITS],
+    effective: [u64; Quota::MAX_LIMITS],
+    limits: usize,
     pacing: Option<(u64, u64)>,
 }
 
@@ -190,6 +213,14 @@ pub(crate) enum Unplannable {
 }
 
 impl AccountState {
+    /// The buckets of limit `id`, which is usually the `hint`-th limit.
+    fn window_at(&mut self, hint: usize, id: &LimitId) -> &mut Buckets {
+        if self.windows.get(hint).is_some_and(|(i, _)| i == id) {
+            return &mut self.windows[hint].1;
+        }
+        self.window_mut(id)
+    }
+
     fn window_mut(&mut self, id: &LimitId) -> &mut Buckets {
         let pos = match self.windows.iter().position(|(i, _)| i == id) {
             Some(p) => p,
@@ -217,10 +248,9 @@ impl AccountState {
 
     /// Drops every bucket that left its window by `now`.
     pub(crate) fn evict(&mut self, quota: &Quota, now: u64) {
-        for limit in quota.limits() {
+        for (i, limit) in quota.limits().iter().enumerate() {
             let w = quota.bucket_micros(limit);
-            let kmin = kmin(now, limit.window().micros(), w);
-            self.window_mut(limit.id()).evict(kmin);
+            self.window_at(i, limit.id()).evict(now, limit.window().micros(), w);
         }
     }
 
@@ -231,8 +261,13 @@ impl AccountState {
             return Err(Unplannable::Disabled(reason.clone()));
         }
         self.evict(quota, now);
-        let effective: Vec<u64> = quota.limits().iter().map(|l| self.effective_of(l)).collect();
-        let charges: Vec<u64> = quota.limits().iter().map(|l| l.charge(cost)).collect();
+        let n = quota.limits().len();
+        let mut effective = [0; Quota::MAX_LIMITS];
+        let mut charges = [0; Quota::MAX_LIMITS];
+        for (i, l) in quota.limits().iter().enumerate() {
+            effective[i] = self.effective_of(l);
+            charges[i] = l.charge(cost);
+        }
         for ((limit, &eff), &charge) in quota.limits().iter().zip(&effective).zip(&charges) {
             if charge > eff {
                 return Err(Unplannable::Capacity(LimitError::InsufficientCapacity {
@@ -242,7 +277,7 @@ impl AccountState {
                 }));
             }
         }
-        let pacing = pacing(quota, &effective, self.pace());
+        let pacing = pacing(quota, &effective[..n], self.pace());
         let mut slot = now;
         let mut binding = Binding::Now;
         let raise = |t: u64, b: Binding, slot: &mut u64, binding: &mut Binding| {
@@ -269,7 +304,7 @@ impl AccountState {
         for (i, limit) in quota.limits().iter().enumerate() {
             let (eff, charge) = (effective[i], charges[i]);
             let w = quota.bucket_micros(limit);
-            let buckets = self.window_mut(limit.id());
+            let buckets = self.window_at(i, limit.id());
             if charge > 0 {
                 let t = buckets.fit(from, charge, eff, limit.window().micros(), w);
                 raise(t, Binding::Limit(i), &mut slot, &mut binding);
@@ -283,16 +318,17 @@ impl AccountState {
             headroom,
             charges,
             effective,
+            limits: n,
             pacing,
         })
     }
 
     /// Records `plan` for `cost`.
     pub(crate) fn commit(&mut self, quota: &Quota, plan: &Plan, cost: &Cost, now: u64) {
-        for (limit, &charge) in quota.limits().iter().zip(&plan.charges) {
+        for (i, (limit, &charge)) in quota.limits().iter().zip(&plan.charges).enumerate() {
             if charge > 0 {
-                let k = plan.slot / quota.bucket_micros(limit);
-                self.window_mut(limit.id()).add(k, i128::from(charge));
+                let w = quota.bucket_micros(limit);
+                self.window_at(i, limit.id()).add(plan.slot / w, i128::from(charge), limit.window().micros(), w);
             }
         }
         self.tail = self.tail.max(plan.slot);
@@ -317,7 +353,7 @@ impl AccountState {
                     unit: l.unit(),
                     window: l.window(),
                     effective: eff,
-                    remaining: eff.saturating_sub(self.window_mut(l.id()).total),
+                    remaining: eff.saturating_sub(self.window_at(i, l.id()).total),
                 }
             })
             .collect()
@@ -325,7 +361,7 @@ impl AccountState {
 
     /// The effective limits a plan used.
     pub(crate) fn plan_effective(plan: &Plan) -> &[u64] {
-        &plan.effective
+        &plan.effective[..plan.limits]
     }
 
     /// Replaces a reservation's charges by `actual`'s (idempotent per reservation id).
@@ -351,9 +387,9 @@ impl AccountState {
             let (window, w) = (limit.window().micros(), quota.bucket_micros(limit));
             let k = slot / w;
             if delta != 0 && k >= kmin(now, window, w) {
-                self.window_mut(limit.id()).add(k, delta);
+                self.window_mut(limit.id()).add(k, delta, window, w);
             } else if delta > 0 {
-                self.window_mut(limit.id()).add(now / w, delta);
+                self.window_mut(limit.id()).add(now / w, delta, window, w);
             }
             applied.push((limit.id().clone(), after));
         }
@@ -372,7 +408,7 @@ impl AccountState {
             let charge = limit.charge(cost);
             if charge > 0 {
                 let w = quota.bucket_micros(limit);
-                self.window_mut(limit.id()).add(now / w, i128::from(charge));
+                self.window_mut(limit.id()).add(now / w, i128::from(charge), limit.window().micros(), w);
             }
         }
         self.keep_windows(quota, now);
@@ -461,17 +497,20 @@ mod tests {
     #[test]
     fn buckets_add_in_any_order_and_clamp() {
         let mut b = Buckets::default();
-        b.add(5, 3);
-        b.add(2, 1);
-        b.add(9, 4);
-        b.add(5, -10);
+        // Window 10 us, buckets of 1 us: bucket k leaves at k + 11.
+        b.add(5, 3, 10, 1);
+        b.add(2, 1, 10, 1);
+        b.add(9, 4, 10, 1);
+        b.add(5, -10, 10, 1);
         assert_eq!(
             b.entries.iter().copied().collect::<Vec<_>>(),
             vec![(2, 1), (5, 0), (9, 4)]
         );
-        assert_eq!(b.total, 5);
-        b.evict(6);
-        assert_eq!(b.total, 4);
+        assert_eq!((b.total, b.next_exit), (5, 13));
+        b.evict(12, 10, 1);
+        assert_eq!(b.total, 5, "bucket 2 stays until 13");
+        b.evict(16, 10, 1);
+        assert_eq!((b.total, b.next_exit), (4, 20));
     }
 
     #[test]

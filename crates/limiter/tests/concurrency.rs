@@ -103,6 +103,7 @@ pub fn run_hammer(url: &str, groups: usize, accounts: usize) {
                 .env("SLUICE_HAMMER_GROUPS", groups.to_string())
                 .env("SLUICE_HAMMER_ACCOUNTS", accounts.to_string())
                 .env("SLUICE_HAMMER_SEED", p.to_string())
+                .stdout(std::process::Stdio::null())
                 .spawn()
                 .unwrap()
         })
@@ -134,8 +135,11 @@ fn read_logs(dir: &Path) -> BTreeMap<(String, String), Vec<Grant>> {
 }
 
 /// No trailing window at any grant instant exceeds a limit, and the windows were used.
+/// A limit as the checker sees it: label, amount, window (us), charge of a grant.
+type Checked = (&'static str, u64, u64, fn(&Grant) -> u64);
+
 fn check_account(name: &str, log: &[Grant]) {
-    let limits: [(&str, u64, u64, fn(&Grant) -> u64); 3] = [
+    let limits: [Checked; 3] = [
         ("requests/1s", 40, 1_000_000, |_| 1),
         ("tokens/1s", 3000, 1_000_000, |g| g.tokens),
         ("requests/5s", 200, 5_000_000, |_| 1),

@@ -8,7 +8,7 @@ use sluice_limiter::{
     Cost, Decision, InProcessStore, Limiter, ManualClock, OnError, Origin, RedisOptions,
     RefusalReason, StateChange, Store, Timestamp, Window,
 };
-use sluice_testkit::{RedisServer, wait_until};
+use sluice_testkit::RedisServer;
 
 use crate::support::{T0, key, one, quota};
 

@@ -164,8 +164,8 @@ impl Model {
             Some(m) => m.clone(),
             None => (0..self.limits.len()).map(|i| self.charge(i, estimate)).collect(),
         };
-        for i in 0..self.limits.len() {
-            let delta = i128::from(self.charge(i, actual)) - i128::from(before[i]);
+        for (i, &was) in before.iter().enumerate() {
+            let delta = i128::from(self.charge(i, actual)) - i128::from(was);
             let k = slot / self.limits[i].2;
             if delta != 0 && k >= self.kmin(i, now) {
                 self.add(i, k, delta);

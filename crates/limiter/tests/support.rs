@@ -47,11 +47,12 @@ pub fn tokens(n: u64) -> Cost {
     Cost::request(n, 0)
 }
 
-/// A store on a manual clock, with the server it needs (if any).
+/// A store on a manual clock, with the server it needs (if any), kept alive as long
+/// as the rig.
 pub struct Rig<S> {
     pub store: S,
     pub clock: ManualClock,
-    pub server: Option<RedisServer>,
+    _server: Option<RedisServer>,
 }
 
 impl Rig<InProcessStore> {
@@ -60,7 +61,7 @@ impl Rig<InProcessStore> {
         Self {
             store: InProcessStore::with_clock(Arc::new(clock.clone())),
             clock,
-            server: None,
+            _server: None,
         }
     }
 }
@@ -77,7 +78,7 @@ impl Rig<RedisStore> {
         Self {
             store: RedisStore::new(&server.url(), options).unwrap(),
             clock,
-            server: Some(server),
+            _server: Some(server),
         }
     }
 }
