@@ -46,12 +46,16 @@ fn in_process(n_keys: usize) -> f64 {
     let cost = Cost::request(500, 200);
     let n = if quick() { 200_000 } else { 5_000_000 };
     for k in &keys {
-        store.acquire_now(std::slice::from_ref(k), &q, cost, Duration::ZERO).unwrap();
+        store
+            .acquire_now(std::slice::from_ref(k), &q, cost, Duration::ZERO)
+            .unwrap();
     }
     let start = Instant::now();
     for i in 0..n {
         let k = &keys[i % keys.len()];
-        let d = store.acquire_now(std::slice::from_ref(k), &q, cost, Duration::ZERO).unwrap();
+        let d = store
+            .acquire_now(std::slice::from_ref(k), &q, cost, Duration::ZERO)
+            .unwrap();
         std::hint::black_box(d);
     }
     n as f64 / start.elapsed().as_secs_f64()
@@ -68,7 +72,12 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1000.0
 }
 
-async fn redis_run(store: Arc<RedisStore>, concurrency: usize, keys: Arc<Vec<QuotaKey>>, total: usize) -> Run {
+async fn redis_run(
+    store: Arc<RedisStore>,
+    concurrency: usize,
+    keys: Arc<Vec<QuotaKey>>,
+    total: usize,
+) -> Run {
     let q = Arc::new(quota());
     let per_task = total / concurrency;
     let start = Instant::now();
@@ -81,7 +90,12 @@ async fn redis_run(store: Arc<RedisStore>, concurrency: usize, keys: Arc<Vec<Quo
                     let k = &keys[(t * per_task + i) % keys.len()];
                     let t0 = Instant::now();
                     let d = store
-                        .acquire(std::slice::from_ref(k), &q, Cost::request(500, 200), Duration::ZERO)
+                        .acquire(
+                            std::slice::from_ref(k),
+                            &q,
+                            Cost::request(500, 200),
+                            Duration::ZERO,
+                        )
                         .await
                         .expect("redis answers");
                     lat.push(t0.elapsed());
@@ -106,10 +120,19 @@ async fn redis_run(store: Arc<RedisStore>, concurrency: usize, keys: Arc<Vec<Quo
 
 /// `redis-benchmark` running EVALSHA of `return 1` at `clients` clients, unpipelined.
 fn raw_evalsha(server: &RedisServer, clients: usize, total: usize) -> Run {
-    let sha = server.cli(&["SCRIPT", "LOAD", "return 1"]).trim().to_owned();
+    let sha = server
+        .cli(&["SCRIPT", "LOAD", "return 1"])
+        .trim()
+        .to_owned();
     let out = std::process::Command::new("redis-benchmark")
         .args(["-h", "127.0.0.1", "-p", &server.port().to_string()])
-        .args(["-c", &clients.to_string(), "-n", &total.to_string(), "--csv"])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-n",
+            &total.to_string(),
+            "--csv",
+        ])
         .args(["EVALSHA", &sha, "0"])
         .output()
         .expect("redis-benchmark (redis-tools) must be installed");
@@ -141,9 +164,16 @@ fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_default();
-    println!("machine: {} cores, {cpu}", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "machine: {} cores, {cpu}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 
     println!("\n### In-process store, one thread\n");
     println!("| quotas | decisions/s |");
@@ -155,13 +185,28 @@ fn main() {
     if std::env::var("SLUICE_BENCH_ONLY").as_deref() == Ok("memory") {
         return;
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let server = RedisServer::start();
-    let store = Arc::new(RedisStore::new(&server.url(), RedisOptions { timeout: Duration::from_secs(5), ..RedisOptions::default() }).unwrap());
+    let store = Arc::new(
+        RedisStore::new(
+            &server.url(),
+            RedisOptions {
+                timeout: Duration::from_secs(5),
+                ..RedisOptions::default()
+            },
+        )
+        .unwrap(),
+    );
     let total = if quick() { 20_000 } else { 200_000 };
 
     println!("\n### Redis: three-limit acquire vs raw EVALSHA (same server, same run)\n");
-    println!("| concurrency | raw EVALSHA/s | raw p50 ms | raw p99 ms | acquire/s | acquire p50 ms | acquire p99 ms | ratio |");
+    println!(
+        "| concurrency | raw EVALSHA/s | raw p50 ms | raw p99 ms | acquire/s | acquire p50 ms | acquire p99 ms | ratio |"
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let one_key = Arc::new(keys(1));
     for c in [1, 16, 64] {
@@ -170,7 +215,13 @@ fn main() {
         let ours = rt.block_on(redis_run(store.clone(), c, one_key.clone(), n));
         println!(
             "| {c} | {:.0} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.2} |",
-            raw.per_sec, raw.p50_ms, raw.p99_ms, ours.per_sec, ours.p50_ms, ours.p99_ms, ours.per_sec / raw.per_sec
+            raw.per_sec,
+            raw.p50_ms,
+            raw.p99_ms,
+            ours.per_sec,
+            ours.p50_ms,
+            ours.p99_ms,
+            ours.per_sec / raw.per_sec
         );
     }
 

@@ -63,6 +63,6 @@ pub use error::{LimitError, QuotaError, StoreError};
 pub use limiter::{Limiter, OnError};
 pub use memory::InProcessStore;
 pub use quota::{Cost, Limit, LimitId, Pacing, Quota, QuotaKey, Unit, Window};
-pub use redis::{RedisOptions, RedisStore};
+pub use redis::{RedisConnection, RedisOptions, RedisStore};
 pub use store::{StateChange, Store};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::decision::{Decision, Origin, QuotaStatus, Refusal, RefusalReason, Reservation, ReservationId};
+use crate::decision::{
+    Decision, Origin, QuotaStatus, Refusal, RefusalReason, Reservation, ReservationId,
+};
 use crate::error::LimitError;
 use crate::memory::InProcessStore;
 use crate::quota::{Cost, Quota, QuotaKey};
@@ -85,7 +87,10 @@ impl Limiter {
         policy: OnError,
         expected_replicas: u32,
     ) -> Result<Self, crate::StoreError> {
-        let clock: Arc<dyn Clock> = options.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+        let clock: Arc<dyn Clock> = options
+            .clock
+            .clone()
+            .unwrap_or_else(|| Arc::new(SystemClock));
         let retry = options.breaker_open_for.max(Duration::from_millis(100));
         Ok(Self {
             backend: Backend::Redis {
@@ -189,25 +194,47 @@ impl Store for Limiter {
         }
     }
 
-    async fn reconcile(&self, quota: &Quota, reservation: &Reservation, actual: Cost) -> Result<(), LimitError> {
+    async fn reconcile(
+        &self,
+        quota: &Quota,
+        reservation: &Reservation,
+        actual: Cost,
+    ) -> Result<(), LimitError> {
         match (&self.backend, reservation.origin) {
             (_, Origin::Unmetered) => Ok(()),
             (Backend::Embedded(s), _) => s.reconcile(quota, reservation, actual).await,
-            (Backend::Redis { local, replicas, .. }, Origin::Local) => {
-                local.reconcile(&quota.divided(*replicas), reservation, actual).await
+            (
+                Backend::Redis {
+                    local, replicas, ..
+                },
+                Origin::Local,
+            ) => {
+                local
+                    .reconcile(&quota.divided(*replicas), reservation, actual)
+                    .await
             }
             (Backend::Redis { store, .. }, _) => store.reconcile(quota, reservation, actual).await,
         }
     }
 
-    async fn record_usage(&self, key: &QuotaKey, quota: &Quota, cost: Cost) -> Result<(), LimitError> {
+    async fn record_usage(
+        &self,
+        key: &QuotaKey,
+        quota: &Quota,
+        cost: Cost,
+    ) -> Result<(), LimitError> {
         match &self.backend {
             Backend::Embedded(s) => s.record_usage(key, quota, cost).await,
             Backend::Redis { store, .. } => store.record_usage(key, quota, cost).await,
         }
     }
 
-    async fn update(&self, key: &QuotaKey, quota: &Quota, change: StateChange) -> Result<(), LimitError> {
+    async fn update(
+        &self,
+        key: &QuotaKey,
+        quota: &Quota,
+        change: StateChange,
+    ) -> Result<(), LimitError> {
         match &self.backend {
             Backend::Embedded(s) => s.update(key, quota, change).await,
             Backend::Redis { store, .. } => store.update(key, quota, change).await,

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::decision::{Decision, Origin, QuotaStatus, Refusal, RefusalReason, Reservation, ReservationId};
+use crate::decision::{
+    Decision, Origin, QuotaStatus, Refusal, RefusalReason, Reservation, ReservationId,
+};
 use crate::error::LimitError;
 use crate::quota::{Cost, Quota, QuotaKey};
 use crate::store::{StateChange, Store};
@@ -102,9 +104,11 @@ impl InProcessStore {
         }
         let after = shard.accounts.len();
         if after >= before {
-            self.accounts.fetch_add((after - before) as u64, Ordering::Relaxed);
+            self.accounts
+                .fetch_add((after - before) as u64, Ordering::Relaxed);
         } else {
-            self.accounts.fetch_sub((before - after) as u64, Ordering::Relaxed);
+            self.accounts
+                .fetch_sub((before - after) as u64, Ordering::Relaxed);
         }
     }
 
@@ -175,8 +179,20 @@ fn decide(
         }
         return Err(capacity.unwrap_or(LimitError::NoCandidates));
     };
-    let account = shard.accounts.get_mut(&candidates[i]).expect("planned above");
-    Ok(settle(account, i, &candidates[i], plan, quota, cost, max_wait, now))
+    let account = shard
+        .accounts
+        .get_mut(&candidates[i])
+        .expect("planned above");
+    Ok(settle(
+        account,
+        i,
+        &candidates[i],
+        plan,
+        quota,
+        cost,
+        max_wait,
+        now,
+    ))
 }
 
 fn disabled_refusal(candidate: usize, reason: String) -> Decision {
@@ -254,12 +270,22 @@ impl Store for InProcessStore {
         Ok(())
     }
 
-    async fn record_usage(&self, key: &QuotaKey, quota: &Quota, cost: Cost) -> Result<(), LimitError> {
+    async fn record_usage(
+        &self,
+        key: &QuotaKey,
+        quota: &Quota,
+        cost: Cost,
+    ) -> Result<(), LimitError> {
         self.with_account(key, |a, now| a.record_usage(quota, &cost, now));
         Ok(())
     }
 
-    async fn update(&self, key: &QuotaKey, quota: &Quota, change: StateChange) -> Result<(), LimitError> {
+    async fn update(
+        &self,
+        key: &QuotaKey,
+        quota: &Quota,
+        change: StateChange,
+    ) -> Result<(), LimitError> {
         self.with_account(key, |a, now| a.update(quota, &change, now));
         Ok(())
     }

@@ -54,7 +54,10 @@ impl Window {
 
     /// A window of `length`, which must be a whole, non-zero number of milliseconds.
     pub fn new(length: Duration) -> Result<Self, QuotaError> {
-        if length.is_zero() || length > Self::MAX || !length.subsec_nanos().is_multiple_of(1_000_000) {
+        if length.is_zero()
+            || length > Self::MAX
+            || !length.subsec_nanos().is_multiple_of(1_000_000)
+        {
             return Err(QuotaError::InvalidWindow(length));
         }
         Ok(Self(length))
@@ -443,8 +446,11 @@ mod tests {
     #[test]
     fn divided_never_reaches_zero() {
         let w = Window::secs(1).unwrap();
-        let q = Quota::new(vec![Limit::requests(10, w).unwrap(), Limit::tokens(2, w).unwrap()])
-            .unwrap();
+        let q = Quota::new(vec![
+            Limit::requests(10, w).unwrap(),
+            Limit::tokens(2, w).unwrap(),
+        ])
+        .unwrap();
         let d = q.divided(3);
         assert_eq!(d.limits()[0].amount(), 3);
         assert_eq!(d.limits()[1].amount(), 1);

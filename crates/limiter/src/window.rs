@@ -250,13 +250,19 @@ impl AccountState {
     pub(crate) fn evict(&mut self, quota: &Quota, now: u64) {
         for (i, limit) in quota.limits().iter().enumerate() {
             let w = quota.bucket_micros(limit);
-            self.window_at(i, limit.id()).evict(now, limit.window().micros(), w);
+            self.window_at(i, limit.id())
+                .evict(now, limit.window().micros(), w);
         }
     }
 
     /// Plans the earliest slot for `cost` (after eviction at `now`); writes nothing
     /// but eviction.
-    pub(crate) fn plan(&mut self, quota: &Quota, cost: &Cost, now: u64) -> Result<Plan, Unplannable> {
+    pub(crate) fn plan(
+        &mut self,
+        quota: &Quota,
+        cost: &Cost,
+        now: u64,
+    ) -> Result<Plan, Unplannable> {
         if let Some(reason) = &self.disabled {
             return Err(Unplannable::Disabled(reason.clone()));
         }
@@ -287,7 +293,12 @@ impl AccountState {
             }
         };
         raise(self.tail, Binding::Queue, &mut slot, &mut binding);
-        raise(self.cooldown_until, Binding::Cooldown, &mut slot, &mut binding);
+        raise(
+            self.cooldown_until,
+            Binding::Cooldown,
+            &mut slot,
+            &mut binding,
+        );
         if let Some((t, tau)) = pacing
             && cost.requests > 0
         {
@@ -328,7 +339,12 @@ impl AccountState {
         for (i, (limit, &charge)) in quota.limits().iter().zip(&plan.charges).enumerate() {
             if charge > 0 {
                 let w = quota.bucket_micros(limit);
-                self.window_at(i, limit.id()).add(plan.slot / w, i128::from(charge), limit.window().micros(), w);
+                self.window_at(i, limit.id()).add(
+                    plan.slot / w,
+                    i128::from(charge),
+                    limit.window().micros(),
+                    w,
+                );
             }
         }
         self.tail = self.tail.max(plan.slot);
@@ -379,7 +395,10 @@ impl AccountState {
         let mut applied = Vec::with_capacity(quota.limits().len());
         for limit in quota.limits() {
             let before = match &previous {
-                Some(p) => p.iter().find(|(i, _)| i == limit.id()).map_or(0, |&(_, v)| v),
+                Some(p) => p
+                    .iter()
+                    .find(|(i, _)| i == limit.id())
+                    .map_or(0, |&(_, v)| v),
                 None => limit.charge(estimate),
             };
             let after = limit.charge(actual);
@@ -408,7 +427,12 @@ impl AccountState {
             let charge = limit.charge(cost);
             if charge > 0 {
                 let w = quota.bucket_micros(limit);
-                self.window_mut(limit.id()).add(now / w, i128::from(charge), limit.window().micros(), w);
+                self.window_mut(limit.id()).add(
+                    now / w,
+                    i128::from(charge),
+                    limit.window().micros(),
+                    w,
+                );
             }
         }
         self.keep_windows(quota, now);
@@ -421,8 +445,11 @@ impl AccountState {
             StateChange::Cooldown(d) => {
                 let until = now + crate::time::duration_micros(*d);
                 self.cooldown_until = self.cooldown_until.max(until);
-                let effective: Vec<u64> =
-                    quota.limits().iter().map(|l| self.effective_of(l)).collect();
+                let effective: Vec<u64> = quota
+                    .limits()
+                    .iter()
+                    .map(|l| self.effective_of(l))
+                    .collect();
                 if let Some((_, tau)) = pacing(quota, &effective, self.pace()) {
                     self.tat = self.tat.max(self.cooldown_until + tau);
                 }
@@ -541,10 +568,19 @@ mod tests {
         ])
         .unwrap();
         // 60 s / 600 = 100 ms; 1 s / 10 = 100 ms; the daily limit is ignored.
-        assert_eq!(pacing(&q, &[600, 10, 100_000], 1000), Some((100_000, 900_000)));
+        assert_eq!(
+            pacing(&q, &[600, 10, 100_000], 1000),
+            Some((100_000, 900_000))
+        );
         // A learned limit of 5 per second halves the rate; the burst shrinks with it.
-        assert_eq!(pacing(&q, &[600, 5, 100_000], 1000), Some((200_000, 800_000)));
+        assert_eq!(
+            pacing(&q, &[600, 5, 100_000], 1000),
+            Some((200_000, 800_000))
+        );
         // A slow-down factor of 2 does the same.
-        assert_eq!(pacing(&q, &[600, 10, 100_000], 2000), Some((200_000, 800_000)));
+        assert_eq!(
+            pacing(&q, &[600, 10, 100_000], 2000),
+            Some((200_000, 800_000))
+        );
     }
 }

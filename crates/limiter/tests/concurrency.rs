@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use sluice_limiter::{Cost, Decision, Limit, Quota, QuotaKey, RedisOptions, RedisStore, Store, Window};
+use sluice_limiter::{
+    Cost, Decision, Limit, Quota, QuotaKey, RedisOptions, RedisStore, Store, Window,
+};
 use sluice_testkit::RedisServer;
 
 const PROCESSES: usize = 4;
@@ -44,12 +46,28 @@ struct Grant {
 fn hammer_child() {
     let url = std::env::var("SLUICE_HAMMER_URL").expect("started by run_hammer");
     let out = std::env::var("SLUICE_HAMMER_OUT").unwrap();
-    let groups: usize = std::env::var("SLUICE_HAMMER_GROUPS").unwrap().parse().unwrap();
-    let accounts: usize = std::env::var("SLUICE_HAMMER_ACCOUNTS").unwrap().parse().unwrap();
-    let seed: u64 = std::env::var("SLUICE_HAMMER_SEED").unwrap().parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let groups: usize = std::env::var("SLUICE_HAMMER_GROUPS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let accounts: usize = std::env::var("SLUICE_HAMMER_ACCOUNTS")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let seed: u64 = std::env::var("SLUICE_HAMMER_SEED")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let lines = rt.block_on(async move {
-        let options = RedisOptions { timeout: Duration::from_secs(2), ..RedisOptions::default() };
+        let options = RedisOptions {
+            timeout: Duration::from_secs(2),
+            ..RedisOptions::default()
+        };
         let store = Arc::new(RedisStore::new(&url, options).unwrap());
         let quota = Arc::new(hammer_quota());
         let deadline = Instant::now() + Duration::from_secs(SECONDS);
@@ -59,15 +77,31 @@ fn hammer_child() {
             tasks.push(tokio::spawn(async move {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(seed * 1000 + task as u64);
                 let group = format!("hammer/g{}", task % groups);
-                let keys: Vec<QuotaKey> = (0..accounts).map(|a| QuotaKey::new(&group, format!("key-{a}")).unwrap()).collect();
+                let keys: Vec<QuotaKey> = (0..accounts)
+                    .map(|a| QuotaKey::new(&group, format!("key-{a}")).unwrap())
+                    .collect();
                 let mut log = Vec::new();
                 while Instant::now() < deadline {
                     let tokens = rng.random_range(50..=150);
                     let cost = Cost::request(tokens, 0);
-                    match store.acquire(&keys, &quota, cost, Duration::from_secs(5)).await.unwrap() {
+                    match store
+                        .acquire(&keys, &quota, cost, Duration::from_secs(5))
+                        .await
+                        .unwrap()
+                    {
                         Decision::Granted(r) => {
-                            log.push(format!("{} {} {} {}", group, r.key.name(), r.slot.as_micros(), tokens));
-                            tokio::time::sleep(r.wait.min(deadline.saturating_duration_since(Instant::now()))).await;
+                            log.push(format!(
+                                "{} {} {} {}",
+                                group,
+                                r.key.name(),
+                                r.slot.as_micros(),
+                                tokens
+                            ));
+                            tokio::time::sleep(
+                                r.wait
+                                    .min(deadline.saturating_duration_since(Instant::now())),
+                            )
+                            .await;
                         }
                         Decision::Refused(r) => {
                             let pause = r.retry_after.unwrap_or(Duration::from_millis(50));
@@ -97,7 +131,13 @@ pub fn run_hammer(url: &str, groups: usize, accounts: usize) {
     let children: Vec<_> = (0..PROCESSES)
         .map(|p| {
             Command::new(&exe)
-                .args(["concurrency::hammer_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+                .args([
+                    "concurrency::hammer_child",
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("SLUICE_HAMMER_URL", url)
                 .env("SLUICE_HAMMER_OUT", dir.path().join(format!("p{p}.log")))
                 .env("SLUICE_HAMMER_GROUPS", groups.to_string())
@@ -128,7 +168,10 @@ fn read_logs(dir: &Path) -> BTreeMap<(String, String), Vec<Grant>> {
             grants
                 .entry((f[0].to_owned(), f[1].to_owned()))
                 .or_default()
-                .push(Grant { slot: f[2].parse().unwrap(), tokens: f[3].parse().unwrap() });
+                .push(Grant {
+                    slot: f[2].parse().unwrap(),
+                    tokens: f[3].parse().unwrap(),
+                });
         }
     }
     grants
@@ -158,14 +201,20 @@ fn check_account(name: &str, log: &[Grant]) {
                 sum -= charge(&log[lo]);
                 lo += 1;
             }
-            assert!(sum <= limit, "{name}: {label} held {sum} > {limit} in the window ending at {t}");
+            assert!(
+                sum <= limit,
+                "{name}: {label} held {sum} > {limit} in the window ending at {t}"
+            );
         }
     }
     // Utilisation over whole seconds from the first slot: in each second the binding
     // limit (requests or tokens) must be nearly full.
     let start = log[0].slot;
     let seconds = (log.last().unwrap().slot - start) / 1_000_000;
-    assert!(seconds >= 4, "{name}: only {seconds} whole seconds of grants");
+    assert!(
+        seconds >= 4,
+        "{name}: only {seconds} whole seconds of grants"
+    );
     let mut total = 0.0;
     for s in 0..seconds {
         let (from, to) = (start + s * 1_000_000, start + (s + 1) * 1_000_000);
@@ -174,8 +223,15 @@ fn check_account(name: &str, log: &[Grant]) {
         total += (requests as f64 / 40.0).max(tokens as f64 / 3000.0);
     }
     let utilisation = total / seconds as f64;
-    println!("{name}: {} grants, utilisation of the binding limit {:.3} over {seconds} s", log.len(), utilisation);
-    assert!(utilisation >= 0.95, "{name}: utilisation {utilisation:.3} < 0.95");
+    println!(
+        "{name}: {} grants, utilisation of the binding limit {:.3} over {seconds} s",
+        log.len(),
+        utilisation
+    );
+    assert!(
+        utilisation >= 0.95,
+        "{name}: utilisation {utilisation:.3} < 0.95"
+    );
 }
 
 #[test]

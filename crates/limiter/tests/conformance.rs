@@ -7,7 +7,7 @@ use sluice_limiter::{
     Cost, Decision, Limit, LimitError, Pacing, RefusalReason, StateChange, Store, Unit,
 };
 
-use crate::support::{T0, for_each_backend, key, ms, one, quota, tokens, us, window, Rig};
+use crate::support::{Rig, T0, for_each_backend, key, ms, one, quota, tokens, us, window};
 
 for_each_backend!(
     at_the_limit_then_refused_with_an_exact_retry_after,
@@ -56,7 +56,14 @@ async fn a_cost_over_the_limit_is_an_error_at_once<S: Store>(rig: Rig<S>) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, LimitError::InsufficientCapacity { capacity: 100, cost: 101, .. }),
+        matches!(
+            err,
+            LimitError::InsufficientCapacity {
+                capacity: 100,
+                cost: 101,
+                ..
+            }
+        ),
         "{err:?}"
     );
     rig.grant(&q, tokens(100)).await;
@@ -129,23 +136,37 @@ async fn reconcile_after_the_window_left_charges_now_and_drops_refunds<S: Store>
     rig.advance(ms(1100));
     assert_eq!(rig.used(&q).await, vec![0]);
     rig.store.reconcile(&q, &r, tokens(400)).await.unwrap();
-    assert_eq!(rig.used(&q).await, vec![0], "a refund after the window is dropped");
+    assert_eq!(
+        rig.used(&q).await,
+        vec![0],
+        "a refund after the window is dropped"
+    );
     rig.store.reconcile(&q, &r, tokens(900)).await.unwrap();
-    assert_eq!(rig.used(&q).await, vec![500], "900 - 400 lands in the current bucket");
+    assert_eq!(
+        rig.used(&q).await,
+        vec![500],
+        "900 - 400 lands in the current bucket"
+    );
     rig.advance(ms(1100));
     assert_eq!(rig.used(&q).await, vec![0]);
 }
 
 async fn cooldown_blocks_then_resumes_one_interval_apart<S: Store>(rig: Rig<S>) {
     let q = quota(vec![Limit::requests(100, window(1000)).unwrap()])
-        .with_pacing(Pacing::Fixed { interval: ms(100), burst: 5 })
+        .with_pacing(Pacing::Fixed {
+            interval: ms(100),
+            burst: 5,
+        })
         .unwrap();
     rig.store
         .update(&key("a"), &q, StateChange::Cooldown(ms(5000)))
         .await
         .unwrap();
     let no = rig.refuse(&q, one()).await;
-    assert_eq!((no.reason, no.retry_after), (RefusalReason::Cooldown, Some(ms(5000))));
+    assert_eq!(
+        (no.reason, no.retry_after),
+        (RefusalReason::Cooldown, Some(ms(5000)))
+    );
     let waits: Vec<Duration> = {
         let mut w = Vec::new();
         for _ in 0..3 {
@@ -159,8 +180,14 @@ async fn cooldown_blocks_then_resumes_one_interval_apart<S: Store>(rig: Rig<S>) 
     assert_eq!(waits, vec![ms(5000), ms(5100), ms(5200)]);
     let status = rig.store.status(&key("a"), &q).await.unwrap();
     assert_eq!(status.cooldown, Some(ms(5000)));
-    rig.store.update(&key("a"), &q, StateChange::ClearCooldown).await.unwrap();
-    assert_eq!(rig.store.status(&key("a"), &q).await.unwrap().cooldown, None);
+    rig.store
+        .update(&key("a"), &q, StateChange::ClearCooldown)
+        .await
+        .unwrap();
+    assert_eq!(
+        rig.store.status(&key("a"), &q).await.unwrap().cooldown,
+        None
+    );
 }
 
 async fn effective_limit_lowers_but_never_raises<S: Store>(rig: Rig<S>) {
@@ -170,17 +197,40 @@ async fn effective_limit_lowers_but_never_raises<S: Store>(rig: Rig<S>) {
     ]);
     let (r, t) = (q.limits()[0].id().clone(), q.limits()[1].id().clone());
     let set = |limit, value| StateChange::EffectiveLimit { limit, value };
-    rig.store.update(&key("a"), &q, set(r.clone(), Some(2))).await.unwrap();
-    rig.store.update(&key("a"), &q, set(t.clone(), Some(50))).await.unwrap();
+    rig.store
+        .update(&key("a"), &q, set(r.clone(), Some(2)))
+        .await
+        .unwrap();
+    rig.store
+        .update(&key("a"), &q, set(t.clone(), Some(50)))
+        .await
+        .unwrap();
     rig.grant(&q, tokens(10)).await;
     rig.grant(&q, tokens(10)).await;
-    assert_eq!(rig.refuse(&q, tokens(10)).await.reason, RefusalReason::Limit(r.clone()));
-    let err = rig.store.acquire(&[key("a")], &q, tokens(60), ms(0)).await.unwrap_err();
-    assert!(matches!(err, LimitError::InsufficientCapacity { capacity: 50, .. }), "{err:?}");
-    rig.store.update(&key("a"), &q, set(r.clone(), Some(500))).await.unwrap();
+    assert_eq!(
+        rig.refuse(&q, tokens(10)).await.reason,
+        RefusalReason::Limit(r.clone())
+    );
+    let err = rig
+        .store
+        .acquire(&[key("a")], &q, tokens(60), ms(0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, LimitError::InsufficientCapacity { capacity: 50, .. }),
+        "{err:?}"
+    );
+    rig.store
+        .update(&key("a"), &q, set(r.clone(), Some(500)))
+        .await
+        .unwrap();
     let status = rig.store.status(&key("a"), &q).await.unwrap();
     assert_eq!(
-        status.limits.iter().map(|l| (l.configured, l.effective)).collect::<Vec<_>>(),
+        status
+            .limits
+            .iter()
+            .map(|l| (l.configured, l.effective))
+            .collect::<Vec<_>>(),
         vec![(5, 5), (100, 50)]
     );
     rig.store.update(&key("a"), &q, set(t, None)).await.unwrap();
@@ -195,12 +245,27 @@ async fn disabled_accounts_are_skipped_until_enabled<S: Store>(rig: Rig<S>) {
         .await
         .unwrap();
     let no = rig.refuse(&q, one()).await;
-    assert_eq!((no.reason, no.retry_after), (RefusalReason::Disabled(reason.clone()), None));
+    assert_eq!(
+        (no.reason, no.retry_after),
+        (RefusalReason::Disabled(reason.clone()), None)
+    );
     let pair = [key("a"), key("b")];
-    let r = rig.store.acquire(&pair, &q, one(), ms(0)).await.unwrap().granted().unwrap();
+    let r = rig
+        .store
+        .acquire(&pair, &q, one(), ms(0))
+        .await
+        .unwrap()
+        .granted()
+        .unwrap();
     assert_eq!((r.candidate, r.key), (1, key("b")));
-    assert_eq!(rig.store.status(&key("a"), &q).await.unwrap().disabled, Some(reason));
-    rig.store.update(&key("a"), &q, StateChange::Enable).await.unwrap();
+    assert_eq!(
+        rig.store.status(&key("a"), &q).await.unwrap().disabled,
+        Some(reason)
+    );
+    rig.store
+        .update(&key("a"), &q, StateChange::Enable)
+        .await
+        .unwrap();
     rig.grant(&q, one()).await;
 }
 
@@ -211,22 +276,43 @@ async fn acquire_any_prefers_the_earliest_slot_then_the_most_headroom<S: Store>(
         let q = &q;
         async move {
             for _ in 0..n {
-                rig.store.acquire(&[key(k)], q, one(), ms(0)).await.unwrap().granted().unwrap();
+                rig.store
+                    .acquire(&[key(k)], q, one(), ms(0))
+                    .await
+                    .unwrap()
+                    .granted()
+                    .unwrap();
             }
         }
     };
     // Same slot (now) on both: the one with more headroom wins.
     fill("a", 3).await;
-    let r = rig.store.acquire(&[key("a"), key("b")], &q, one(), ms(0)).await.unwrap();
+    let r = rig
+        .store
+        .acquire(&[key("a"), key("b")], &q, one(), ms(0))
+        .await
+        .unwrap();
     assert_eq!(r.granted().unwrap().key, key("b"));
     // Both full: the one that frees a slot first wins, whatever the order given.
     fill("c", 4).await; // frees at T0 + 1.1 s
     rig.advance(ms(300));
     fill("d", 4).await; // frees at T0 + 1.4 s
     let pair = [key("d"), key("c")];
-    let no = rig.store.acquire(&pair, &q, one(), ms(0)).await.unwrap().refused().unwrap();
+    let no = rig
+        .store
+        .acquire(&pair, &q, one(), ms(0))
+        .await
+        .unwrap()
+        .refused()
+        .unwrap();
     assert_eq!((no.candidate, no.retry_after), (1, Some(ms(800))));
-    let r = rig.store.acquire(&pair, &q, one(), ms(2000)).await.unwrap().granted().unwrap();
+    let r = rig
+        .store
+        .acquire(&pair, &q, one(), ms(2000))
+        .await
+        .unwrap()
+        .granted()
+        .unwrap();
     assert_eq!((r.key, r.wait), (key("c"), ms(800)));
 }
 
@@ -244,13 +330,22 @@ async fn waiters_are_served_in_order_paced_and_within_the_window<S: Store>(rig: 
     // A burst of one second's worth at idle, then the queue: first come, first served,
     // never closer than the pacing interval, and never more than 10 in any second.
     assert!(slots[..10].iter().all(|&s| s == 0), "{slots:?}");
-    assert_eq!(slots[10], 1_100_000, "the first waiter goes when bucket 0 leaves");
+    assert_eq!(
+        slots[10], 1_100_000,
+        "the first waiter goes when bucket 0 leaves"
+    );
     for pair in slots[10..].windows(2) {
         assert!(pair[1] >= pair[0] + 100_000, "{slots:?}");
     }
     for &t in &slots {
-        let in_window = slots.iter().filter(|&&s| s + 1_000_000 > t && s <= t).count();
-        assert!(in_window <= 10, "{in_window} in the second ending at {t}: {slots:?}");
+        let in_window = slots
+            .iter()
+            .filter(|&&s| s + 1_000_000 > t && s <= t)
+            .count();
+        assert!(
+            in_window <= 10,
+            "{in_window} in the second ending at {t}: {slots:?}"
+        );
     }
 }
 
@@ -271,14 +366,23 @@ async fn retry_after_is_never_early_and_never_late<S: Store>(rig: Rig<S>) {
                 assert!(wait > Duration::ZERO);
                 rig.advance(wait - us(1));
                 let early = rig.decide(&q, cost, Duration::ZERO).await;
-                assert!(matches!(early, Decision::Refused(_)), "granted 1us early: {early:?}");
+                assert!(
+                    matches!(early, Decision::Refused(_)),
+                    "granted 1us early: {early:?}"
+                );
                 rig.advance(us(1));
                 let on_time = rig.decide(&q, cost, Duration::ZERO).await;
-                assert!(matches!(on_time, Decision::Granted(_)), "refused on time: {on_time:?}");
+                assert!(
+                    matches!(on_time, Decision::Granted(_)),
+                    "refused on time: {on_time:?}"
+                );
             }
         }
     }
-    assert!(refusals > 20, "the sequence must exercise refusals, got {refusals}");
+    assert!(
+        refusals > 20,
+        "the sequence must exercise refusals, got {refusals}"
+    );
 }
 
 async fn split_token_limits_charge_their_own_unit<S: Store>(rig: Rig<S>) {
@@ -310,6 +414,9 @@ async fn changing_a_limit_mid_window_keeps_its_usage<S: Store>(rig: Rig<S>) {
         rig.grant(&q, one()).await;
     }
     let smaller = quota(vec![Limit::requests(5, window(1000)).unwrap()]);
-    assert_eq!(rig.refuse(&smaller, one()).await.retry_after, Some(ms(1100)));
+    assert_eq!(
+        rig.refuse(&smaller, one()).await.retry_after,
+        Some(ms(1100))
+    );
     assert_eq!(rig.used(&smaller).await, vec![6]);
 }

@@ -23,7 +23,9 @@ fn options() -> RedisOptions {
 
 /// 10 requests per minute: long enough that no test depends on the wall clock.
 fn per_minute() -> sluice_limiter::Quota {
-    quota(vec![sluice_limiter::Limit::requests(10, Window::secs(60).unwrap()).unwrap()])
+    quota(vec![
+        sluice_limiter::Limit::requests(10, Window::secs(60).unwrap()).unwrap(),
+    ])
 }
 
 async fn origin_of(limiter: &Limiter) -> Result<Origin, RefusalReason> {
@@ -52,12 +54,18 @@ async fn kill_and_restart(policy: OnError, check: impl AsyncFnOnce(&Limiter)) {
         if origin_of(&limiter).await == Ok(Origin::Shared) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "shared decisions never came back");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shared decisions never came back"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!limiter.is_degraded());
     let status = limiter.status(&key("a"), &per_minute()).await.unwrap();
-    assert_eq!(status.limits[0].used, 1, "the decision after the restart is in Redis");
+    assert_eq!(
+        status.limits[0].used, 1,
+        "the decision after the restart is in Redis"
+    );
 }
 
 #[tokio::test]
@@ -128,11 +136,22 @@ async fn every_key_expires() {
     let server = RedisServer::start();
     let store = sluice_limiter::RedisStore::new(&server.url(), options()).unwrap();
     let q = per_minute();
-    let r = store.acquire(&[key("a")], &q, one(), Duration::ZERO).await.unwrap().granted().unwrap();
+    let r = store
+        .acquire(&[key("a")], &q, one(), Duration::ZERO)
+        .await
+        .unwrap()
+        .granted()
+        .unwrap();
     store.reconcile(&q, &r, Cost::ZERO).await.unwrap();
     store.record_usage(&key("b"), &q, one()).await.unwrap();
-    store.update(&key("c"), &q, StateChange::Cooldown(Duration::from_secs(5))).await.unwrap();
-    store.update(&key("d"), &q, StateChange::Disable("billing".into())).await.unwrap();
+    store
+        .update(&key("c"), &q, StateChange::Cooldown(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    store
+        .update(&key("d"), &q, StateChange::Disable("billing".into()))
+        .await
+        .unwrap();
     // A refusal and a status read on a fresh account create nothing.
     store.status(&key("e"), &q).await.unwrap();
     let keys = server.cli(&["--scan"]);
@@ -142,7 +161,11 @@ async fn every_key_expires() {
         assert!(!k.contains(":e"), "a read created {k}");
         let ttl: i64 = server.cli(&["PTTL", k]).trim().parse().unwrap();
         assert!(ttl > 0, "{k} has no TTL ({ttl})");
-        let bound = if k.contains(":s:") { 24 * 3600 * 1000 } else { 3 * 60 * 1000 };
+        let bound = if k.contains(":s:") {
+            24 * 3600 * 1000
+        } else {
+            3 * 60 * 1000
+        };
         assert!(ttl <= bound, "{k} lives {ttl} ms");
     }
 }
@@ -154,12 +177,18 @@ async fn the_in_process_store_forgets_expired_accounts() {
     let q = per_minute();
     for i in 0..200 {
         let k = sluice_limiter::QuotaKey::new("test/model", format!("k{i}")).unwrap();
-        store.acquire(&[k], &q, one(), Duration::ZERO).await.unwrap();
+        store
+            .acquire(&[k], &q, one(), Duration::ZERO)
+            .await
+            .unwrap();
     }
     assert_eq!(store.accounts(), 200);
     clock.advance(Duration::from_secs(2 * 86400));
     for _ in 0..4096 {
-        store.acquire(&[key("a")], &q, Cost::ZERO, Duration::ZERO).await.unwrap();
+        store
+            .acquire(&[key("a")], &q, Cost::ZERO, Duration::ZERO)
+            .await
+            .unwrap();
     }
     assert!(store.accounts() <= 1, "{} accounts left", store.accounts());
 }

@@ -34,7 +34,13 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// (requests per window, tokens per window, window ms, buckets, pacing)
 fn setup() -> impl Strategy<Value = (u64, u64, u64, u32, u8)> {
-    (1u64..=8, 120u64..=400, prop_oneof![Just(500u64), Just(1000), Just(700)], 1u32..=12, 0u8..3)
+    (
+        1u64..=8,
+        120u64..=400,
+        prop_oneof![Just(500u64), Just(1000), Just(700)],
+        1u32..=12,
+        0u8..3,
+    )
 }
 
 fn build(s: (u64, u64, u64, u32, u8)) -> Quota {
@@ -42,7 +48,10 @@ fn build(s: (u64, u64, u64, u32, u8)) -> Quota {
     let pacing = match pacing {
         0 => Pacing::Off,
         1 => Pacing::Auto,
-        _ => Pacing::Fixed { interval: Duration::from_millis(40), burst: 2 },
+        _ => Pacing::Fixed {
+            interval: Duration::from_millis(40),
+            burst: 2,
+        },
     };
     Quota::new(vec![
         Limit::requests(requests, window(window_ms)).unwrap(),
@@ -78,7 +87,12 @@ impl Model {
             .iter()
             .map(|l| {
                 let w = l.window().length().as_micros() as u64;
-                (l.amount(), w, (w / u64::from(q.buckets())).max(1), l.unit() == sluice_limiter::Unit::Requests)
+                (
+                    l.amount(),
+                    w,
+                    (w / u64::from(q.buckets())).max(1),
+                    l.unit() == sluice_limiter::Unit::Requests,
+                )
             })
             .collect();
         // Pacing from the definitions in the docs of `Pacing`.
@@ -89,14 +103,25 @@ impl Model {
                 Some((t, u64::from(burst - 1) * t))
             }
             _ => {
-                let t = limits.iter().filter(|l| l.3 && l.1 <= 60_000_000).map(|l| l.1 / l.0).max();
+                let t = limits
+                    .iter()
+                    .filter(|l| l.3 && l.1 <= 60_000_000)
+                    .map(|l| l.1 / l.0)
+                    .max();
                 t.map(|t| {
                     let t = t.max(1);
                     (t, ((1_000_000 / t).max(1) - 1) * t)
                 })
             }
         };
-        Self { buckets: vec![BTreeMap::new(); limits.len()], limits, tail: 0, tat: 0, pacing, marks: Vec::new() }
+        Self {
+            buckets: vec![BTreeMap::new(); limits.len()],
+            limits,
+            tail: 0,
+            tat: 0,
+            pacing,
+            marks: Vec::new(),
+        }
     }
 
     fn kmin(&self, i: usize, t: u64) -> u64 {
@@ -110,11 +135,17 @@ impl Model {
     }
 
     fn charge(&self, i: usize, cost: &Cost) -> u64 {
-        if self.limits[i].3 { cost.requests } else { cost.input_tokens + cost.output_tokens }
+        if self.limits[i].3 {
+            cost.requests
+        } else {
+            cost.input_tokens + cost.output_tokens
+        }
     }
 
     fn remaining(&self, now: u64) -> Vec<u64> {
-        (0..self.limits.len()).map(|i| self.limits[i].0.saturating_sub(self.used(i, now))).collect()
+        (0..self.limits.len())
+            .map(|i| self.limits[i].0.saturating_sub(self.used(i, now)))
+            .collect()
     }
 
     fn acquire(&mut self, cost: &Cost, max_wait: u64, now: u64) -> Outcome {
@@ -131,15 +162,25 @@ impl Model {
             let c = self.charge(i, cost);
             let (limit, w, b, _) = self.limits[i];
             // Candidate instants: `from` and every bucket's exit time after it.
-            let mut candidates: Vec<u64> = self.buckets[i].keys().map(|k| (k + 1) * b + w).filter(|&e| e > from).collect();
+            let mut candidates: Vec<u64> = self.buckets[i]
+                .keys()
+                .map(|k| (k + 1) * b + w)
+                .filter(|&e| e > from)
+                .collect();
             candidates.push(from);
             candidates.sort_unstable();
-            let t = candidates.into_iter().find(|&t| self.used(i, t) + c <= limit).expect("fits eventually");
+            let t = candidates
+                .into_iter()
+                .find(|&t| self.used(i, t) + c <= limit)
+                .expect("fits eventually");
             slot = slot.max(t);
         }
         let wait = slot - now;
         if wait > max_wait {
-            return Outcome::Refused { retry: wait, remaining: self.remaining(now) };
+            return Outcome::Refused {
+                retry: wait,
+                remaining: self.remaining(now),
+            };
         }
         for i in 0..self.limits.len() {
             let c = self.charge(i, cost);
@@ -151,7 +192,10 @@ impl Model {
         if let Some((t, _)) = self.pacing {
             self.tat = self.tat.max(slot) + t;
         }
-        Outcome::Granted { wait, remaining: self.remaining(now) }
+        Outcome::Granted {
+            wait,
+            remaining: self.remaining(now),
+        }
     }
 
     fn add(&mut self, i: usize, k: u64, delta: i128) {
@@ -162,7 +206,9 @@ impl Model {
     fn reconcile(&mut self, which: usize, slot: u64, estimate: &Cost, actual: &Cost, now: u64) {
         let before: Vec<u64> = match &self.marks[which] {
             Some(m) => m.clone(),
-            None => (0..self.limits.len()).map(|i| self.charge(i, estimate)).collect(),
+            None => (0..self.limits.len())
+                .map(|i| self.charge(i, estimate))
+                .collect(),
         };
         for (i, &was) in before.iter().enumerate() {
             let delta = i128::from(self.charge(i, actual)) - i128::from(was);
@@ -173,7 +219,11 @@ impl Model {
                 self.add(i, now / self.limits[i].2, delta);
             }
         }
-        self.marks[which] = Some((0..self.limits.len()).map(|i| self.charge(i, actual)).collect());
+        self.marks[which] = Some(
+            (0..self.limits.len())
+                .map(|i| self.charge(i, actual))
+                .collect(),
+        );
     }
 
     fn record(&mut self, cost: &Cost, now: u64) {
@@ -186,7 +236,12 @@ impl Model {
     }
 }
 
-async fn check<S: Store>(store: &S, clock: &ManualClock, q: &Quota, ops: &[Op]) -> Result<(), TestCaseError> {
+async fn check<S: Store>(
+    store: &S,
+    clock: &ManualClock,
+    q: &Quota,
+    ops: &[Op],
+) -> Result<(), TestCaseError> {
     let mut model = Model::new(q);
     let mut granted: Vec<Reservation> = Vec::new();
     let k = [key("a")];
@@ -194,11 +249,18 @@ async fn check<S: Store>(store: &S, clock: &ManualClock, q: &Quota, ops: &[Op]) 
         use sluice_limiter::Clock;
         let now = clock.now().as_micros();
         match op {
-            Op::Acquire { tokens, max_wait_ms } => {
+            Op::Acquire {
+                tokens,
+                max_wait_ms,
+            } => {
                 let cost = Cost::request(*tokens, 0);
                 let max_wait = *max_wait_ms * 1000;
                 let expected = model.acquire(&cost, max_wait, now);
-                let got = match store.acquire(&k, q, cost, Duration::from_micros(max_wait)).await.unwrap() {
+                let got = match store
+                    .acquire(&k, q, cost, Duration::from_micros(max_wait))
+                    .await
+                    .unwrap()
+                {
                     Decision::Granted(r) => {
                         let out = Outcome::Granted {
                             wait: r.wait.as_micros() as u64,
@@ -221,23 +283,59 @@ async fn check<S: Store>(store: &S, clock: &ManualClock, q: &Quota, ops: &[Op]) 
                     let i = which % granted.len();
                     let actual = Cost::request(*tokens, 0);
                     store.reconcile(q, &granted[i], actual).await.unwrap();
-                    model.reconcile(i, granted[i].slot.as_micros(), &granted[i].cost, &actual, now);
+                    model.reconcile(
+                        i,
+                        granted[i].slot.as_micros(),
+                        &granted[i].cost,
+                        &actual,
+                        now,
+                    );
                 }
             }
             Op::Record { tokens } => {
-                store.record_usage(&k[0], q, Cost { requests: 0, input_tokens: *tokens, output_tokens: 0 }).await.unwrap();
-                model.record(&Cost { requests: 0, input_tokens: *tokens, output_tokens: 0 }, now);
+                store
+                    .record_usage(
+                        &k[0],
+                        q,
+                        Cost {
+                            requests: 0,
+                            input_tokens: *tokens,
+                            output_tokens: 0,
+                        },
+                    )
+                    .await
+                    .unwrap();
+                model.record(
+                    &Cost {
+                        requests: 0,
+                        input_tokens: *tokens,
+                        output_tokens: 0,
+                    },
+                    now,
+                );
             }
         }
-        let used: Vec<u64> = store.status(&k[0], q).await.unwrap().limits.iter().map(|l| l.used).collect();
-        let expected: Vec<u64> = (0..q.limits().len()).map(|i| model.used(i, clock.now().as_micros())).collect();
+        let used: Vec<u64> = store
+            .status(&k[0], q)
+            .await
+            .unwrap()
+            .limits
+            .iter()
+            .map(|l| l.used)
+            .collect();
+        let expected: Vec<u64> = (0..q.limits().len())
+            .map(|i| model.used(i, clock.now().as_micros()))
+            .collect();
         prop_assert_eq!(used, expected, "usage after step {} {:?}", step, op);
     }
     Ok(())
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 proptest! {
@@ -257,22 +355,30 @@ proptest! {
 fn redis_store_matches_the_reference_model() {
     let server = RedisServer::start();
     let url = server.url();
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 64, ..ProptestConfig::default() });
-    let case = std::sync::atomic::AtomicU64::new(0);
-    let result = runner.run(&(setup(), prop::collection::vec(op(), 1..60)), |(s, ops)| {
-        let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let q = build(s);
-        let clock = ManualClock::new(Timestamp::from_micros(T0));
-        let options = RedisOptions {
-            clock: Some(Arc::new(clock.clone())),
-            key_prefix: format!("prop{case}"),
-            timeout: Duration::from_secs(5),
-            ..RedisOptions::default()
-        };
-        let rt = runtime();
-        let store = rt.block_on(async { RedisStore::new(&url, options) }).unwrap();
-        rt.block_on(check(&store, &clock, &q, &ops))
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 64,
+        ..ProptestConfig::default()
     });
+    let case = std::sync::atomic::AtomicU64::new(0);
+    let result = runner.run(
+        &(setup(), prop::collection::vec(op(), 1..60)),
+        |(s, ops)| {
+            let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let q = build(s);
+            let clock = ManualClock::new(Timestamp::from_micros(T0));
+            let options = RedisOptions {
+                clock: Some(Arc::new(clock.clone())),
+                key_prefix: format!("prop{case}"),
+                timeout: Duration::from_secs(5),
+                ..RedisOptions::default()
+            };
+            let rt = runtime();
+            let store = rt
+                .block_on(async { RedisStore::new(&url, options) })
+                .unwrap();
+            rt.block_on(check(&store, &clock, &q, &ops))
+        },
+    );
     if let Err(e) = result {
         panic!("{e}");
     }

@@ -94,7 +94,10 @@ impl<S: Store> Rig<S> {
     }
 
     pub async fn decide(&self, q: &Quota, cost: Cost, max_wait: Duration) -> Decision {
-        self.store.acquire(&[key("a")], q, cost, max_wait).await.unwrap()
+        self.store
+            .acquire(&[key("a")], q, cost, max_wait)
+            .await
+            .unwrap()
     }
 
     /// Acquires without waiting and expects a grant.
@@ -109,7 +112,9 @@ impl<S: Store> Rig<S> {
     pub async fn refuse(&self, q: &Quota, cost: Cost) -> Refusal {
         match self.decide(q, cost, Duration::ZERO).await {
             Decision::Refused(r) => r,
-            Decision::Granted(r) => panic!("expected a refusal at +{}us, got {r:?}", self.now() - T0),
+            Decision::Granted(r) => {
+                panic!("expected a refusal at +{}us, got {r:?}", self.now() - T0)
+            }
         }
     }
 

@@ -105,7 +105,11 @@ pub(crate) struct Connections {
 
 impl Connections {
     /// Connections to `target`; nothing is dialled until the first command.
-    pub(crate) fn new(target: &Target, handles: usize, timeout: Duration) -> Result<Self, StoreError> {
+    pub(crate) fn new(
+        target: &Target,
+        handles: usize,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let timeouts = Timeouts {
             wait: Some(timeout),
             create: Some(timeout),
@@ -174,8 +178,54 @@ impl Connections {
 fn pool_error(e: deadpool_redis::PoolError) -> StoreError {
     match e {
         deadpool_redis::PoolError::Backend(b) => StoreError::Redis(b),
-        deadpool_redis::PoolError::Timeout(_) => StoreError::Pool("timed out waiting for a connection".into()),
+        deadpool_redis::PoolError::Timeout(_) => {
+            StoreError::Pool("timed out waiting for a connection".into())
+        }
         other => StoreError::Pool(other.to_string()),
+    }
+}
+
+/// A plain connection to the same Redis (standalone or cluster) for other uses of it,
+/// such as the observation stream: cloneable, multiplexed, reconnecting on demand.
+///
+/// ```no_run
+/// # async fn f() -> Result<(), sluice_limiter::StoreError> {
+/// let mut conn = sluice_limiter::RedisConnection::connect("redis://127.0.0.1:6379/0", std::time::Duration::from_secs(1)).await?;
+/// let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisConnection(Handle);
+
+impl RedisConnection {
+    /// Connects to `url` (the forms [`RedisStore::new`](crate::RedisStore::new) takes).
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let target = Target::parse(url).map_err(StoreError::Pool)?;
+        let conns = Connections::new(&target, 1, timeout)?;
+        match tokio::time::timeout(timeout, conns.handle()).await {
+            Ok(Ok((_, handle))) => Ok(Self(handle)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::Timeout(timeout)),
+        }
+    }
+}
+
+impl redis::aio::ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
     }
 }
 
@@ -192,7 +242,10 @@ mod tests {
     fn cluster_urls_become_one_url_per_node() {
         assert_eq!(
             Target::parse("redis+cluster://u:p@h1:7000,h2:7001/0").unwrap(),
-            Target::Cluster(vec!["redis://u:p@h1:7000".into(), "redis://u:p@h2:7001".into()])
+            Target::Cluster(vec![
+                "redis://u:p@h1:7000".into(),
+                "redis://u:p@h2:7001".into()
+            ])
         );
         assert_eq!(
             Target::parse("rediss+cluster://h1:7000").unwrap(),

@@ -4,11 +4,14 @@
 mod connection;
 mod script;
 
+pub use connection::RedisConnection;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
 
+use crate::LimitStatus;
 use crate::breaker::{Breaker, Permit};
 use crate::decision::{
     Decision, Origin, QuotaStatus, Refusal, RefusalReason, Remaining, Reservation, ReservationId,
@@ -18,7 +21,6 @@ use crate::quota::{Cost, LimitId, Pacing, Quota, QuotaKey, Unit};
 use crate::store::{StateChange, Store};
 use crate::time::{Clock, Timestamp, duration_micros};
 use crate::window::{AUTO_PACING_MAX_WINDOW_US, STATE_TTL_US, windows_ttl_after};
-use crate::LimitStatus;
 
 use connection::{Connections, Target};
 use script::{LuaScript, Scripts};
@@ -134,7 +136,12 @@ impl RedisStore {
     }
 
     fn key(&self, kind: &str, key: &QuotaKey) -> String {
-        format!("{}:{{{}}}:{kind}:{}", self.options.key_prefix, key.group(), key.name())
+        format!(
+            "{}:{{{}}}:{kind}:{}",
+            self.options.key_prefix,
+            key.group(),
+            key.name()
+        )
     }
 
     fn now_arg(&self) -> String {
@@ -145,7 +152,12 @@ impl RedisStore {
             .unwrap_or_default()
     }
 
-    async fn call(&self, script: &LuaScript, keys: &[String], args: &[String]) -> Result<Value, StoreError> {
+    async fn call(
+        &self,
+        script: &LuaScript,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<Value, StoreError> {
         if self.breaker.permit() == Permit::Reject {
             return Err(StoreError::CircuitOpen);
         }
@@ -253,7 +265,9 @@ fn ms(us: u64) -> String {
 fn items(v: &Value) -> Result<&[Value], StoreError> {
     match v {
         Value::Array(items) => Ok(items),
-        other => Err(StoreError::Protocol(format!("expected an array, got {other:?}"))),
+        other => Err(StoreError::Protocol(format!(
+            "expected an array, got {other:?}"
+        ))),
     }
 }
 
@@ -264,7 +278,9 @@ fn int(v: &Value) -> Result<i64, StoreError> {
             .ok()
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| StoreError::Protocol("expected an integer".into())),
-        other => Err(StoreError::Protocol(format!("expected an integer, got {other:?}"))),
+        other => Err(StoreError::Protocol(format!(
+            "expected an integer, got {other:?}"
+        ))),
     }
 }
 
@@ -277,14 +293,20 @@ fn text(v: &Value) -> Result<String, StoreError> {
         Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
         Value::SimpleString(s) => Ok(s.clone()),
         Value::Int(i) => Ok(i.to_string()),
-        other => Err(StoreError::Protocol(format!("expected text, got {other:?}"))),
+        other => Err(StoreError::Protocol(format!(
+            "expected text, got {other:?}"
+        ))),
     }
 }
 
 fn remaining(quota: &Quota, tail: &[Value]) -> Result<Vec<Remaining>, StoreError> {
     let n = quota.limits().len();
     if tail.len() != 2 * n {
-        return Err(StoreError::Protocol(format!("expected {} budget values, got {}", 2 * n, tail.len())));
+        return Err(StoreError::Protocol(format!(
+            "expected {} budget values, got {}",
+            2 * n,
+            tail.len()
+        )));
     }
     quota
         .limits()
@@ -309,7 +331,9 @@ fn reason(quota: &Quota, binding: i64) -> RefusalReason {
         b if b >= 11 => quota
             .limits()
             .get((b - 11) as usize)
-            .map_or(RefusalReason::Queue, |l| RefusalReason::Limit(l.id().clone())),
+            .map_or(RefusalReason::Queue, |l| {
+                RefusalReason::Limit(l.id().clone())
+            }),
         _ => RefusalReason::Queue,
     }
 }
@@ -429,12 +453,18 @@ impl Store for RedisStore {
         self.decode_acquire(&reply, candidates, quota, cost)
     }
 
-    async fn reconcile(&self, quota: &Quota, reservation: &Reservation, actual: Cost) -> Result<(), LimitError> {
+    async fn reconcile(
+        &self,
+        quota: &Quota,
+        reservation: &Reservation,
+        actual: Cost,
+    ) -> Result<(), LimitError> {
         let keys = [
             self.key("w", &reservation.key),
             format!("{}:{}", self.key("r", &reservation.key), reservation.id),
         ];
-        let mark_ttl = 2 * quota.longest_window().micros() + duration_micros(reservation.wait) + 1_000_000;
+        let mark_ttl =
+            2 * quota.longest_window().micros() + duration_micros(reservation.wait) + 1_000_000;
         let mut args = vec![
             self.now_arg(),
             reservation.slot.as_micros().to_string(),
@@ -450,7 +480,12 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn record_usage(&self, key: &QuotaKey, quota: &Quota, cost: Cost) -> Result<(), LimitError> {
+    async fn record_usage(
+        &self,
+        key: &QuotaKey,
+        quota: &Quota,
+        cost: Cost,
+    ) -> Result<(), LimitError> {
         let keys = [self.key("w", key)];
         let mut args = vec![
             self.now_arg(),
@@ -467,7 +502,12 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn update(&self, key: &QuotaKey, quota: &Quota, change: StateChange) -> Result<(), LimitError> {
+    async fn update(
+        &self,
+        key: &QuotaKey,
+        quota: &Quota,
+        change: StateChange,
+    ) -> Result<(), LimitError> {
         let (op, value, amount) = match change {
             StateChange::Cooldown(d) => ("cool", duration_micros(d).to_string(), String::new()),
             StateChange::ClearCooldown => ("uncool", String::new(), String::new()),

@@ -15,7 +15,10 @@ macro_rules! script {
     ($name:literal, $file:literal) => {
         LuaScript::new(
             $name,
-            concat!(include_str!("../../lua/common.lua"), include_str!(concat!("../../lua/", $file))),
+            concat!(
+                include_str!("../../lua/common.lua"),
+                include_str!(concat!("../../lua/", $file))
+            ),
         )
     };
 }
@@ -64,13 +67,21 @@ impl LuaScript {
     }
 
     /// Runs the script on `conn`, reloading it when the server has forgotten it.
-    pub(crate) async fn invoke<C>(&self, conn: &mut C, keys: &[String], args: &[String]) -> RedisResult<Value>
+    pub(crate) async fn invoke<C>(
+        &self,
+        conn: &mut C,
+        keys: &[String],
+        args: &[String],
+    ) -> RedisResult<Value>
     where
         C: redis::aio::ConnectionLike + Send,
     {
         match self.evalsha(keys, args).query_async(conn).await {
             Err(e) if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                tracing::info!(script = self.name, "script not cached on the server; loading it");
+                tracing::info!(
+                    script = self.name,
+                    "script not cached on the server; loading it"
+                );
                 self.eval(keys, args).query_async(conn).await
             }
             other => other,
@@ -100,9 +111,19 @@ mod tests {
     #[test]
     fn every_script_starts_with_the_common_header_and_has_its_own() {
         let scripts = Scripts::new();
-        for s in [&scripts.acquire, &scripts.reconcile, &scripts.record, &scripts.update, &scripts.status] {
+        for s in [
+            &scripts.acquire,
+            &scripts.reconcile,
+            &scripts.record,
+            &scripts.update,
+            &scripts.status,
+        ] {
             assert!(s.source.starts_with("-- sluice common helpers v1"));
-            assert!(s.source.contains(&format!("-- {}:", s.name)), "{} has no header", s.name);
+            assert!(
+                s.source.contains(&format!("-- {}:", s.name)),
+                "{} has no header",
+                s.name
+            );
             assert_eq!(s.sha.len(), 40);
         }
     }
