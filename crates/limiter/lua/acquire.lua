@@ -68,10 +68,13 @@ local rows = read_limits(10, n, 6)
 for _, r in ipairs(rows) do
   r.charge, r.auto = r.a, r.b
 end
-local wfields = { 'tail', 'tat' }
-for _, r in ipairs(rows) do
-  wfields[#wfields + 1] = r.id .. ':t'
-  wfields[#wfields + 1] = r.id .. ':o'
+-- One read of the windows hash: tail, tat, exp, then per limit its total, its eviction
+-- pointer and the bucket of now (where a charge without wait lands).
+local wfields = { 'tail', 'tat', 'exp' }
+for i, r in ipairs(rows) do
+  r.know = math.floor(now / r.bucket)
+  r.ft, r.fo, r.fk = r.id .. ':t', r.id .. ':o', r.id .. ':' .. int(r.know)
+  wfields[3 * i + 1], wfields[3 * i + 2], wfields[3 * i + 3] = r.ft, r.fo, r.fk
 end
 
 local best = nil
@@ -99,11 +102,12 @@ for c = 1, candidates do
     if ok then
       local t, tau = pacing(mode, interval, burst, pace, rows)
       local w = redis.call('HMGET', h, unpack(wfields))
-      local tail, tat = tonumber(w[1]) or 0, tonumber(w[2]) or 0
-      local evicted = {}
+      local tail, tat, exp = tonumber(w[1]) or 0, tonumber(w[2]) or 0, tonumber(w[3]) or 0
+      local evicted, current = {}, {}
       for i, r in ipairs(rows) do
-        total[i] = tonumber(w[1 + 2 * i]) or 0
-        oldest[i] = tonumber(w[2 + 2 * i])
+        total[i] = tonumber(w[1 + 3 * i]) or 0
+        oldest[i] = tonumber(w[2 + 3 * i])
+        current[i] = tonumber(w[3 + 3 * i]) or 0
         local kmin = kmin_of(now, r.window, r.bucket)
         if oldest[i] ~= nil and oldest[i] < kmin then
           total[i] = drop_buckets(h, r.id, oldest[i], kmin, total[i])
@@ -133,7 +137,7 @@ for c = 1, candidates do
       headroom = headroom or math.huge
       local plan = { c = c, slot = slot, binding = binding, headroom = headroom, eff = eff,
                      total = total, oldest = oldest, evicted = evicted, t = t, tat = tat,
-                     tail = tail, h = h }
+                     tail = tail, h = h, exp = exp, current = current }
       if best == nil or slot < best.slot or (slot == best.slot and headroom > best.headroom) then
         if best ~= nil then
           table.insert(unchosen, best)
@@ -184,21 +188,40 @@ else
     if best.t ~= nil and requests > 0 then
       tat = math.max(tat, best.slot) + best.t * requests
     end
-    local f = { 'tail', int(tail), 'tat', int(tat) }
+    -- Numbers go to redis.call as they are: Redis writes integers below 1e17 exactly.
+    local f = { 'tail', tail, 'tat', tat }
+    local m = 4
     for i, r in ipairs(rows) do
+      local total, oldest = best.total[i], best.oldest[i]
       if r.charge > 0 then
-        redis.call('HINCRBY', h, r.id .. ':' .. int(math.floor(best.slot / r.bucket)), int(r.charge))
-        best.total[i] = best.total[i] + r.charge
-        f[#f + 1] = r.id .. ':t'; f[#f + 1] = int(best.total[i])
-        f[#f + 1] = r.id .. ':o'; f[#f + 1] = int(best.oldest[i] or kmin_of(now, r.window, r.bucket))
-      elseif best.oldest[i] ~= nil then
-        f[#f + 1] = r.id .. ':t'; f[#f + 1] = int(best.total[i])
-        f[#f + 1] = r.id .. ':o'; f[#f + 1] = int(best.oldest[i])
+        local k = math.floor(best.slot / r.bucket)
+        if k == r.know then
+          f[m + 1], f[m + 2] = r.fk, best.current[i] + r.charge
+          m = m + 2
+        else
+          redis.call('HINCRBY', h, r.id .. ':' .. int(k), r.charge)
+        end
+        total = total + r.charge
+        best.total[i] = total
+        oldest = oldest or kmin_of(now, r.window, r.bucket)
+      end
+      if oldest ~= nil then
+        f[m + 1], f[m + 2], f[m + 3], f[m + 4] = r.ft, total, r.fo, oldest
+        m = m + 4
       end
     end
-    redis.call('HSET', h, unpack(f))
-    -- The expiry only ever moves later: the tail never moves back.
-    redis.call('PEXPIRE', h, int(math.ceil((math.max(tail, tat, now) - now) / 1000) + windows_ttl_ms))
+    -- The key must live until windows_ttl past the latest of tail and tat. Its expiry
+    -- instant is kept in the hash (exp) so that PEXPIRE is sent only when it must move,
+    -- and then 2 s further than needed.
+    local needed = math.max(tail, tat, now) + windows_ttl_ms * 1000
+    if best.exp < needed then
+      local until_ = needed + 2000000
+      f[m + 1], f[m + 2] = 'exp', until_
+      redis.call('HSET', h, unpack(f))
+      redis.call('PEXPIRE', h, math.ceil((until_ - now) / 1000))
+    else
+      redis.call('HSET', h, unpack(f))
+    end
   end
   reply = { 1, best.c, best.slot, wait, best.binding }
 end

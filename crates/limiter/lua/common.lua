@@ -8,6 +8,7 @@
 --   <id>:t  sum of the buckets kept      <id>:o  oldest bucket index kept (eviction pointer)
 --   <id>:<k> amount charged in bucket k (k = floor(slot_us / bucket_us))
 --   tail    latest slot given (us)       tat     GCRA theoretical arrival time (us)
+--   exp     when the key expires (us), as acquire last set it (PEXPIRE only when it must move)
 -- State hash fields: cool (cooldown until, us), pace (slow-down, thousandths),
 --   off (reason the account is out of rotation), eff:<id> (learned limit).
 -- Units: every time is in microseconds on the Redis clock (TIME) unless a test passes
