@@ -1,0 +1,282 @@
+//! Server-sent-event answers: chunks that really trickle, the usage chunk, `[DONE]`, and the stream faults.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use serde::Serialize;
+
+use crate::api::Usage;
+use crate::dialect::ErrorBody;
+use crate::faults::StreamFault;
+use crate::sim::Ticket;
+use crate::tokens::push_answer;
+
+/// Which kind of chunk to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChunkKind {
+    /// `chat.completion.chunk` with `choices[].delta`.
+    Chat,
+    /// `text_completion` with `choices[].text`.
+    Text,
+}
+
+/// Pause between the last chunk sent and a `stream_cut`.
+const CUT_PAUSE: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Start,
+    Content,
+    Finish,
+    Usage,
+    Done,
+    End,
+}
+
+/// The state of one streamed answer.
+#[derive(Debug)]
+pub(crate) struct SseAnswer {
+    pub(crate) ticket: Ticket,
+    pub(crate) kind: ChunkKind,
+    pub(crate) id: String,
+    pub(crate) created: u64,
+    pub(crate) model: String,
+    pub(crate) include_usage: bool,
+    pub(crate) total: u64,
+    pub(crate) chunk_tokens: u64,
+    pub(crate) per_token: Duration,
+    pub(crate) finish_reason: &'static str,
+    /// The body of the error event for the `stream_error` fault.
+    pub(crate) error_body: ErrorBody,
+    phase: Phase,
+}
+
+fn event<T: Serialize>(value: &T) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"data: ");
+    // Serialising these plain structs cannot fail.
+    let _ = serde_json::to_writer(&mut out, value);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// `usage` of a chunk: absent without `include_usage`, else `null` or the usage object.
+type UsageField = Option<Option<Usage>>;
+
+#[derive(Serialize)]
+struct ChatChunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    system_fingerprint: Option<()>,
+    choices: Vec<ChatChunkChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: UsageField,
+}
+
+#[derive(Serialize)]
+struct ChatChunkChoice<'a> {
+    index: u32,
+    delta: Delta<'a>,
+    logprobs: Option<()>,
+    finish_reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct TextChunk<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: Vec<TextChunkChoice<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: UsageField,
+}
+
+#[derive(Serialize)]
+struct TextChunkChoice<'a> {
+    text: &'a str,
+    index: u32,
+    logprobs: Option<()>,
+    finish_reason: Option<&'a str>,
+}
+
+impl SseAnswer {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        ticket: Ticket,
+        kind: ChunkKind,
+        id: String,
+        created: u64,
+        model: String,
+        include_usage: bool,
+        total: u64,
+        chunk_tokens: u64,
+        per_token: Duration,
+        finish_reason: &'static str,
+        error_body: ErrorBody,
+    ) -> Self {
+        Self {
+            ticket,
+            kind,
+            id,
+            created,
+            model,
+            include_usage,
+            total,
+            chunk_tokens: chunk_tokens.max(1),
+            per_token,
+            finish_reason,
+            error_body,
+            phase: Phase::Start,
+        }
+    }
+
+    /// A chunk; `usage: Some(..)` makes the final usage chunk (no choices).
+    fn chunk(
+        &self,
+        text: Option<&str>,
+        role: bool,
+        finish: Option<&str>,
+        usage: Option<Usage>,
+    ) -> Bytes {
+        let usage_field = match (self.include_usage, usage) {
+            (false, _) => None,
+            (true, u) => Some(u),
+        };
+        let last = usage.is_some();
+        match self.kind {
+            ChunkKind::Chat => {
+                let delta = Delta {
+                    role: role.then_some("assistant"),
+                    content: if role { Some("") } else { text },
+                };
+                let choices = if last {
+                    Vec::new()
+                } else {
+                    vec![ChatChunkChoice {
+                        index: 0,
+                        delta,
+                        logprobs: None,
+                        finish_reason: finish,
+                    }]
+                };
+                event(&ChatChunk {
+                    id: &self.id,
+                    object: "chat.completion.chunk",
+                    created: self.created,
+                    model: &self.model,
+                    system_fingerprint: None,
+                    choices,
+                    usage: usage_field,
+                })
+            }
+            ChunkKind::Text => {
+                let choices = if last {
+                    Vec::new()
+                } else {
+                    vec![TextChunkChoice {
+                        text: text.unwrap_or(""),
+                        index: 0,
+                        logprobs: None,
+                        finish_reason: finish,
+                    }]
+                };
+                event(&TextChunk {
+                    id: &self.id,
+                    object: "text_completion",
+                    created: self.created,
+                    model: &self.model,
+                    choices,
+                    usage: usage_field,
+                })
+            }
+        }
+    }
+
+    /// The next piece of the body, or `None` at the end.
+    async fn next(&mut self) -> Option<io::Result<Bytes>> {
+        loop {
+            match self.phase {
+                Phase::Start => {
+                    self.phase = Phase::Content;
+                    if self.kind == ChunkKind::Chat {
+                        return Some(Ok(self.chunk(None, true, None, None)));
+                    }
+                }
+                Phase::Content => {
+                    let sent = self.ticket.sent;
+                    let halfway = sent >= self.total / 2;
+                    match self.ticket.late.stream {
+                        StreamFault::Cut if halfway => {
+                            self.ticket.settle();
+                            self.phase = Phase::End;
+                            // Let the server flush what was sent, so the client sees a 200 and
+                            // the first half before the connection drops.
+                            tokio::time::sleep(CUT_PAUSE).await;
+                            return Some(Err(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "sluice-sim: stream_cut fault",
+                            )));
+                        }
+                        StreamFault::Error if halfway => {
+                            self.ticket.settle();
+                            self.phase = Phase::End;
+                            return Some(Ok(event(&self.error_body)));
+                        }
+                        _ => {}
+                    }
+                    if sent >= self.total {
+                        self.phase = Phase::Finish;
+                        continue;
+                    }
+                    let upto = (sent + self.chunk_tokens).min(self.total);
+                    if !self.per_token.is_zero() {
+                        let n = u32::try_from(upto - sent).unwrap_or(u32::MAX);
+                        tokio::time::sleep(self.per_token.saturating_mul(n)).await;
+                    }
+                    let mut text = String::with_capacity(((upto - sent) * 4) as usize);
+                    push_answer(&mut text, sent, upto);
+                    self.ticket.sent = upto;
+                    return Some(Ok(self.chunk(Some(&text), false, None, None)));
+                }
+                Phase::Finish => {
+                    self.ticket.settle();
+                    self.phase = Phase::Usage;
+                    return Some(Ok(self.chunk(None, false, Some(self.finish_reason), None)));
+                }
+                Phase::Usage => {
+                    self.phase = Phase::Done;
+                    if self.include_usage && self.ticket.late.stream != StreamFault::MissingUsage {
+                        let usage = Usage::new(self.ticket.prompt, self.ticket.sent);
+                        return Some(Ok(self.chunk(None, false, None, Some(usage))));
+                    }
+                }
+                Phase::Done => {
+                    self.phase = Phase::End;
+                    return Some(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+                }
+                Phase::End => return None,
+            }
+        }
+    }
+
+    /// The body stream.
+    pub(crate) fn into_stream(self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        futures::stream::unfold(self, |mut answer| async move {
+            let item = answer.next().await?;
+            Some((item, answer))
+        })
+    }
+}
