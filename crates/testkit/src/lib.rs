@@ -170,20 +170,33 @@ impl RedisCluster {
                 ])
             })
             .collect();
-        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         let mut args = vec!["--cluster".to_owned(), "create".to_owned()];
         args.extend(addrs);
-        args.extend(["--cluster-replicas".to_owned(), replicas.to_string(), "--cluster-yes".to_owned()]);
+        args.extend([
+            "--cluster-replicas".to_owned(),
+            replicas.to_string(),
+            "--cluster-yes".to_owned(),
+        ]);
         let out = Command::new(binary("redis-cli"))
             .args(&args)
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli must be installed");
-        assert!(out.status.success(), "cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
         let first = nodes[0].port;
         let ok = wait_until(Duration::from_secs(30), || {
             cli(first, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
-                && nodes.iter().all(|n| cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                && nodes
+                    .iter()
+                    .all(|n| cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
         });
         assert!(ok, "cluster did not reach cluster_state:ok");
         Self { nodes }
@@ -191,7 +204,11 @@ impl RedisCluster {
 
     /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,…`.
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
         format!("redis+cluster://{}", hosts.join(","))
     }
 
