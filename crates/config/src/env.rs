@@ -1,0 +1,212 @@
+//! `${ENV_VAR}` expansion in every string of the file, and `SLUICE_SECTION__KEY`
+//! overrides applied before the schema is checked (so errors still name the key).
+
+use crate::error::ConfigError;
+
+/// Where environment variables come from (the process, or a map in tests).
+pub trait Env {
+    /// The variable's value, if set.
+    fn var(&self, name: &str) -> Option<String>;
+    /// Every variable (for `SLUICE_*__*` overrides).
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars().collect()
+    }
+}
+
+impl Env for std::collections::HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+    fn vars(&self) -> Vec<(String, String)> {
+        self.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// Expands `${NAME}` (and `${NAME:-default}`) in every string of `value`; `$$` is a literal `$`.
+pub(crate) fn expand(
+    value: &mut toml::Value,
+    path: &mut String,
+    env: &dyn Env,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) if s.contains('$') => {
+            *s = expand_str(s, env).map_err(|var| ConfigError::MissingEnv {
+                path: path.clone(),
+                var,
+            })?;
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (k, item) in table.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                expand(item, path, env)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Expands one string; the error is the name of a variable that is not set.
+fn expand_str(s: &str, env: &dyn Env) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("${") {
+            let Some(end) = after.find('}') else {
+                out.push_str(rest);
+                return Ok(out);
+            };
+            let inner = &after[..end];
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n, Some(d)),
+                None => (inner, None),
+            };
+            match (env.var(name), default) {
+                (Some(v), _) if !(v.is_empty() && default.is_some()) => out.push_str(&v),
+                (_, Some(d)) => out.push_str(d),
+                (Some(v), None) => out.push_str(&v),
+                (None, None) => return Err(name.to_owned()),
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Applies an override `section.key = text` to the raw tree. The text is read as a TOML
+/// value when it is one (`3`, `true`, `["a","b"]`), else as a string.
+pub(crate) fn set_override(
+    root: &mut toml::Value,
+    path: &str,
+    text: &str,
+    source: &str,
+) -> Result<(), ConfigError> {
+    let value = parse_scalar(text);
+    let parts: Vec<&str> = path.split('.').collect();
+    let mut node = root;
+    for (i, part) in parts.iter().enumerate() {
+        let toml::Value::Table(table) = node else {
+            return Err(ConfigError::Override {
+                origin: source.to_owned(),
+                message: format!("`{}` is not a table", parts[..i].join(".")),
+            });
+        };
+        if i + 1 == parts.len() {
+            table.insert((*part).to_owned(), value);
+            return Ok(());
+        }
+        node = table
+            .entry((*part).to_owned())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+    }
+    Ok(())
+}
+
+fn parse_scalar(text: &str) -> toml::Value {
+    let wrapped = format!("v = {text}");
+    match toml::from_str::<toml::Table>(&wrapped) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(text.to_owned())),
+        Err(_) => toml::Value::String(text.to_owned()),
+    }
+}
+
+/// The `SLUICE_SECTION__KEY=value` variables, as (`section.key`, value, variable name).
+pub(crate) fn env_overrides(env: &dyn Env) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = env
+        .vars()
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let rest = name.strip_prefix("SLUICE_")?;
+            if !rest.contains("__") {
+                return None;
+            }
+            let path = rest
+                .split("__")
+                .map(|p| p.to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(".");
+            Some((path, value, name))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn expands_defaults_and_escapes() {
+        let e = env(&[("A", "x"), ("EMPTY", "")]);
+        assert_eq!(expand_str("${A}-${A}", &e).unwrap(), "x-x");
+        assert_eq!(expand_str("${B:-dflt}", &e).unwrap(), "dflt");
+        assert_eq!(expand_str("${EMPTY:-d}", &e).unwrap(), "d");
+        assert_eq!(expand_str("$$5 and $x", &e).unwrap(), "$5 and $x");
+        assert_eq!(expand_str("${B}", &e).unwrap_err(), "B");
+        assert_eq!(expand_str("${unclosed", &e).unwrap(), "${unclosed");
+    }
+
+    #[test]
+    fn overrides_parse_scalars() {
+        let mut root = toml::Value::Table(Default::default());
+        set_override(&mut root, "store.expected_replicas", "3", "t").unwrap();
+        set_override(&mut root, "server.listen", "127.0.0.1:9", "t").unwrap();
+        assert_eq!(root["store"]["expected_replicas"].as_integer(), Some(3));
+        assert_eq!(root["server"]["listen"].as_str(), Some("127.0.0.1:9"));
+    }
+
+    #[test]
+    fn only_double_underscore_variables_are_overrides() {
+        let e = env(&[
+            ("SLUICE_KEY_CHECKOUT", "k"),
+            ("SLUICE_STORE__REDIS_URL", "redis://x"),
+        ]);
+        let o = env_overrides(&e);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].0, "store.redis_url");
+    }
+}

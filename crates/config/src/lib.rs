@@ -1,0 +1,87 @@
+//! Sluice's configuration: the TOML file users write, `${ENV_VAR}` expansion in every
+//! string, `SLUICE_SECTION__KEY` environment and command-line overrides, model presets,
+//! and validation into a [`Config`] whose errors name the key, the value and what was
+//! expected.
+//!
+//! Loading goes: TOML → overrides (environment, then flags) → `${VAR}` expansion →
+//! [`RawConfig`](raw) with `deny_unknown_fields` (errors carry the key path through
+//! `serde_path_to_error`) → [`Config`] (defaults, presets, cross-field checks). Secrets
+//! (API keys, tenant keys, the Redis URL) are [`Secret`]s that never print themselves.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! let env: HashMap<String, String> = [("KEY_A".to_string(), "sk-a".to_string())].into();
+//! let config = sluice_config::from_str(r#"
+//!     [[upstreams]]
+//!     name = "dashscope"
+//!     base_url = "https://dashscope-intl.aliyuncs.com/compatible-mode/v1"
+//!     dialect = "dashscope"
+//!     keys = ["${KEY_A}"]
+//!     [[models]]
+//!     name = "qwen3-max"
+//!     upstream = "dashscope"
+//! "#, &[], &env).unwrap();
+//! assert_eq!(config.models[0].preset, Some("qwen3-max")); // no figures: the preset's
+//! assert_eq!(config.upstreams[0].keys[0].expose(), "sk-a");
+//! ```
+//!
+//! This crate knows nothing of HTTP or Redis: the gateway and the sidecar both load it.
+
+mod duration;
+mod env;
+mod error;
+mod model;
+mod presets;
+mod raw;
+mod secret;
+mod validate;
+
+use std::path::Path;
+
+pub use duration::parse_duration;
+pub use env::{Env, ProcessEnv};
+pub use error::ConfigError;
+pub use model::{
+    Config, Dialect, FailurePolicy, LimitSpec, LimitUnit, Model, PacingMode, Price, Queue, Retry,
+    Server, Store, Tenant, Tokenizer, Upstream,
+};
+pub use presets::{PRESETS, Preset, preset};
+pub use secret::Secret;
+
+/// One override from the command line: a dotted key (`server.listen`) and its value as text.
+pub type Override = (String, String);
+
+/// Loads and validates the file at `path`, applying `SLUICE_SECTION__KEY` variables from
+/// `env`, then `flags` (which win).
+pub fn load(path: &Path, flags: &[Override], env: &dyn Env) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    from_str(&text, flags, env)
+}
+
+/// Loads and validates a configuration from TOML text (see [`load`]).
+pub fn from_str(text: &str, flags: &[Override], env: &dyn Env) -> Result<Config, ConfigError> {
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    let mut root = toml::Value::Table(table);
+    for (path, value, var) in env::env_overrides(env) {
+        env::set_override(&mut root, &path, &value, &var)?;
+    }
+    for (path, value) in flags {
+        env::set_override(
+            &mut root,
+            path,
+            value,
+            &format!("--{}", path.replace('.', "-")),
+        )?;
+    }
+    env::expand(&mut root, &mut String::new(), env)?;
+    let raw: raw::RawConfig =
+        serde_path_to_error::deserialize(root).map_err(|e| ConfigError::Schema {
+            path: e.path().to_string(),
+            message: e.inner().to_string(),
+        })?;
+    validate::validate(raw)
+}

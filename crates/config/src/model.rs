@@ -1,0 +1,245 @@
+//! The validated configuration: what the gateway and the sidecar run on.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Config {
+    /// `[server]`.
+    pub server: Server,
+    /// `[store]`; `None` runs the embedded, per-process limiter.
+    pub store: Option<Store>,
+    /// `[[upstreams]]`, in file order.
+    pub upstreams: Vec<Upstream>,
+    /// `[[models]]`, in file order.
+    pub models: Vec<Model>,
+    /// `[queue]`.
+    pub queue: Queue,
+    /// `[[tenants]]`; empty means any caller is served (as tenant `default`).
+    pub tenants: Vec<Tenant>,
+    /// `[retry]`.
+    pub retry: Retry,
+}
+
+impl Config {
+    /// The model called `name`.
+    pub fn model(&self, name: &str) -> Option<&Model> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+/// `[server]`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Server {
+    /// Where to listen (`listen`, default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// How long shutdown waits for in-flight requests (`shutdown_grace`, default `30s`).
+    pub shutdown_grace: Duration,
+    /// The largest request body accepted (`max_body_bytes`, default 16 MiB).
+    pub max_body_bytes: usize,
+    /// The longest an upstream call may take, streaming included (`upstream_timeout`, default `600s`).
+    pub upstream_timeout: Duration,
+}
+
+/// What to do when Redis cannot be reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Refuse requests while Redis is down (never exceed a provider limit).
+    FailClosed,
+    /// Serve without metering (may exceed provider limits).
+    FailOpen,
+    /// Decide in-process at limit ÷ `expected_replicas` (the default).
+    Local,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Store {
+    /// `redis://`, `rediss://` or `redis+cluster://h1:p,h2:p` (a secret: it may hold a password).
+    pub redis_url: Secret,
+    /// `on_error` (default `local`).
+    pub on_error: FailurePolicy,
+    /// `expected_replicas` (default 1): the divisor of the local policy.
+    pub expected_replicas: NonZeroU32,
+    /// `timeout` of one Redis decision (default `100ms`).
+    pub timeout: Duration,
+    /// `connections`: multiplexed connections (default 2).
+    pub connections: NonZeroU32,
+    /// `key_prefix` (default `sluice`).
+    pub key_prefix: String,
+}
+
+/// The wire dialect of an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    /// OpenAI and OpenAI-compatible (`Authorization: Bearer`).
+    Openai,
+    /// Alibaba Cloud Model Studio, compatible mode (`Authorization: Bearer`).
+    Dashscope,
+    /// Azure OpenAI (`api-key` header, `api-version` query).
+    Azure,
+    /// Anthropic's OpenAI-compatible endpoint (`x-api-key` and `Authorization`).
+    Anthropic,
+}
+
+impl Dialect {
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Openai => "openai",
+            Dialect::Dashscope => "dashscope",
+            Dialect::Azure => "azure",
+            Dialect::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// `[[upstreams]]`: one provider endpoint and its accounts.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Upstream {
+    /// `name`.
+    pub name: String,
+    /// `base_url`, without a trailing slash (e.g. `https://api.openai.com/v1`).
+    pub base_url: String,
+    /// `dialect` (default `openai`).
+    pub dialect: Dialect,
+    /// `keys`: each key is one account with the model's limits. Index `i` is account `key-i`.
+    pub keys: Vec<Secret>,
+    /// `api_version` (Azure).
+    pub api_version: Option<String>,
+}
+
+/// What a limit counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LimitUnit {
+    /// Requests.
+    Requests,
+    /// Input + output tokens.
+    Tokens,
+    /// Input tokens.
+    InputTokens,
+    /// Output tokens.
+    OutputTokens,
+}
+
+/// One limit: `amount` of `unit` per `per`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitSpec {
+    /// What it counts.
+    pub unit: LimitUnit,
+    /// How much per window.
+    pub amount: NonZeroU64,
+    /// The window.
+    pub per: Duration,
+}
+
+/// How the tokens of a prompt are estimated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tokenizer {
+    /// `o200k_base` for OpenAI's gpt-4o/4.1/5 and o-series, `cl100k_base` for gpt-4 and
+    /// gpt-3.5, the heuristic for everything else (the default).
+    Auto,
+    /// tiktoken `o200k_base`.
+    O200k,
+    /// tiktoken `cl100k_base`.
+    Cl100k,
+    /// CJK characters one token each, other characters four per token, rounded up.
+    Heuristic,
+}
+
+/// How queued requests are spaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PacingMode {
+    /// At the tightest request rate of the limits up to 60 s (the default).
+    Auto,
+    /// No spacing beyond the windows.
+    Off,
+}
+
+/// USD per million tokens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Price {
+    /// Per million input tokens.
+    pub input_per_mtok: f64,
+    /// Per million output tokens.
+    pub output_per_mtok: f64,
+}
+
+/// `[[models]]`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Model {
+    /// `name`: what clients send.
+    pub name: String,
+    /// `upstream`: the upstream's name.
+    pub upstream: String,
+    /// Index of the upstream in [`Config::upstreams`].
+    pub upstream_index: usize,
+    /// `upstream_model`: the name sent upstream (default: `name`).
+    pub upstream_model: String,
+    /// The limits in force (the operator's, or the preset's).
+    pub limits: Vec<LimitSpec>,
+    /// The name of the preset the limits come from, if any.
+    pub preset: Option<&'static str>,
+    /// `fallback`: models to try, in order, when this one cannot serve in time.
+    pub fallback: Vec<String>,
+    /// `output_estimate`: output tokens reserved when a request sets no `max_tokens` (default 1024).
+    pub output_estimate: u64,
+    /// `tokenizer`, with `auto` resolved.
+    pub tokenizer: Tokenizer,
+    /// `price`.
+    pub price: Option<Price>,
+    /// `pacing`.
+    pub pacing: PacingMode,
+}
+
+/// `[queue]`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Queue {
+    /// `max_wait`: how long a request may wait for a slot (default `30s`).
+    pub max_wait: Duration,
+    /// `booked_ahead`: per model and replica, how many requests may hold a future slot
+    /// at once; more wait in the tenant-weighted local queue (default 16).
+    pub booked_ahead: NonZeroU32,
+}
+
+/// `[[tenants]]`.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Tenant {
+    /// `name` (in metrics and logs).
+    pub name: String,
+    /// `key`: the bearer token the tenant sends.
+    pub key: Secret,
+    /// `weight` under contention (default 1).
+    pub weight: NonZeroU32,
+    /// `max_wait`, if lower than the queue's.
+    pub max_wait: Option<Duration>,
+}
+
+/// `[retry]`: retries of upstream 429s and 5xx within the request's deadline.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Retry {
+    /// `max_attempts` per model (default 3).
+    pub max_attempts: NonZeroU32,
+    /// `base` of the full-jitter backoff (default `100ms`).
+    pub base: Duration,
+    /// `cap` of the full-jitter backoff (default `2s`).
+    pub cap: Duration,
+}

@@ -1,0 +1,184 @@
+//! The file as written: serde structs with `deny_unknown_fields`, checked field by field.
+//! [`crate::Config`] is built from these by validation.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Unexpected, Visitor};
+
+use crate::duration::parse_duration;
+
+/// A duration written as text (`"30s"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Dur(pub(crate) Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Dur;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"250ms\", \"30s\", \"5m\" or \"1h\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
+                parse_duration(s)
+                    .map(Dur)
+                    .ok_or_else(|| E::invalid_value(Unexpected::Str(s), &self))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A number that may also be written as a string (so `"${RPM}"` works).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Num<T>(pub(crate) T);
+
+impl<'de, T> Deserialize<'de> for Num<T>
+where
+    T: FromStr + TryFrom<u64> + Copy,
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<T: FromStr + TryFrom<u64>> Visitor<'_> for V<T> {
+            type Value = Num<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative whole number")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Num<T>, E> {
+                u64::try_from(v)
+                    .ok()
+                    .and_then(|v| T::try_from(v).ok())
+                    .map(Num)
+                    .ok_or_else(|| E::invalid_value(Unexpected::Signed(v), &self))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Num<T>, E> {
+                T::try_from(v)
+                    .map(Num)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Num<T>, E> {
+                s.trim()
+                    .replace('_', "")
+                    .parse()
+                    .map(Num)
+                    .map_err(|_| E::invalid_value(Unexpected::Str(s), &self))
+            }
+        }
+        d.deserialize_any(V(PhantomData))
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub(crate) server: RawServer,
+    pub(crate) store: Option<RawStore>,
+    #[serde(default)]
+    pub(crate) upstreams: Vec<RawUpstream>,
+    #[serde(default)]
+    pub(crate) models: Vec<RawModel>,
+    #[serde(default)]
+    pub(crate) queue: RawQueue,
+    #[serde(default)]
+    pub(crate) tenants: Vec<RawTenant>,
+    #[serde(default)]
+    pub(crate) retry: RawRetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawServer {
+    pub(crate) listen: Option<String>,
+    pub(crate) shutdown_grace: Option<Dur>,
+    pub(crate) max_body_bytes: Option<Num<u64>>,
+    pub(crate) upstream_timeout: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub(crate) redis_url: String,
+    pub(crate) on_error: Option<crate::FailurePolicy>,
+    pub(crate) expected_replicas: Option<Num<u32>>,
+    pub(crate) timeout: Option<Dur>,
+    pub(crate) connections: Option<Num<u32>>,
+    pub(crate) key_prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstream {
+    pub(crate) name: String,
+    pub(crate) base_url: String,
+    pub(crate) dialect: Option<crate::Dialect>,
+    pub(crate) keys: Vec<String>,
+    pub(crate) api_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawModel {
+    pub(crate) name: String,
+    pub(crate) upstream: String,
+    pub(crate) upstream_model: Option<String>,
+    pub(crate) rpm: Option<Num<u64>>,
+    pub(crate) tpm: Option<Num<u64>>,
+    pub(crate) rps: Option<Num<u64>>,
+    pub(crate) tps: Option<Num<u64>>,
+    pub(crate) rpd: Option<Num<u64>>,
+    pub(crate) tpd: Option<Num<u64>>,
+    pub(crate) limits: Option<Vec<RawLimit>>,
+    #[serde(default)]
+    pub(crate) fallback: Vec<String>,
+    pub(crate) output_estimate: Option<Num<u64>>,
+    pub(crate) tokenizer: Option<crate::Tokenizer>,
+    pub(crate) price: Option<RawPrice>,
+    pub(crate) pacing: Option<crate::PacingMode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimit {
+    pub(crate) requests: Option<Num<u64>>,
+    pub(crate) tokens: Option<Num<u64>>,
+    pub(crate) input_tokens: Option<Num<u64>>,
+    pub(crate) output_tokens: Option<Num<u64>>,
+    pub(crate) per: Dur,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPrice {
+    pub(crate) input_per_mtok: f64,
+    pub(crate) output_per_mtok: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQueue {
+    pub(crate) max_wait: Option<Dur>,
+    pub(crate) booked_ahead: Option<Num<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTenant {
+    pub(crate) name: String,
+    pub(crate) key: String,
+    pub(crate) weight: Option<Num<u32>>,
+    pub(crate) max_wait: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub(crate) max_attempts: Option<Num<u32>>,
+    pub(crate) base: Option<Dur>,
+    pub(crate) cap: Option<Dur>,
+}

@@ -1,0 +1,428 @@
+//! From [`RawConfig`] to [`Config`]: defaults, presets and every cross-field check.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::time::Duration;
+
+use crate::error::ConfigError;
+use crate::model::*;
+use crate::presets::preset;
+use crate::raw::{Num, RawConfig, RawLimit, RawModel};
+use crate::secret::Secret;
+
+fn invalid(path: impl Into<String>, value: impl std::fmt::Display, expected: &str) -> ConfigError {
+    ConfigError::Invalid {
+        path: path.into(),
+        value: value.to_string(),
+        expected: expected.to_owned(),
+    }
+}
+
+fn nz32(path: &str, v: Option<Num<u32>>, default: u32) -> Result<NonZeroU32, ConfigError> {
+    let v = v.map_or(default, |n| n.0);
+    NonZeroU32::new(v).ok_or_else(|| invalid(path, v, "a whole number of at least 1"))
+}
+
+pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let listen_text = raw.server.listen.as_deref().unwrap_or("127.0.0.1:8080");
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        invalid(
+            "server.listen",
+            format!("{listen_text:?}"),
+            "an address such as \"127.0.0.1:8080\" or \"0.0.0.0:8080\"",
+        )
+    })?;
+    let server = Server {
+        listen,
+        shutdown_grace: raw
+            .server
+            .shutdown_grace
+            .map_or(Duration::from_secs(30), |d| d.0),
+        max_body_bytes: raw.server.max_body_bytes.map_or(16 << 20, |n| n.0) as usize,
+        upstream_timeout: raw
+            .server
+            .upstream_timeout
+            .map_or(Duration::from_secs(600), |d| d.0),
+    };
+    if server.upstream_timeout.is_zero() {
+        return Err(invalid(
+            "server.upstream_timeout",
+            "0s",
+            "a positive duration",
+        ));
+    }
+
+    let store = match raw.store {
+        None => None,
+        Some(s) => {
+            let scheme = s.redis_url.split_once("://").map(|(s, _)| s).unwrap_or("");
+            if !matches!(
+                scheme,
+                "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "unix" | "redis+unix"
+            ) {
+                return Err(invalid(
+                    "store.redis_url",
+                    format!("a URL with scheme {scheme:?}"),
+                    "redis://host:port/db, rediss://… (TLS) or redis+cluster://h1:p1,h2:p2",
+                ));
+            }
+            let timeout = s.timeout.map_or(Duration::from_millis(100), |d| d.0);
+            if timeout.is_zero() {
+                return Err(invalid("store.timeout", "0s", "a positive duration"));
+            }
+            Some(Store {
+                redis_url: Secret::new(s.redis_url),
+                on_error: s.on_error.unwrap_or(FailurePolicy::Local),
+                expected_replicas: nz32("store.expected_replicas", s.expected_replicas, 1)?,
+                timeout,
+                connections: nz32("store.connections", s.connections, 2)?,
+                key_prefix: s.key_prefix.unwrap_or_else(|| "sluice".to_owned()),
+            })
+        }
+    };
+
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    let mut seen = HashSet::new();
+    for (i, u) in raw.upstreams.into_iter().enumerate() {
+        let path = format!("upstreams[{i}]");
+        if !seen.insert(u.name.clone()) {
+            return Err(ConfigError::Duplicate {
+                path: format!("{path}.name"),
+                what: "upstream",
+                name: u.name,
+            });
+        }
+        check_name(&format!("{path}.name"), &u.name)?;
+        let url = url::Url::parse(&u.base_url).map_err(|e| {
+            invalid(
+                format!("{path}.base_url"),
+                format!("{:?}", u.base_url),
+                &format!("an http(s) URL ({e})"),
+            )
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(
+                format!("{path}.base_url"),
+                format!("{:?}", u.base_url),
+                "an http:// or https:// URL",
+            ));
+        }
+        if u.keys.is_empty() {
+            return Err(invalid(
+                format!("{path}.keys"),
+                "[]",
+                "at least one API key (each key is one account)",
+            ));
+        }
+        for (k, key) in u.keys.iter().enumerate() {
+            if key.trim().is_empty() {
+                return Err(invalid(
+                    format!("{path}.keys[{k}]"),
+                    "an empty string",
+                    "an API key (is its environment variable empty?)",
+                ));
+            }
+        }
+        upstreams.push(Upstream {
+            name: u.name,
+            base_url: u.base_url.trim_end_matches('/').to_owned(),
+            dialect: u.dialect.unwrap_or(Dialect::Openai),
+            keys: u.keys.into_iter().map(Secret::new).collect(),
+            api_version: u.api_version,
+        });
+    }
+
+    let names: Vec<String> = raw.models.iter().map(|m| m.name.clone()).collect();
+    let mut models = Vec::with_capacity(raw.models.len());
+    for (i, m) in raw.models.into_iter().enumerate() {
+        if names[..i].contains(&m.name) {
+            return Err(ConfigError::Duplicate {
+                path: format!("models[{i}].name"),
+                what: "model",
+                name: m.name,
+            });
+        }
+        models.push(model(i, m, &upstreams, &names)?);
+    }
+
+    let queue = crate::model::Queue {
+        max_wait: raw.queue.max_wait.map_or(Duration::from_secs(30), |d| d.0),
+        booked_ahead: nz32("queue.booked_ahead", raw.queue.booked_ahead, 16)?,
+    };
+
+    let mut tenants = Vec::with_capacity(raw.tenants.len());
+    for (i, t) in raw.tenants.into_iter().enumerate() {
+        let path = format!("tenants[{i}]");
+        check_name(&format!("{path}.name"), &t.name)?;
+        if tenants.iter().any(|x: &Tenant| x.name == t.name) {
+            return Err(ConfigError::Duplicate {
+                path: format!("{path}.name"),
+                what: "tenant",
+                name: t.name,
+            });
+        }
+        if t.key.len() < 8 {
+            return Err(invalid(
+                format!("{path}.key"),
+                format!("a key of {} characters", t.key.len()),
+                "a key of at least 8 characters",
+            ));
+        }
+        if tenants.iter().any(|x: &Tenant| x.key.expose() == t.key) {
+            return Err(ConfigError::Duplicate {
+                path: format!("{path}.key"),
+                what: "key of tenant",
+                name: t.name,
+            });
+        }
+        tenants.push(Tenant {
+            weight: nz32(&format!("{path}.weight"), t.weight, 1)?,
+            max_wait: t.max_wait.map(|d| d.0),
+            name: t.name,
+            key: Secret::new(t.key),
+        });
+    }
+
+    let retry = Retry {
+        max_attempts: nz32("retry.max_attempts", raw.retry.max_attempts, 3)?,
+        base: raw.retry.base.map_or(Duration::from_millis(100), |d| d.0),
+        cap: raw.retry.cap.map_or(Duration::from_secs(2), |d| d.0),
+    };
+
+    Ok(Config {
+        server,
+        store,
+        upstreams,
+        models,
+        queue,
+        tenants,
+        retry,
+    })
+}
+
+fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    check_name_with(path, name, false)
+}
+
+/// Names: printable, no blanks or braces; `/` only where `slash` (model names such as
+/// `Qwen/Qwen2.5-72B`).
+fn check_name_with(path: &str, name: &str, slash: bool) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name.chars().all(|c| {
+            !c.is_control() && !c.is_whitespace() && c != '{' && c != '}' && (slash || c != '/')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            format!("{name:?}"),
+            "1 to 100 printable characters without blanks or braces (and no '/' in upstream and tenant names)",
+        ))
+    }
+}
+
+fn model(
+    i: usize,
+    m: RawModel,
+    upstreams: &[Upstream],
+    names: &[String],
+) -> Result<Model, ConfigError> {
+    let path = format!("models[{i}]");
+    check_name_with(&format!("{path}.name"), &m.name, true)?;
+    let Some(upstream_index) = upstreams.iter().position(|u| u.name == m.upstream) else {
+        return Err(ConfigError::UnknownUpstream {
+            index: i,
+            model: m.name,
+            upstream: m.upstream,
+            known: upstreams.iter().map(|u| u.name.clone()).collect(),
+        });
+    };
+    for f in &m.fallback {
+        if !names.contains(f) || *f == m.name {
+            return Err(ConfigError::UnknownFallback {
+                index: i,
+                model: m.name.clone(),
+                fallback: f.clone(),
+            });
+        }
+    }
+    let upstream_model = m.upstream_model.clone().unwrap_or_else(|| m.name.clone());
+
+    let mut limits = Vec::new();
+    let shorthand = [
+        ("rpm", m.rpm, LimitUnit::Requests, 60),
+        ("tpm", m.tpm, LimitUnit::Tokens, 60),
+        ("rps", m.rps, LimitUnit::Requests, 1),
+        ("tps", m.tps, LimitUnit::Tokens, 1),
+        ("rpd", m.rpd, LimitUnit::Requests, 86_400),
+        ("tpd", m.tpd, LimitUnit::Tokens, 86_400),
+    ];
+    for (key, value, unit, secs) in shorthand {
+        if let Some(Num(v)) = value {
+            let amount = NonZeroU64::new(v).ok_or_else(|| {
+                invalid(
+                    format!("{path}.{key}"),
+                    v,
+                    "at least 1 (omit the key for no limit)",
+                )
+            })?;
+            limits.push((
+                format!("{path}.{key}"),
+                LimitSpec {
+                    unit,
+                    amount,
+                    per: Duration::from_secs(secs),
+                },
+            ));
+        }
+    }
+    for (j, l) in m.limits.iter().flatten().enumerate() {
+        let lpath = format!("{path}.limits[{j}]");
+        limits.push((lpath.clone(), limit(&lpath, l)?));
+    }
+    for (a, (pa, la)) in limits.iter().enumerate() {
+        if let Some((_, _)) = limits[..a]
+            .iter()
+            .find(|(_, lb)| lb.unit == la.unit && lb.per == la.per)
+        {
+            return Err(invalid(
+                pa,
+                format!("{:?} per {:?}", la.unit, la.per),
+                "at most one limit per unit and window",
+            ));
+        }
+    }
+    let mut preset_name = None;
+    let mut limits: Vec<LimitSpec> = limits.into_iter().map(|(_, l)| l).collect();
+    if limits.is_empty() {
+        let Some(p) = preset(&upstream_model).or_else(|| preset(&m.name)) else {
+            return Err(ConfigError::NoLimits {
+                index: i,
+                model: m.name,
+            });
+        };
+        preset_name = Some(p.model);
+        let nz = |v: u64| NonZeroU64::new(v).unwrap_or(NonZeroU64::MIN);
+        limits = vec![
+            LimitSpec {
+                unit: LimitUnit::Requests,
+                amount: nz(p.rpm),
+                per: Duration::from_secs(60),
+            },
+            LimitSpec {
+                unit: LimitUnit::Tokens,
+                amount: nz(p.tpm),
+                per: Duration::from_secs(60),
+            },
+            LimitSpec {
+                unit: LimitUnit::Requests,
+                amount: nz(p.rps),
+                per: Duration::from_secs(1),
+            },
+        ];
+    }
+
+    let price = match m.price {
+        None => None,
+        Some(p) => {
+            for (k, v) in [
+                ("input_per_mtok", p.input_per_mtok),
+                ("output_per_mtok", p.output_per_mtok),
+            ] {
+                if !v.is_finite() || v < 0.0 {
+                    return Err(invalid(
+                        format!("{path}.price.{k}"),
+                        v,
+                        "a non-negative number of USD per million tokens",
+                    ));
+                }
+            }
+            Some(Price {
+                input_per_mtok: p.input_per_mtok,
+                output_per_mtok: p.output_per_mtok,
+            })
+        }
+    };
+    let tokenizer = match m.tokenizer.unwrap_or(Tokenizer::Auto) {
+        Tokenizer::Auto => auto_tokenizer(&upstream_model),
+        t => t,
+    };
+    Ok(Model {
+        upstream: m.upstream,
+        upstream_index,
+        upstream_model,
+        limits,
+        preset: preset_name,
+        fallback: m.fallback,
+        output_estimate: m.output_estimate.map_or(1024, |n| n.0),
+        tokenizer,
+        price,
+        pacing: m.pacing.unwrap_or(PacingMode::Auto),
+        name: m.name,
+    })
+}
+
+fn limit(path: &str, l: &RawLimit) -> Result<LimitSpec, ConfigError> {
+    let given: Vec<(LimitUnit, u64)> = [
+        (LimitUnit::Requests, l.requests),
+        (LimitUnit::Tokens, l.tokens),
+        (LimitUnit::InputTokens, l.input_tokens),
+        (LimitUnit::OutputTokens, l.output_tokens),
+    ]
+    .into_iter()
+    .filter_map(|(u, v)| v.map(|n| (u, n.0)))
+    .collect();
+    let [(unit, amount)] = given[..] else {
+        return Err(invalid(
+            path,
+            format!("{} amounts", given.len()),
+            "exactly one of requests, tokens, input_tokens, output_tokens (and per)",
+        ));
+    };
+    let amount =
+        NonZeroU64::new(amount).ok_or_else(|| invalid(path, 0, "an amount of at least 1"))?;
+    let per = l.per.0;
+    if per < Duration::from_millis(1)
+        || per > Duration::from_secs(366 * 86_400)
+        || !per.subsec_nanos().is_multiple_of(1_000_000)
+    {
+        return Err(invalid(
+            format!("{path}.per"),
+            format!("{per:?}"),
+            "a whole number of milliseconds between 1ms and 366d",
+        ));
+    }
+    Ok(LimitSpec { unit, amount, per })
+}
+
+/// The tiktoken encoding of OpenAI model families; the heuristic for the rest.
+fn auto_tokenizer(model: &str) -> Tokenizer {
+    let m = model.to_ascii_lowercase();
+    let o200k = [
+        "gpt-4o",
+        "gpt-4.1",
+        "gpt-4.5",
+        "gpt-5",
+        "o1",
+        "o3",
+        "o4",
+        "chatgpt-4o",
+        "gpt-oss",
+    ];
+    let cl100k = [
+        "gpt-4",
+        "gpt-3.5",
+        "text-embedding-ada-002",
+        "text-embedding-3",
+    ];
+    if o200k.iter().any(|p| m.starts_with(p)) {
+        Tokenizer::O200k
+    } else if cl100k.iter().any(|p| m.starts_with(p)) {
+        Tokenizer::Cl100k
+    } else {
+        Tokenizer::Heuristic
+    }
+}

@@ -1,0 +1,3 @@
+//! Integration tests of `sluice-config`: one module per concern.
+
+mod load;

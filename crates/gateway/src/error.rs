@@ -1,0 +1,254 @@
+//! Errors by lifecycle: [`StartError`] stops the process; [`ApiError`] answers one
+//! request with OpenAI's `{"error":{"message","type","param","code"}}`.
+
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sluice_limiter::{Remaining, Unit};
+
+/// Why the gateway cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The Redis store could not be set up.
+    #[error("store: {0}")]
+    Store(#[from] sluice_limiter::StoreError),
+    /// A model's limits do not make a quota.
+    #[error("model {model}: {source}")]
+    Quota {
+        /// The model.
+        model: String,
+        /// Why.
+        source: sluice_limiter::QuotaError,
+    },
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A refusal to tell the client about: when to come back and the shared budget.
+#[derive(Debug, Clone)]
+pub(crate) struct RateLimited {
+    pub(crate) model: String,
+    pub(crate) retry_after: Duration,
+    pub(crate) what: String,
+    pub(crate) remaining: Vec<Remaining>,
+}
+
+/// An answer the gateway gives itself (never a replaced upstream error).
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// No or unknown tenant key.
+    Unauthorized,
+    /// The request is malformed.
+    BadRequest {
+        message: String,
+        param: Option<&'static str>,
+    },
+    /// The model is not configured.
+    ModelNotFound(String),
+    /// The request can never fit a limit.
+    TooLarge {
+        model: String,
+        limit: String,
+        capacity: u64,
+        cost: u64,
+    },
+    /// No slot before the deadline.
+    RateLimited(RateLimited),
+    /// Every account of the model is out of rotation.
+    AccountsDisabled { model: String, reason: String },
+    /// The limiter's store is down and the policy is to refuse.
+    StoreUnavailable { retry_after: Duration },
+    /// The upstream could not be reached or timed out.
+    Upstream { model: String, timeout: bool },
+}
+
+impl ApiError {
+    /// A low-cardinality label for metrics.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BadRequest { .. } => "bad_request",
+            ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::TooLarge { .. } => "too_large",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::AccountsDisabled { .. } => "accounts_disabled",
+            ApiError::StoreUnavailable { .. } => "store_unavailable",
+            ApiError::Upstream { .. } => "upstream_unreachable",
+        }
+    }
+}
+
+fn body(
+    status: StatusCode,
+    message: String,
+    kind: &str,
+    param: Option<&str>,
+    code: Option<&str>,
+) -> Response {
+    let json = serde_json::json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+    (
+        status,
+        [(http::header::CONTENT_TYPE, "application/json")],
+        json.to_string(),
+    )
+        .into_response()
+}
+
+fn secs_ceil(d: Duration) -> u64 {
+    let s = d.as_secs();
+    if d.subsec_nanos() > 0 { s + 1 } else { s }
+}
+
+/// Go-duration text (`1s`, `6m0s`, `250ms`) for `x-ratelimit-reset-*`.
+pub(crate) fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m, s) = (
+        ms / 3_600_000,
+        (ms / 60_000) % 60,
+        (ms % 60_000) as f64 / 1000.0,
+    );
+    let s = format!("{s}s");
+    match (h, m) {
+        (0, 0) => s,
+        (0, m) => format!("{m}m{s}"),
+        (h, m) => format!("{h}h{m}m{s}"),
+    }
+}
+
+/// `x-ratelimit-{limit,remaining}-{requests,tokens}` from the shared budget: the
+/// tightest limit of each unit.
+pub(crate) fn ratelimit_headers(
+    headers: &mut HeaderMap,
+    remaining: &[Remaining],
+    reset: Option<Duration>,
+) {
+    for (unit, suffix) in [(Unit::Requests, "requests"), (Unit::Tokens, "tokens")] {
+        let Some(r) = remaining
+            .iter()
+            .filter(|r| r.unit == unit)
+            .min_by_key(|r| r.remaining)
+        else {
+            continue;
+        };
+        let put = |h: &mut HeaderMap, name: String, value: String| {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::try_from(name),
+                HeaderValue::try_from(value),
+            ) {
+                h.insert(n, v);
+            }
+        };
+        put(
+            headers,
+            format!("x-ratelimit-limit-{suffix}"),
+            r.effective.to_string(),
+        );
+        put(
+            headers,
+            format!("x-ratelimit-remaining-{suffix}"),
+            r.remaining.to_string(),
+        );
+        if let Some(reset) = reset {
+            put(
+                headers,
+                format!("x-ratelimit-reset-{suffix}"),
+                go_duration(reset),
+            );
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::Unauthorized => body(
+                StatusCode::UNAUTHORIZED,
+                "Incorrect or missing API key: send your Sluice tenant key as `Authorization: Bearer <key>`.".into(),
+                "invalid_request_error",
+                None,
+                Some("invalid_api_key"),
+            ),
+            ApiError::BadRequest { message, param } => body(StatusCode::BAD_REQUEST, message, "invalid_request_error", param, None),
+            ApiError::ModelNotFound(model) => body(
+                StatusCode::NOT_FOUND,
+                format!("The model `{model}` is not configured on this gateway (GET /v1/models lists them)."),
+                "invalid_request_error",
+                Some("model"),
+                Some("model_not_found"),
+            ),
+            ApiError::TooLarge { model, limit, capacity, cost } => body(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Request too large for {model}: it needs {cost} against limit {limit}, which allows {capacity} per window, so it can never be served. Reduce the prompt or max_tokens."),
+                "invalid_request_error",
+                Some("messages"),
+                Some("request_too_large"),
+            ),
+            ApiError::RateLimited(r) => {
+                let mut resp = body(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "Rate limit reached for {} ({}): the shared budget has no slot within this request's maximum wait. Please try again in {}.",
+                        r.model, r.what, go_duration(r.retry_after)
+                    ),
+                    "rate_limit_exceeded",
+                    None,
+                    Some("rate_limit_exceeded"),
+                );
+                let h = resp.headers_mut();
+                h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs_ceil(r.retry_after).max(1)));
+                h.insert("retry-after-ms", HeaderValue::from(r.retry_after.as_millis().max(1) as u64));
+                ratelimit_headers(h, &r.remaining, Some(r.retry_after));
+                resp
+            }
+            ApiError::AccountsDisabled { model, reason } => body(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("Every account of {model} is out of rotation until an operator clears it: {reason}"),
+                "service_unavailable",
+                None,
+                Some("accounts_disabled"),
+            ),
+            ApiError::StoreUnavailable { retry_after } => {
+                let mut resp = body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The shared rate-limit store is unavailable and this gateway is configured to fail closed.".into(),
+                    "service_unavailable",
+                    None,
+                    Some("store_unavailable"),
+                );
+                resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs_ceil(retry_after).max(1)));
+                resp.headers_mut().insert("retry-after-ms", HeaderValue::from(retry_after.as_millis().max(1) as u64));
+                resp
+            }
+            ApiError::Upstream { model, timeout } => body(
+                if timeout { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY },
+                format!("The upstream of {model} {}.", if timeout { "did not answer in time" } else { "could not be reached" }),
+                "upstream_error",
+                None,
+                Some(if timeout { "upstream_timeout" } else { "upstream_unreachable" }),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations_for_reset_headers() {
+        assert_eq!(go_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(go_duration(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(go_duration(Duration::from_secs(360)), "6m0s");
+        assert_eq!(go_duration(Duration::from_secs(3723)), "1h2m3s");
+        assert_eq!(secs_ceil(Duration::from_millis(1001)), 2);
+    }
+}

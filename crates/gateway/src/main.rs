@@ -1,0 +1,99 @@
+//! The `sluice-gateway` binary: flags, configuration, tracing, then [`sluice_gateway::serve`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use sluice_gateway::Gateway;
+
+/// The OpenAI-compatible gateway that makes replicas share one provider quota.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The configuration file.
+    #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+    config: PathBuf,
+    /// Overrides `server.listen`.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Overrides `store.redis_url`.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Overrides `store.on_error` (fail_closed | fail_open | local).
+    #[arg(long)]
+    on_error: Option<String>,
+    /// Overrides `store.expected_replicas`.
+    #[arg(long)]
+    expected_replicas: Option<u32>,
+    /// Overrides `queue.max_wait` (e.g. `30s`).
+    #[arg(long)]
+    max_wait: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SLUICE_LOG_JSON")]
+    log_json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let mut flags = Vec::new();
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            flags.push((k.to_owned(), v));
+        }
+    };
+    put("server.listen", args.listen);
+    put("store.redis_url", args.redis_url);
+    put("store.on_error", args.on_error);
+    put(
+        "store.expected_replicas",
+        args.expected_replicas.map(|n| n.to_string()),
+    );
+    put("queue.max_wait", args.max_wait);
+    let config = sluice_config::load(&args.config, &flags, &sluice_config::ProcessEnv)
+        .with_context(|| {
+            format!(
+                "refusing to start with configuration {}",
+                args.config.display()
+            )
+        })?;
+    let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    runtime.block_on(async move {
+        let gateway = Gateway::new(config).context("cannot start")?;
+        let listener = tokio::net::TcpListener::bind(gateway.config().server.listen).await.context("cannot listen")?;
+        let addr = listener.local_addr()?;
+        // Tests and scripts read the port from this line.
+        println!("listening on {addr}");
+        tracing::info!(%addr, shared = gateway.is_shared(), models = gateway.config().models.len(), "sluice-gateway started");
+        sluice_gateway::serve(gateway, listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,718 @@
+//! The request path: authenticate, estimate, queue for a slot on the best account of
+//! the model (falling back along its `fallback` list), forward, retry what a provider
+//! throttled, and answer — with the upstream's answer, or an honest refusal.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+use sluice_limiter::{Cost, Decision, LimitError, RefusalReason, Reservation, StateChange, Store};
+use sluice_provider::{ErrorClass, classify};
+
+use crate::error::{ApiError, RateLimited, ratelimit_headers};
+use crate::estimate::{Endpoint, output_tokens, prompt_tokens};
+use crate::state::{Gateway, Inner, ModelState};
+use crate::stream::SseRelay;
+use crate::usage::{Settle, reconcile, usage_in};
+
+/// Headers never copied from an upstream answer.
+const HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "set-cookie",
+    "upgrade",
+    "proxy-connection",
+];
+
+/// Client headers passed upstream (the rest, auth included, stays here).
+const FORWARD: &[&str] = &[
+    "accept",
+    "content-type",
+    "openai-beta",
+    "anthropic-version",
+    "anthropic-beta",
+    "user-agent",
+];
+
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get("x-request-id")
+        .filter(|v| v.len() <= 128)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>()))
+                .unwrap_or(HeaderValue::from_static("0"))
+        })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .unwrap_or(v)
+                .trim(),
+        );
+    }
+    ["api-key", "x-api-key"]
+        .iter()
+        .find_map(|h| headers.get(*h)?.to_str().ok())
+}
+
+/// `x-sluice-max-wait`: `5s`, `500ms`, or seconds; it can only lower the deadline.
+fn header_max_wait(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get("x-sluice-max-wait")?.to_str().ok()?;
+    sluice_config::parse_duration(v).or_else(|| sluice_provider::parse_seconds(v))
+}
+
+fn jitter(inner: &Inner, attempt: u32) -> Duration {
+    let r = &inner.config.retry;
+    let ceiling = r.base.saturating_mul(1u32 << attempt.min(16)).min(r.cap);
+    ceiling.mul_f64(rand::random::<f64>())
+}
+
+/// What stopped the last try, to answer with when every model is exhausted.
+enum Failure {
+    None,
+    Refused(RateLimited),
+    TooLarge(ApiError),
+    Disabled { model: String, reason: String },
+    StoreDown(Duration),
+    Upstream(Response),
+    Unreachable(ApiError),
+}
+
+/// Serves `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
+pub(crate) async fn completions(
+    gw: Gateway,
+    endpoint: Endpoint,
+    path: &'static str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let rid = request_id(&headers);
+    let started = Instant::now();
+    let (tenant, mut resp, model, account, outcome) =
+        match serve(&gw, endpoint, path, &headers, body, started).await {
+            Ok(done) => (
+                done.tenant,
+                done.response,
+                done.model,
+                done.account,
+                done.outcome,
+            ),
+            Err((tenant, model, e)) => {
+                let kind = e.kind();
+                (tenant, e.into_response(), model, "none".to_owned(), kind)
+            }
+        };
+    let tenant = tenant
+        .map_or("unknown", |t| gw.inner.tenant_name(t))
+        .to_owned();
+    tracing::info!(request_id = ?rid, tenant = %tenant, model = %model, account = %account, outcome, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request");
+    metrics::counter!("sluice_requests_total", "model" => model, "tenant" => tenant, "account" => account, "outcome" => outcome).increment(1);
+    resp.headers_mut().insert("x-request-id", rid);
+    resp
+}
+
+struct Done {
+    tenant: Option<usize>,
+    response: Response,
+    model: String,
+    account: String,
+    outcome: &'static str,
+}
+
+type Refuse = (Option<usize>, String, ApiError);
+
+async fn serve(
+    gw: &Gateway,
+    endpoint: Endpoint,
+    path: &'static str,
+    headers: &HeaderMap,
+    body: Bytes,
+    started: Instant,
+) -> Result<Done, Refuse> {
+    let inner = &*gw.inner;
+    let Some(tenant) = inner.tenant(bearer(headers)) else {
+        return Err((None, "none".into(), ApiError::Unauthorized));
+    };
+    let bad = |message: String, param| {
+        (
+            Some(tenant),
+            "none".to_owned(),
+            ApiError::BadRequest { message, param },
+        )
+    };
+    let json: Value = serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("The body is not valid JSON: {e}"), None))?;
+    let Some(name) = json.get("model").and_then(Value::as_str) else {
+        return Err(bad("The body has no `model`.".into(), Some("model")));
+    };
+    let Some(&first) = inner.by_name.get(name) else {
+        return Err((
+            Some(tenant),
+            "none".into(),
+            ApiError::ModelNotFound(name.to_owned()),
+        ));
+    };
+    let stream = endpoint != Endpoint::Embeddings
+        && json.get("stream").and_then(Value::as_bool) == Some(true);
+    let client_usage = json
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        == Some(true);
+
+    let t = inner.tenants.get(tenant);
+    let mut max_wait = t
+        .and_then(|t| t.max_wait)
+        .unwrap_or(inner.config.queue.max_wait)
+        .min(inner.config.queue.max_wait);
+    if let Some(h) = header_max_wait(headers) {
+        max_wait = max_wait.min(h);
+    }
+    let weight = t.map_or(1, |t| t.weight);
+    let deadline = started + max_wait;
+
+    let mut forward = HeaderMap::new();
+    for h in FORWARD {
+        if let Some(v) = headers.get(*h) {
+            forward.insert(*h, v.clone());
+        }
+    }
+    forward
+        .entry(http::header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/json"));
+
+    let mut failure = Failure::None;
+    let chain = inner.models[first].chain.clone();
+    for (hop, &mi) in chain.iter().enumerate() {
+        let model = &inner.models[mi];
+        if hop > 0 {
+            metrics::counter!("sluice_fallbacks_total", "from" => inner.models[first].cfg.name.clone(), "to" => model.cfg.name.clone()).increment(1);
+        }
+        // The body as this model's upstream needs it.
+        let needs_model = model.cfg.upstream_model != name;
+        let needs_usage = stream && !client_usage;
+        let upstream_body = if needs_model || needs_usage {
+            let mut j = json.clone();
+            if let Some(obj) = j.as_object_mut() {
+                obj.insert(
+                    "model".into(),
+                    Value::String(model.cfg.upstream_model.clone()),
+                );
+                if needs_usage {
+                    let so = obj
+                        .entry("stream_options")
+                        .or_insert_with(|| Value::Object(Default::default()));
+                    if let Some(so) = so.as_object_mut() {
+                        so.insert("include_usage".into(), Value::Bool(true));
+                    }
+                }
+            }
+            Bytes::from(serde_json::to_vec(&j).unwrap_or_default())
+        } else {
+            body.clone()
+        };
+        let raw_prompt = prompt_tokens(endpoint, &json, model.cfg.tokenizer);
+        let cost = Cost::request(
+            model.learner.correct(raw_prompt),
+            output_tokens(endpoint, &json, model.cfg.output_estimate),
+        );
+
+        let mut attempt = 0u32;
+        while attempt < inner.config.retry.max_attempts.get() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let Some(permit) = model.gate.admit(tenant, weight, remaining).await else {
+                failure = Failure::Refused(RateLimited {
+                    model: model.cfg.name.clone(),
+                    retry_after: model.booked_ahead().max(Duration::from_millis(100)),
+                    what: "queue full at this gateway".into(),
+                    remaining: Vec::new(),
+                });
+                break;
+            };
+            let t0 = Instant::now();
+            let remaining = deadline.saturating_duration_since(t0);
+            let decision = inner
+                .limiter
+                .acquire(&model.keys, &model.quota, cost, remaining)
+                .await;
+            metrics::histogram!("sluice_limiter_seconds", "op" => "acquire")
+                .record(t0.elapsed().as_secs_f64());
+            let res = match decision {
+                Ok(Decision::Granted(res)) => res,
+                Ok(Decision::Refused(r)) => {
+                    failure = match r.reason {
+                        RefusalReason::Disabled(reason) => Failure::Disabled {
+                            model: model.cfg.name.clone(),
+                            reason,
+                        },
+                        RefusalReason::Unavailable => {
+                            Failure::StoreDown(r.retry_after.unwrap_or(Duration::from_secs(1)))
+                        }
+                        reason => Failure::Refused(RateLimited {
+                            model: model.cfg.name.clone(),
+                            retry_after: r
+                                .retry_after
+                                .unwrap_or(max_wait)
+                                .max(Duration::from_millis(1)),
+                            what: describe(&reason, model),
+                            remaining: r.remaining,
+                        }),
+                    };
+                    break;
+                }
+                Err(LimitError::InsufficientCapacity {
+                    limit,
+                    capacity,
+                    cost,
+                }) => {
+                    if matches!(failure, Failure::None) {
+                        failure = Failure::TooLarge(ApiError::TooLarge {
+                            model: model.cfg.name.clone(),
+                            limit: limit.to_string(),
+                            capacity,
+                            cost,
+                        });
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "limiter failed");
+                    failure = Failure::StoreDown(Duration::from_secs(1));
+                    break;
+                }
+            };
+            model.booked_ahead_us.store(
+                res.wait.as_micros() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            metrics::histogram!("sluice_queue_wait_seconds", "model" => model.cfg.name.clone())
+                .record(res.wait.as_secs_f64());
+            if !res.wait.is_zero() {
+                tokio::time::sleep(res.wait).await;
+            }
+            drop(permit);
+            let account = &model.accounts[res.candidate];
+            for r in &res.remaining {
+                metrics::gauge!("sluice_headroom", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "limit" => r.limit.to_string()).set(r.remaining as f64);
+            }
+
+            let mut url = String::with_capacity(model.base_url.len() + path.len() + 32);
+            url.push_str(&model.base_url);
+            url.push_str(path);
+            if let Some(v) = &model.api_version {
+                url.push_str("?api-version=");
+                url.push_str(v);
+            }
+            let sent = inner
+                .client
+                .post(url)
+                .headers(forward.clone())
+                .header(account.auth.0.clone(), account.auth.1.clone())
+                .body(upstream_body.clone())
+                .send()
+                .await;
+            let upstream = match sent {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!(error = %without_url(&e), model = %model.cfg.name, account = %account.name, "upstream unreachable");
+                    metrics::counter!("sluice_upstream_errors_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => "unreachable").increment(1);
+                    reconcile(
+                        gw.clone(),
+                        mi,
+                        res,
+                        Cost {
+                            requests: 1,
+                            input_tokens: 0,
+                            output_tokens: 0,
+                        },
+                    );
+                    failure = Failure::Unreachable(ApiError::Upstream {
+                        model: model.cfg.name.clone(),
+                        timeout: e.is_timeout(),
+                    });
+                    attempt += 1;
+                    backoff(inner, attempt, deadline).await;
+                    continue;
+                }
+            };
+            let status = upstream.status();
+            if status.is_success() {
+                let settle = Settle {
+                    gw: gw.clone(),
+                    model: mi,
+                    tenant,
+                    reservation: res,
+                    raw_prompt,
+                };
+                let response = success(model, upstream, stream, needs_usage, settle).await;
+                return Ok(Done {
+                    tenant: Some(tenant),
+                    response,
+                    model: model.cfg.name.clone(),
+                    account: account.name.clone(),
+                    outcome: if hop > 0 { "ok_fallback" } else { "ok" },
+                });
+            }
+
+            // An upstream error: classify, update the account, retry or pass it on.
+            let up_headers = upstream.headers().clone();
+            let bytes = upstream.bytes().await.unwrap_or_default();
+            let c = classify(
+                status.as_u16(),
+                &up_headers,
+                &bytes,
+                model.provider,
+                SystemTime::now(),
+            );
+            metrics::counter!("sluice_upstream_errors_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => c.class.as_str()).increment(1);
+            tracing::warn!(model = %model.cfg.name, account = %account.name, status = status.as_u16(), class = c.class.as_str(), retry_after_ms = c.retry_after.map(|d| d.as_millis() as u64), "upstream refused");
+            let key = res.key.clone();
+            reconcile(
+                gw.clone(),
+                mi,
+                res,
+                Cost {
+                    requests: 1,
+                    input_tokens: 0,
+                    output_tokens: 0,
+                },
+            );
+            let passed = passthrough(
+                status,
+                &up_headers,
+                Bytes::from(bytes.to_vec()),
+                &model.model_header,
+            );
+            if c.class.disables_account() {
+                let reason = format!(
+                    "{} (HTTP {}) on {}",
+                    c.class.as_str(),
+                    status.as_u16(),
+                    account.name
+                );
+                metrics::counter!("sluice_accounts_disabled_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => c.class.as_str()).increment(1);
+                tracing::error!(model = %model.cfg.name, account = %account.name, reason = %reason, "account disabled until an operator clears it");
+                disable_everywhere(gw, &model.cfg.upstream, account.name.as_str(), &key, reason)
+                    .await;
+                failure = Failure::Upstream(passed);
+                attempt += 1;
+                continue;
+            }
+            if !c.class.is_retryable() || c.should_retry == Some(false) {
+                return Ok(Done {
+                    tenant: Some(tenant),
+                    response: passed,
+                    model: model.cfg.name.clone(),
+                    account: account.name.clone(),
+                    outcome: "upstream_error",
+                });
+            }
+            if let ErrorClass::Throttled(_) = c.class {
+                let cooldown = c
+                    .retry_after
+                    .unwrap_or(Duration::from_secs(1))
+                    .max(Duration::from_millis(50));
+                if let Err(e) = inner
+                    .limiter
+                    .update(&key, &model.quota, StateChange::Cooldown(cooldown))
+                    .await
+                {
+                    tracing::warn!(error = %e, "cooldown not recorded");
+                }
+            }
+            metrics::counter!("sluice_retries_total", "model" => model.cfg.name.clone(), "reason" => c.class.as_str()).increment(1);
+            failure = Failure::Upstream(passed);
+            attempt += 1;
+            backoff(inner, attempt, deadline).await;
+        }
+    }
+
+    let name = name.to_owned();
+    match failure {
+        Failure::Upstream(response) => Ok(Done {
+            tenant: Some(tenant),
+            response,
+            model: name,
+            account: "none".into(),
+            outcome: "upstream_error",
+        }),
+        Failure::Refused(r) => Err((Some(tenant), name, ApiError::RateLimited(r))),
+        Failure::TooLarge(e) | Failure::Unreachable(e) => Err((Some(tenant), name, e)),
+        Failure::Disabled { model, reason } => Err((
+            Some(tenant),
+            name,
+            ApiError::AccountsDisabled { model, reason },
+        )),
+        Failure::StoreDown(retry_after) => Err((
+            Some(tenant),
+            name,
+            ApiError::StoreUnavailable { retry_after },
+        )),
+        Failure::None => Err((
+            Some(tenant),
+            name.clone(),
+            ApiError::Upstream {
+                model: name,
+                timeout: false,
+            },
+        )),
+    }
+}
+
+/// Takes a dead account out of rotation for every model of the upstream that uses it
+/// (the key is the same account everywhere).
+async fn disable_everywhere(
+    gw: &Gateway,
+    upstream: &str,
+    account: &str,
+    _key: &sluice_limiter::QuotaKey,
+    reason: String,
+) {
+    for m in gw
+        .inner
+        .models
+        .iter()
+        .filter(|m| m.cfg.upstream == upstream)
+    {
+        if let Some(k) = m.keys.iter().find(|k| k.name() == account)
+            && let Err(e) = gw
+                .inner
+                .limiter
+                .update(k, &m.quota, StateChange::Disable(reason.clone()))
+                .await
+        {
+            tracing::warn!(error = %e, "disable not recorded");
+        }
+    }
+}
+
+async fn backoff(inner: &Inner, attempt: u32, deadline: Instant) {
+    let pause = jitter(inner, attempt).min(deadline.saturating_duration_since(Instant::now()));
+    if !pause.is_zero() {
+        tokio::time::sleep(pause).await;
+    }
+}
+
+fn describe(reason: &RefusalReason, model: &ModelState) -> String {
+    match reason {
+        RefusalReason::Limit(id) => {
+            let limit = model.quota.limits().iter().find(|l| l.id() == id);
+            match limit {
+                Some(l) => format!(
+                    "{} {} per {:?}",
+                    l.amount(),
+                    l.unit().as_str(),
+                    l.window().length()
+                ),
+                None => format!("limit {id}"),
+            }
+        }
+        RefusalReason::Queue => "earlier requests hold every slot up to the deadline".into(),
+        RefusalReason::Pacing => {
+            "requests are paced and the next slot is after the deadline".into()
+        }
+        RefusalReason::Cooldown => "the provider asked to slow down".into(),
+        RefusalReason::Disabled(r) => format!("accounts out of rotation: {r}"),
+        RefusalReason::Unavailable => "the shared store is unavailable".into(),
+        _ => "no slot".into(),
+    }
+}
+
+/// Error text without the URL (it holds nothing secret, but keep logs short).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "<upstream>");
+    }
+    s
+}
+
+/// An upstream answer passed on as it came (minus hop-by-hop headers).
+fn passthrough(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: Bytes,
+    model: &HeaderValue,
+) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    for (k, v) in headers {
+        if !HOP.contains(&k.as_str()) {
+            resp.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    resp.headers_mut().insert("x-sluice-model", model.clone());
+    resp
+}
+
+async fn success(
+    model: &ModelState,
+    upstream: reqwest::Response,
+    stream: bool,
+    strip_usage: bool,
+    settle: Settle,
+) -> Response {
+    let status = upstream.status();
+    let mut headers = HeaderMap::new();
+    for (k, v) in upstream.headers() {
+        if !HOP.contains(&k.as_str()) && !k.as_str().starts_with("x-ratelimit-") {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+    headers.insert("x-sluice-model", model.model_header.clone());
+    headers.insert(
+        "x-sluice-account",
+        HeaderValue::from_str(&model.accounts[settle.reservation.candidate].name)
+            .unwrap_or(HeaderValue::from_static("?")),
+    );
+    ratelimit_headers(&mut headers, &settle.reservation.remaining, None);
+    let is_sse = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = if stream && is_sse {
+        Body::from_stream(SseRelay::new(
+            Box::pin(upstream.bytes_stream()),
+            strip_usage,
+            model.provider,
+            settle,
+        ))
+    } else {
+        match upstream.bytes().await {
+            Ok(bytes) => {
+                settle.finish(usage_in(&bytes));
+                Body::from(bytes)
+            }
+            Err(e) => {
+                tracing::warn!(error = %without_url(&e), "upstream answer cut; the estimate stands");
+                settle.finish(None);
+                return ApiError::Upstream {
+                    model: model.cfg.name.clone(),
+                    timeout: e.is_timeout(),
+                }
+                .into_response();
+            }
+        }
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// Any other `/v1/*` request: passed through on an account of the model it names (or
+/// the first model), counted as one request.
+pub(crate) async fn other(
+    gw: Gateway,
+    method: Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let inner = &*gw.inner;
+    let Some(tenant) = inner.tenant(bearer(&headers)) else {
+        return ApiError::Unauthorized.into_response();
+    };
+    let named = serde_json::from_slice::<Value>(&body).ok().and_then(|j| {
+        j.get("model")
+            .and_then(Value::as_str)
+            .and_then(|n| inner.by_name.get(n).copied())
+    });
+    let Some(mi) = named.or(if inner.models.is_empty() {
+        None
+    } else {
+        Some(0)
+    }) else {
+        return ApiError::ModelNotFound("(none configured)".into()).into_response();
+    };
+    let model = &inner.models[mi];
+    let max_wait = header_max_wait(&headers)
+        .unwrap_or(inner.config.queue.max_wait)
+        .min(inner.config.queue.max_wait);
+    let decision = inner
+        .limiter
+        .acquire(
+            &model.keys,
+            &model.quota,
+            Cost {
+                requests: 1,
+                input_tokens: 0,
+                output_tokens: 0,
+            },
+            max_wait,
+        )
+        .await;
+    let res: Reservation = match decision {
+        Ok(Decision::Granted(r)) => r,
+        Ok(Decision::Refused(r)) => {
+            return ApiError::RateLimited(RateLimited {
+                model: model.cfg.name.clone(),
+                retry_after: r
+                    .retry_after
+                    .unwrap_or(max_wait)
+                    .max(Duration::from_millis(1)),
+                what: describe(&r.reason, model),
+                remaining: r.remaining,
+            })
+            .into_response();
+        }
+        Err(_) => {
+            return ApiError::StoreUnavailable {
+                retry_after: Duration::from_secs(1),
+            }
+            .into_response();
+        }
+    };
+    tokio::time::sleep(res.wait).await;
+    let account = &model.accounts[res.candidate];
+    let suffix = uri.path().strip_prefix("/v1").unwrap_or(uri.path());
+    let mut url = format!("{}{}", model.base_url, suffix);
+    if let Some(q) = uri.query() {
+        url.push('?');
+        url.push_str(q);
+    }
+    let mut req = inner
+        .client
+        .request(method, url)
+        .header(account.auth.0.clone(), account.auth.1.clone())
+        .body(body);
+    for h in FORWARD {
+        if let Some(v) = headers.get(*h) {
+            req = req.header(*h, v.clone());
+        }
+    }
+    metrics::counter!("sluice_requests_total", "model" => model.cfg.name.clone(), "tenant" => inner.tenant_name(tenant).to_owned(), "account" => account.name.clone(), "outcome" => "passthrough").increment(1);
+    match req.send().await {
+        Ok(up) => {
+            let status = up.status();
+            let headers: HeaderMap = up
+                .headers()
+                .iter()
+                .filter(|(k, _)| !HOP.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let mut resp = Response::new(Body::from_stream(up.bytes_stream()));
+            *resp.status_mut() = status;
+            *resp.headers_mut() = headers;
+            resp.headers_mut()
+                .insert("x-sluice-model", model.model_header.clone());
+            resp
+        }
+        Err(e) => ApiError::Upstream {
+            model: model.cfg.name.clone(),
+            timeout: e.is_timeout(),
+        }
+        .into_response(),
+    }
+}

@@ -1,0 +1,106 @@
+//! The router: the OpenAI-compatible routes and the operational ones
+//! (`/healthz`, `/readyz`, `/metrics`).
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use bytes::Bytes;
+use sluice_limiter::OnError;
+
+use crate::estimate::Endpoint;
+use crate::proxy;
+use crate::state::Gateway;
+
+impl Gateway {
+    /// The router, ready to serve (or to test with `oneshot`).
+    pub fn router(&self) -> Router {
+        let limit = self.inner.config.server.max_body_bytes;
+        Router::new()
+            .route(
+                "/v1/chat/completions",
+                post(|State(g): State<Gateway>, h: HeaderMap, b: Bytes| {
+                    proxy::completions(g, Endpoint::Chat, "/chat/completions", h, b)
+                }),
+            )
+            .route(
+                "/v1/completions",
+                post(|State(g): State<Gateway>, h: HeaderMap, b: Bytes| {
+                    proxy::completions(g, Endpoint::Completions, "/completions", h, b)
+                }),
+            )
+            .route(
+                "/v1/embeddings",
+                post(|State(g): State<Gateway>, h: HeaderMap, b: Bytes| {
+                    proxy::completions(g, Endpoint::Embeddings, "/embeddings", h, b)
+                }),
+            )
+            .route("/v1/models", get(models))
+            .route("/v1/{*rest}", any(other))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self.clone())
+    }
+}
+
+async fn other(State(g): State<Gateway>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let limit = g.inner.config.server.max_body_bytes;
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+    };
+    proxy::other(g, parts.method, parts.uri, parts.headers, bytes).await
+}
+
+async fn models(State(g): State<Gateway>) -> Response {
+    let data: Vec<_> = g
+        .inner
+        .models
+        .iter()
+        .map(|m| serde_json::json!({"id": m.cfg.name, "object": "model", "created": 0, "owned_by": m.cfg.upstream}))
+        .collect();
+    axum::Json(serde_json::json!({"object": "list", "data": data})).into_response()
+}
+
+async fn readyz(State(g): State<Gateway>) -> Response {
+    let limiter = &g.inner.limiter;
+    if !limiter.is_shared() {
+        return axum::Json(
+            serde_json::json!({"status": "ready", "store": "embedded", "limits": "per process"}),
+        )
+        .into_response();
+    }
+    match limiter.ping().await {
+        Ok(()) => {
+            axum::Json(serde_json::json!({"status": "ready", "store": "redis"})).into_response()
+        }
+        Err(e) => {
+            let policy = limiter.policy().unwrap_or_default();
+            let body = serde_json::json!({"status": "degraded", "store": "redis", "error": e.to_string(), "policy": policy.as_str()});
+            let status = if policy == OnError::FailClosed {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            (status, axum::Json(body)).into_response()
+        }
+    }
+}
+
+async fn metrics(State(g): State<Gateway>) -> Response {
+    match &g.inner.metrics {
+        Some(h) => (
+            [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics recorder not installed in this process",
+        )
+            .into_response(),
+    }
+}

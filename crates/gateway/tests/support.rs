@@ -1,0 +1,154 @@
+//! Harness: the simulator in-process, gateways in-process or as real processes, and
+//! a small client.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sluice_sim::{AccountConfig, Config as SimConfig, Dialect, ModelConfig, SimHandle};
+
+/// A simulator serving `models`, with accounts `keys` (named as given) when not empty.
+pub(crate) async fn sim(models: Vec<ModelConfig>, accounts: &[(&str, &str)]) -> SimHandle {
+    let mut config = SimConfig::with_models(models);
+    for (name, key) in accounts {
+        let mut a = AccountConfig::new(*key);
+        a.name = Some((*name).to_owned());
+        config.accounts.push(a);
+    }
+    config.accept_any_key = accounts.is_empty();
+    sluice_sim::spawn(config).await.expect("sim starts")
+}
+
+/// A sim model with request and token limits over `per`.
+pub(crate) fn sim_model(name: &str, requests: u64, tokens: u64, per: Duration) -> ModelConfig {
+    ModelConfig::new(name, Dialect::Openai)
+        .with_limit(sluice_sim::Limit::requests(requests, per))
+        .with_limit(sluice_sim::Limit::tokens(tokens, per))
+}
+
+/// An in-process gateway on a port-0 listener; returns its base URL (`http://…`).
+pub(crate) async fn gateway(toml: &str) -> String {
+    let config = sluice_config::from_str(
+        toml,
+        &[],
+        &std::collections::HashMap::<String, String>::new(),
+    )
+    .expect("config");
+    let gw = sluice_gateway::Gateway::new(config).expect("gateway");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(sluice_gateway::serve(gw, listener, std::future::pending()));
+    url
+}
+
+/// A gateway process started from the real binary; killed when dropped.
+pub(crate) struct GatewayProcess {
+    child: Child,
+    pub(crate) url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProcess {
+    pub(crate) fn start(toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
+            .arg("--config")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("SLUICE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gateway binary starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            url: format!("http://{addr}"),
+            _dir: dir,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
+    pub(crate) fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One answer as the test sees it.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: String,
+}
+
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap()
+}
+
+/// `POST {base}/v1/chat/completions` with `body`, as `tenant_key` when given.
+pub(crate) async fn chat(
+    client: &reqwest::Client,
+    base: &str,
+    body: serde_json::Value,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut req = client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.expect("the gateway answers");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.text().await.unwrap_or_default();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub(crate) fn ask(model: &str, max_tokens: u64) -> serde_json::Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Say something short about rate limits."}], "max_tokens": max_tokens})
+}
+
+/// Asserts the answer is a 200 or an honest 429 (OpenAI body, Retry-After, retry-after-ms).
+pub(crate) fn assert_honest(a: &Answer) {
+    match a.status {
+        200 => {}
+        429 => {
+            let ra: u64 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(ra >= 1, "{a:?}");
+            assert!(a.headers.contains_key("retry-after-ms"), "{a:?}");
+            let body: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+            assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{a:?}");
+        }
+        _ => panic!("neither 200 nor an honest 429: {a:?}"),
+    }
+}
