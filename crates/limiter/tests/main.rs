@@ -8,4 +8,5 @@ mod concurrency;
 mod conformance;
 mod failures;
 mod properties;
+mod security;
 mod support;

@@ -49,6 +49,7 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    tls: bool,
 }
 
 impl RedisServer {
@@ -65,14 +66,121 @@ impl RedisServer {
             dir,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls: false,
         };
         server.spawn();
         server
     }
 
+    /// Starts a server that speaks only TLS, with a certificate for `127.0.0.1` signed
+    /// by a throwaway CA (made with the `openssl` command in the server's directory;
+    /// see [`RedisServer::ca_file`]).
+    pub fn start_tls() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            let ok = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl must be installed")
+                .success();
+            assert!(ok, "openssl {args:?} failed");
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sluice-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]);
+        std::fs::write(
+            d.join("san.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .expect("write san.ext");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.pem",
+        ]);
+        let port = free_port();
+        let mut server = Self {
+            port,
+            dir,
+            child: None,
+            extra: [
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                "server.pem",
+                "--tls-key-file",
+                "server.key",
+                "--tls-ca-cert-file",
+                "ca.pem",
+                "--tls-auth-clients",
+                "no",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            tls: true,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The CA that signed a TLS server's certificate (PEM).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     fn spawn(&mut self) {
+        let port_args: Vec<String> = if self.tls {
+            Vec::new()
+        } else {
+            vec!["--port".into(), self.port.to_string()]
+        };
         let child = Command::new(binary("redis-server"))
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .current_dir(self.dir.path())
+            .args(&port_args)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .args(["--dir", &self.dir.path().to_string_lossy()])
             .args(&self.extra)
@@ -81,9 +189,13 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
-        let port = self.port;
+        let (port, tls, dir) = (self.port, self.tls, self.dir.path().to_owned());
         assert!(
-            wait_until(Duration::from_secs(10), || ping(port)),
+            wait_until(Duration::from_secs(10), || if tls {
+                ping_tls(port, &dir)
+            } else {
+                ping(port)
+            }),
             "redis-server did not answer on port {port}"
         );
     }
@@ -93,9 +205,10 @@ impl RedisServer {
         self.port
     }
 
-    /// `redis://127.0.0.1:<port>/0`.
+    /// `redis://127.0.0.1:<port>/0`, or `rediss://…` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// The server's working directory.
@@ -119,6 +232,12 @@ impl RedisServer {
 
     /// Runs `redis-cli` against the server and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
+        if self.tls {
+            let ca = self.ca_file();
+            let mut all = vec!["--tls", "--cacert", ca.to_str().unwrap_or_default()];
+            all.extend_from_slice(args);
+            return cli(self.port, &all);
+        }
         cli(self.port, args)
     }
 }
@@ -138,6 +257,17 @@ pub fn cli(port: u16, args: &[&str]) -> String {
         .output()
         .expect("redis-cli must be installed");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn ping_tls(port: u16, dir: &Path) -> bool {
+    let ca = dir.join("ca.pem");
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+        && cli(
+            port,
+            &["--tls", "--cacert", ca.to_str().unwrap_or_default(), "PING"],
+        )
+        .trim()
+            == "PONG"
 }
 
 fn ping(port: u16) -> bool {
