@@ -43,7 +43,7 @@ pub use env::{Env, ProcessEnv};
 pub use error::ConfigError;
 pub use model::{
     Config, Dialect, FailurePolicy, LimitSpec, LimitUnit, Model, PacingMode, Price, Queue, Retry,
-    Server, Store, Tenant, Tokenizer, Upstream,
+    Server, Sidecar, Store, Tenant, Tokenizer, Upstream,
 };
 pub use presets::{PRESETS, Preset, preset};
 pub use secret::Secret;

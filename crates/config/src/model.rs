@@ -26,6 +26,8 @@ pub struct Config {
     pub tenants: Vec<Tenant>,
     /// `[retry]`.
     pub retry: Retry,
+    /// `[sidecar]`: the recalibrating sidecar, and what the gateway publishes for it.
+    pub sidecar: Sidecar,
 }
 
 impl Config {
@@ -242,4 +244,71 @@ pub struct Retry {
     pub base: Duration,
     /// `cap` of the full-jitter backoff (default `2s`).
     pub cap: Duration,
+}
+
+/// `[sidecar]`: how `sluice-sidecar` listens, consumes observations and recalibrates,
+/// and how often gateways sample successful answers for it. Every field has a default.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Sidecar {
+    /// `listen` (default `127.0.0.1:8081`): the sidecar's API, forward proxy and metrics.
+    pub listen: SocketAddr,
+    /// `admin_key`: the bearer token of `POST /v1/admin/...` (sidecar and gateway);
+    /// without it the admin endpoints answer 404.
+    pub admin_key: Option<Secret>,
+    /// `consumer_group` (default `sluice-sidecar`): one group per fleet.
+    pub consumer_group: String,
+    /// `consumer_name`: this sidecar's unique name in the group (default: host name and pid).
+    pub consumer_name: Option<String>,
+    /// `claim_after` (default `10s`): how long an observation may stay unacknowledged by
+    /// a sidecar before another one claims it.
+    pub claim_after: Duration,
+    /// `sample_per_second` (default 4): successful answers a gateway publishes per
+    /// account × model and second (every error is published).
+    pub sample_per_second: u32,
+    /// `probe_interval` (default `60s`): how often a disabled account is probed.
+    pub probe_interval: Duration,
+    /// `quota_state_after` (default `1h`): a Retry-After at least this long disables the
+    /// account ("daily quota") until the wait passes or a probe succeeds.
+    pub quota_state_after: Duration,
+    /// `default_cooldown` (default `1s`): the cooldown of a throttling refusal that names no wait.
+    pub default_cooldown: Duration,
+    /// `aimd_decrease` (default 0.9): the factor of a multiplicative decrease.
+    pub aimd_decrease: f64,
+    /// `aimd_increase` (default 0.01): the additive increase per clean window, as a
+    /// fraction of the configured limit.
+    pub aimd_increase: f64,
+    /// `aimd_floor` (default 0.1): a learned limit never goes below this fraction of the configured one.
+    pub aimd_floor: f64,
+    /// `headroom_tolerance` (default 0.02): a refusal without headers lowers the limit
+    /// unless our window already holds more than `1 + tolerance` of the effective limit
+    /// (then our own estimates caused it).
+    pub headroom_tolerance: f64,
+    /// `unseen_tolerance` (default 0.02): usage we did not see is recorded only beyond
+    /// this fraction of the limit (and at least 1).
+    pub unseen_tolerance: f64,
+    /// `pacing_increase` (default 1.5): the factor a burst refusal slows pacing by.
+    pub pacing_increase: f64,
+}
+
+impl Default for Sidecar {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            admin_key: None,
+            consumer_group: "sluice-sidecar".to_owned(),
+            consumer_name: None,
+            claim_after: Duration::from_secs(10),
+            sample_per_second: 4,
+            probe_interval: Duration::from_secs(60),
+            quota_state_after: Duration::from_secs(3600),
+            default_cooldown: Duration::from_secs(1),
+            aimd_decrease: 0.9,
+            aimd_increase: 0.01,
+            aimd_floor: 0.1,
+            headroom_tolerance: 0.02,
+            unseen_tolerance: 0.02,
+            pacing_increase: 1.5,
+        }
+    }
 }

@@ -89,6 +89,8 @@ pub(crate) struct RawConfig {
     pub(crate) tenants: Vec<RawTenant>,
     #[serde(default)]
     pub(crate) retry: RawRetry,
+    #[serde(default)]
+    pub(crate) sidecar: RawSidecar,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -181,4 +183,24 @@ pub(crate) struct RawRetry {
     pub(crate) max_attempts: Option<Num<u32>>,
     pub(crate) base: Option<Dur>,
     pub(crate) cap: Option<Dur>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSidecar {
+    pub(crate) listen: Option<String>,
+    pub(crate) admin_key: Option<String>,
+    pub(crate) consumer_group: Option<String>,
+    pub(crate) consumer_name: Option<String>,
+    pub(crate) claim_after: Option<Dur>,
+    pub(crate) sample_per_second: Option<Num<u32>>,
+    pub(crate) probe_interval: Option<Dur>,
+    pub(crate) quota_state_after: Option<Dur>,
+    pub(crate) default_cooldown: Option<Dur>,
+    pub(crate) aimd_decrease: Option<f64>,
+    pub(crate) aimd_increase: Option<f64>,
+    pub(crate) aimd_floor: Option<f64>,
+    pub(crate) headroom_tolerance: Option<f64>,
+    pub(crate) unseen_tolerance: Option<f64>,
+    pub(crate) pacing_increase: Option<f64>,
 }

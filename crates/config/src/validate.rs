@@ -190,6 +190,8 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         cap: raw.retry.cap.map_or(Duration::from_secs(2), |d| d.0),
     };
 
+    let sidecar = sidecar(raw.sidecar)?;
+
     Ok(Config {
         server,
         store,
@@ -198,6 +200,109 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         queue,
         tenants,
         retry,
+        sidecar,
+    })
+}
+
+fn sidecar(raw: crate::raw::RawSidecar) -> Result<Sidecar, ConfigError> {
+    let d = Sidecar::default();
+    let listen = match raw.listen {
+        None => d.listen,
+        Some(text) => text.parse().map_err(|_| {
+            invalid(
+                "sidecar.listen",
+                format!("{text:?}"),
+                "an address such as \"127.0.0.1:8081\"",
+            )
+        })?,
+    };
+    let admin_key = match raw.admin_key {
+        None => None,
+        Some(k) if k.is_empty() => None,
+        Some(k) if k.len() < 16 => {
+            return Err(invalid(
+                "sidecar.admin_key",
+                format!("a key of {} characters", k.len()),
+                "a key of at least 16 characters (or none, to turn the admin endpoints off)",
+            ));
+        }
+        Some(k) => Some(Secret::new(k)),
+    };
+    let fraction = |path: &str, v: Option<f64>, default: f64, lo: f64, hi: f64| {
+        let v = v.unwrap_or(default);
+        if v.is_finite() && v >= lo && v <= hi {
+            Ok(v)
+        } else {
+            Err(invalid(path, v, &format!("a number from {lo} to {hi}")))
+        }
+    };
+    let positive = |path: &str, v: Option<crate::raw::Dur>, default: Duration| {
+        let v = v.map_or(default, |d| d.0);
+        if v.is_zero() {
+            Err(invalid(path, "0s", "a positive duration"))
+        } else {
+            Ok(v)
+        }
+    };
+    let group = raw.consumer_group.unwrap_or(d.consumer_group);
+    check_name("sidecar.consumer_group", &group)?;
+    if let Some(n) = &raw.consumer_name {
+        check_name("sidecar.consumer_name", n)?;
+    }
+    Ok(Sidecar {
+        listen,
+        admin_key,
+        consumer_group: group,
+        consumer_name: raw.consumer_name,
+        claim_after: positive("sidecar.claim_after", raw.claim_after, d.claim_after)?,
+        sample_per_second: raw.sample_per_second.map_or(d.sample_per_second, |n| n.0),
+        probe_interval: positive(
+            "sidecar.probe_interval",
+            raw.probe_interval,
+            d.probe_interval,
+        )?,
+        quota_state_after: positive(
+            "sidecar.quota_state_after",
+            raw.quota_state_after,
+            d.quota_state_after,
+        )?,
+        default_cooldown: raw.default_cooldown.map_or(d.default_cooldown, |v| v.0),
+        aimd_decrease: fraction(
+            "sidecar.aimd_decrease",
+            raw.aimd_decrease,
+            d.aimd_decrease,
+            0.1,
+            0.99,
+        )?,
+        aimd_increase: fraction(
+            "sidecar.aimd_increase",
+            raw.aimd_increase,
+            d.aimd_increase,
+            0.0,
+            1.0,
+        )?,
+        aimd_floor: fraction("sidecar.aimd_floor", raw.aimd_floor, d.aimd_floor, 0.0, 1.0)?,
+        headroom_tolerance: fraction(
+            "sidecar.headroom_tolerance",
+            raw.headroom_tolerance,
+            d.headroom_tolerance,
+            0.0,
+            0.5,
+        )?,
+        unseen_tolerance: fraction(
+            "sidecar.unseen_tolerance",
+            raw.unseen_tolerance,
+            d.unseen_tolerance,
+            0.0,
+            0.5,
+        )?,
+        pacing_increase: fraction(
+            "sidecar.pacing_increase",
+            raw.pacing_increase,
+            d.pacing_increase,
+            1.0,
+            64.0,
+        )?,
     })
 }
 

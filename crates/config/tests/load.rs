@@ -235,3 +235,45 @@ fn an_unreadable_file_names_the_path() {
     assert!(matches!(err, ConfigError::Read { .. }));
     assert!(err.to_string().contains("/nonexistent/sluice.toml"));
 }
+
+#[test]
+fn the_sidecar_section_has_defaults_env_overrides_and_a_secret_admin_key() {
+    let c = from_str(MINIMAL, &[], &env(&[])).unwrap();
+    assert_eq!(c.sidecar.listen.to_string(), "127.0.0.1:8081");
+    assert!(c.sidecar.admin_key.is_none());
+    assert_eq!(c.sidecar.consumer_group, "sluice-sidecar");
+    assert_eq!(c.sidecar.quota_state_after, Duration::from_secs(3600));
+    assert_eq!(c.sidecar.aimd_decrease, 0.9);
+
+    let text = format!(
+        "{MINIMAL}\n[sidecar]\nadmin_key = \"${{SLUICE_ADMIN_KEY}}\"\nclaim_after = \"2s\"\naimd_increase = 0.05\n"
+    );
+    let e = env(&[
+        ("SLUICE_ADMIN_KEY", "admin-key-0123456789"),
+        ("SLUICE_SIDECAR__LISTEN", "127.0.0.1:9191"),
+        ("SLUICE_SIDECAR__SAMPLE_PER_SECOND", "10"),
+    ]);
+    let c = from_str(&text, &[], &e).unwrap();
+    assert_eq!(c.sidecar.listen.to_string(), "127.0.0.1:9191");
+    assert_eq!(c.sidecar.sample_per_second, 10);
+    assert_eq!(c.sidecar.claim_after, Duration::from_secs(2));
+    assert_eq!(c.sidecar.aimd_increase, 0.05);
+    assert_eq!(
+        c.sidecar.admin_key.as_ref().unwrap().expose(),
+        "admin-key-0123456789"
+    );
+    assert!(!format!("{c:?}").contains("admin-key-0123456789"));
+
+    let bad = format!("{MINIMAL}\n[sidecar]\naimd_decrease = 1.5\n");
+    let err = from_str(&bad, &[], &env(&[])).unwrap_err().to_string();
+    assert!(
+        err.contains("sidecar.aimd_decrease") && err.contains("1.5"),
+        "{err}"
+    );
+    let short = format!("{MINIMAL}\n[sidecar]\nadmin_key = \"short\"\n");
+    let err = from_str(&short, &[], &env(&[])).unwrap_err().to_string();
+    assert!(
+        err.contains("sidecar.admin_key") && !err.contains("short\""),
+        "{err}"
+    );
+}

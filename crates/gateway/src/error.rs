@@ -22,6 +22,9 @@ pub enum StartError {
         /// Why.
         source: sluice_limiter::QuotaError,
     },
+    /// The configuration does not make a catalog of quotas.
+    #[error("catalog: {0}")]
+    Catalog(String),
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Client(#[from] reqwest::Error),

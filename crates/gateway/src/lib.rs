@@ -16,6 +16,7 @@
 mod error;
 mod estimate;
 mod fair;
+mod observe;
 mod proxy;
 mod routes;
 mod state;

@@ -348,6 +348,15 @@ async fn serve(
             };
             let status = upstream.status();
             if status.is_success() {
+                if let Some(o) = &inner.observer {
+                    o.success(
+                        &model.sampled_ms[res.candidate],
+                        &model.cfg.upstream,
+                        &model.cfg.upstream_model,
+                        &account.name,
+                        upstream.headers(),
+                    );
+                }
                 let settle = Settle {
                     gw: gw.clone(),
                     model: mi,
@@ -375,6 +384,16 @@ async fn serve(
                 model.provider,
                 SystemTime::now(),
             );
+            if let Some(o) = &inner.observer {
+                o.error(
+                    &model.cfg.upstream,
+                    &model.cfg.upstream_model,
+                    &account.name,
+                    status.as_u16(),
+                    &up_headers,
+                    &bytes,
+                );
+            }
             metrics::counter!("sluice_upstream_errors_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => c.class.as_str()).increment(1);
             tracing::warn!(model = %model.cfg.name, account = %account.name, status = status.as_u16(), class = c.class.as_str(), retry_after_ms = c.retry_after.map(|d| d.as_millis() as u64), "upstream refused");
             let key = res.key.clone();
@@ -421,7 +440,12 @@ async fn serve(
             if let ErrorClass::Throttled(_) = c.class {
                 let cooldown = c
                     .retry_after
-                    .unwrap_or(Duration::from_secs(1))
+                    .unwrap_or_else(|| {
+                        sluice_recalibrate::cooldown_without_wait(
+                            &model.quota,
+                            inner.config.sidecar.default_cooldown,
+                        )
+                    })
                     .max(Duration::from_millis(50));
                 if let Err(e) = inner
                     .limiter

@@ -2,7 +2,7 @@
 //! (`/healthz`, `/readyz`, `/metrics`).
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -14,8 +14,22 @@ use crate::proxy;
 use crate::state::Gateway;
 
 impl Gateway {
-    /// The router, ready to serve (or to test with `oneshot`).
+    /// The router, ready to serve (or to test with `oneshot`): [`api_router`](Self::api_router)
+    /// plus `/healthz`, `/readyz` and `/metrics`.
     pub fn router(&self) -> Router {
+        self.api_router().merge(
+            Router::new()
+                .route("/healthz", get(|| async { "ok" }))
+                .route("/readyz", get(readyz))
+                .route("/metrics", get(metrics))
+                .with_state(self.clone()),
+        )
+    }
+
+    /// The API without the operational routes: the OpenAI-compatible proxy,
+    /// `GET /v1/quotas` and `POST /v1/admin/accounts/{upstream}/{account}/enable`. The
+    /// sidecar serves it as its forward proxy, beside its own operational routes.
+    pub fn api_router(&self) -> Router {
         let limit = self.inner.config.server.max_body_bytes;
         Router::new()
             .route(
@@ -37,12 +51,77 @@ impl Gateway {
                 }),
             )
             .route("/v1/models", get(models))
+            .route("/v1/quotas", get(quotas))
+            .route(
+                "/v1/admin/accounts/{upstream}/{account}/enable",
+                post(enable),
+            )
             .route("/v1/{*rest}", any(other))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics))
             .layer(DefaultBodyLimit::max(limit))
             .with_state(self.clone())
+    }
+}
+
+/// `GET /v1/quotas`: every model × account as the shared store holds it.
+async fn quotas(State(g): State<Gateway>) -> Response {
+    let report = sluice_recalibrate::report(&g.inner.catalog, &g.inner.limiter).await;
+    axum::Json(report).into_response()
+}
+
+fn admin_error(status: StatusCode, message: &str, code: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "param": null, "code": code}})),
+    )
+        .into_response()
+}
+
+/// `POST /v1/admin/accounts/{upstream}/{account}/enable`, behind `[sidecar] admin_key`
+/// (`Authorization: Bearer …`): puts a disabled account back into rotation on every
+/// model of the upstream and ends its cooldown.
+async fn enable(
+    State(g): State<Gateway>,
+    Path((upstream, account)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if g.inner.admin_digest.is_none() {
+        return admin_error(
+            StatusCode::NOT_FOUND,
+            "No admin_key is configured in [sidecar]: the admin endpoints are off.",
+            "admin_disabled",
+        );
+    }
+    let token = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+    if !g.is_admin(token) {
+        return admin_error(
+            StatusCode::UNAUTHORIZED,
+            "Invalid admin key.",
+            "invalid_api_key",
+        );
+    }
+    match g
+        .inner
+        .recalibrator
+        .enable(&g.inner.limiter, &upstream, &account, "operator")
+        .await
+    {
+        Ok(0) => admin_error(
+            StatusCode::NOT_FOUND,
+            &format!("No account {account:?} on upstream {upstream:?}."),
+            "account_not_found",
+        ),
+        Ok(n) => {
+            axum::Json(serde_json::json!({"upstream": upstream, "account": account, "enabled": n}))
+                .into_response()
+        }
+        Err(e) => admin_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("The store failed: {e}"),
+            "store_unavailable",
+        ),
     }
 }
 

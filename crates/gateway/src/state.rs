@@ -2,18 +2,16 @@
 //! the limiter, the upstream client, each model's quota, accounts, gate and learner.
 
 use std::collections::HashMap;
-use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use sha2::{Digest, Sha256};
-use sluice_config::{Config, Dialect, FailurePolicy, LimitUnit, Model, PacingMode};
-use sluice_limiter::{
-    Limit, Limiter, OnError, Pacing, Quota, QuotaKey, RedisOptions, Unit, Window,
-};
+use sluice_config::{Config, Dialect, FailurePolicy, Model};
+use sluice_limiter::{Limiter, OnError, Quota, QuotaKey, RedisOptions};
 use sluice_provider::Provider;
+use sluice_recalibrate::{Catalog, CatalogError, Recalibrator, Tuning};
 use subtle::ConstantTimeEq;
 
 use crate::error::StartError;
@@ -43,6 +41,8 @@ pub(crate) struct ModelState {
     /// when a request times out at the gate).
     pub(crate) booked_ahead_us: AtomicU64,
     pub(crate) model_header: HeaderValue,
+    /// When a success was last sampled as an observation, per account (ms).
+    pub(crate) sampled_ms: Vec<AtomicU64>,
 }
 
 impl ModelState {
@@ -73,58 +73,11 @@ pub(crate) struct Inner {
     pub(crate) by_name: HashMap<String, usize>,
     pub(crate) tenants: Vec<TenantState>,
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
-}
-
-fn unit(u: LimitUnit) -> Unit {
-    match u {
-        LimitUnit::Requests => Unit::Requests,
-        LimitUnit::Tokens => Unit::Tokens,
-        LimitUnit::InputTokens => Unit::InputTokens,
-        LimitUnit::OutputTokens => Unit::OutputTokens,
-    }
-}
-
-/// A window lengthened by 1% (whole milliseconds): the latency allowance. A slot is
-/// granted on the store's clock but the provider counts the request when it arrives,
-/// a variable network and scheduling delay later; holding each charge 1% longer than
-/// the provider does keeps a late arrival from overlapping the next window's first
-/// request, at the price of 1% of the limit.
-fn with_allowance(per: Duration) -> Duration {
-    per + Duration::from_millis((per.as_millis() / 100) as u64)
-}
-
-fn quota(model: &Model) -> Result<Quota, StartError> {
-    let err = |source| StartError::Quota {
-        model: model.name.clone(),
-        source,
-    };
-    let limits = model
-        .limits
-        .iter()
-        .map(|l| {
-            Ok(Limit::new(
-                unit(l.unit),
-                NonZeroU64::from(l.amount),
-                Window::new(with_allowance(l.per)).map_err(err)?,
-            ))
-        })
-        .collect::<Result<Vec<_>, StartError>>()?;
-    let pacing = match model.pacing {
-        PacingMode::Auto => Pacing::Auto,
-        PacingMode::Off => Pacing::Off,
-    };
-    Quota::new(limits)
-        .and_then(|q| q.with_pacing(pacing))
-        .map_err(err)
-}
-
-fn provider(d: Dialect) -> Provider {
-    match d {
-        Dialect::Openai => Provider::OpenAi,
-        Dialect::Dashscope => Provider::DashScope,
-        Dialect::Azure => Provider::Azure,
-        Dialect::Anthropic => Provider::Anthropic,
-    }
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) recalibrator: Arc<Recalibrator>,
+    pub(crate) observer: Option<crate::observe::Observer>,
+    /// SHA-256 of `[sidecar] admin_key`, when set.
+    pub(crate) admin_digest: Option<[u8; 32]>,
 }
 
 impl Gateway {
@@ -163,17 +116,15 @@ impl Gateway {
             .map(|(i, m)| (m.name.clone(), i))
             .collect();
         let tenant_count = config.tenants.len().max(1);
+        let catalog = Arc::new(Catalog::new(&config).map_err(|e| match e {
+            CatalogError::Quota { model, source } => StartError::Quota { model, source },
+            other => StartError::Catalog(other.to_string()),
+        })?);
         let mut models = Vec::with_capacity(config.models.len());
-        for m in &config.models {
+        for (mi, m) in config.models.iter().enumerate() {
             let up = &config.upstreams[m.upstream_index];
-            let group = format!("{}/{}", up.name, m.name);
-            let keys = (0..up.keys.len())
-                .map(|i| QuotaKey::new(group.clone(), format!("key-{i}")))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|source| StartError::Quota {
-                    model: m.name.clone(),
-                    source,
-                })?;
+            let cm = &catalog.models[mi];
+            let keys: Vec<QuotaKey> = cm.keys.clone();
             let accounts = up
                 .keys
                 .iter()
@@ -205,10 +156,11 @@ impl Gateway {
             let mut chain = vec![by_name[&m.name]];
             chain.extend(m.fallback.iter().filter_map(|f| by_name.get(f).copied()));
             models.push(ModelState {
-                quota: quota(m)?,
+                quota: cm.quota.clone(),
+                sampled_ms: keys.iter().map(|_| AtomicU64::new(0)).collect(),
                 keys,
                 accounts,
-                provider: provider(up.dialect),
+                provider: cm.provider,
                 base_url: up.base_url.replace("{model}", &m.upstream_model),
                 api_version: up.api_version.clone(),
                 chain,
@@ -230,17 +182,48 @@ impl Gateway {
                 digest: Sha256::digest(t.key.expose().as_bytes()).into(),
             })
             .collect();
-        Ok(Self {
-            inner: Arc::new(Inner {
-                limiter,
-                client,
-                models,
-                by_name,
-                tenants,
-                metrics: crate::telemetry::handle(),
-                config,
-            }),
-        })
+        let recalibrator = Arc::new(Recalibrator::new(
+            catalog.clone(),
+            Tuning::from(&config.sidecar),
+        ));
+        // Observations need a runtime for their writer task; without one (a gateway
+        // built outside tokio, e.g. in a unit test) nothing is observed.
+        let runtime = tokio::runtime::Handle::try_current().ok();
+        let mut local_rx = None;
+        let observer = match (&runtime, &config.store) {
+            (None, _) => None,
+            (Some(_), Some(store)) => Some(crate::observe::Observer::redis(
+                store.redis_url.expose().to_owned(),
+                config.sidecar.sample_per_second,
+            )),
+            (Some(_), None) => {
+                let (o, rx) = crate::observe::Observer::local(config.sidecar.sample_per_second);
+                local_rx = Some(rx);
+                Some(o)
+            }
+        };
+        let admin_digest = config
+            .sidecar
+            .admin_key
+            .as_ref()
+            .map(|k| Sha256::digest(k.expose().as_bytes()).into());
+        let inner = Arc::new(Inner {
+            limiter,
+            client,
+            models,
+            by_name,
+            tenants,
+            metrics: crate::telemetry::handle(),
+            catalog,
+            recalibrator,
+            observer,
+            admin_digest,
+            config,
+        });
+        if let (Some(rt), Some(rx)) = (runtime, local_rx) {
+            rt.spawn(crate::observe::run_local(Arc::downgrade(&inner), rx));
+        }
+        Ok(Self { inner })
     }
 
     /// The configuration it runs.
@@ -251,6 +234,70 @@ impl Gateway {
     /// True when the limits are shared through Redis.
     pub fn is_shared(&self) -> bool {
         self.inner.limiter.is_shared()
+    }
+
+    /// The limiter every decision goes through (shared with the sidecar's loop).
+    pub fn limiter(&self) -> &Limiter {
+        &self.inner.limiter
+    }
+
+    /// The configured models as quotas and quota keys.
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.inner.catalog
+    }
+
+    /// The recalibrator this gateway (embedded) or sidecar (shared) applies observations with.
+    pub fn recalibrator(&self) -> &Arc<Recalibrator> {
+        &self.inner.recalibrator
+    }
+
+    /// The Prometheus exposition of this process's metrics, if the recorder is ours.
+    pub fn render_metrics(&self) -> Option<String> {
+        self.inner.metrics.as_ref().map(|h| h.render())
+    }
+
+    /// True when `token` is the configured admin key (constant time over SHA-256
+    /// digests); always false when no admin key is configured.
+    pub fn is_admin(&self, token: Option<&str>) -> bool {
+        let (Some(want), Some(token)) = (&self.inner.admin_digest, token) else {
+            return false;
+        };
+        let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        bool::from(want.ct_eq(&got))
+    }
+
+    /// Sends one minimal request (`max_tokens: 1`) on `account` of `model` through the
+    /// gateway's upstream client, bypassing the limiter, and records it as usage:
+    /// the probe of a disabled account. Returns the upstream status and body.
+    pub async fn probe(&self, model: &str, account: &str) -> Option<(u16, HeaderMap, Vec<u8>)> {
+        let inner = &*self.inner;
+        let m = &inner.models[*inner.by_name.get(model)?];
+        let i = m.accounts.iter().position(|a| a.name == account)?;
+        let a = &m.accounts[i];
+        let mut url = format!("{}/chat/completions", m.base_url);
+        if let Some(v) = &m.api_version {
+            url.push_str("?api-version=");
+            url.push_str(v);
+        }
+        let body = serde_json::json!({"model": m.cfg.upstream_model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1});
+        let resp = inner
+            .client
+            .post(url)
+            .header(a.auth.0.clone(), a.auth.1.clone())
+            .json(&body)
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .ok()?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.ok()?.to_vec();
+        use sluice_limiter::Store;
+        let _ = inner
+            .limiter
+            .record_usage(&m.keys[i], &m.quota, sluice_limiter::Cost::request(10, 1))
+            .await;
+        Some((status, headers, bytes))
     }
 }
 

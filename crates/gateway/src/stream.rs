@@ -69,6 +69,20 @@ impl SseRelay {
             && let Some(c) = classify_stream_error(data, self.provider)
         {
             metrics::counter!("sluice_upstream_errors_total", "reason" => c.class.as_str(), "where" => "stream").increment(1);
+            if let Some(settle) = &self.settle {
+                let inner = &settle.gw.inner;
+                let m = &inner.models[settle.model];
+                if let Some(o) = &inner.observer {
+                    o.error(
+                        &m.cfg.upstream,
+                        &m.cfg.upstream_model,
+                        &m.accounts[settle.reservation.candidate].name,
+                        200,
+                        &http::HeaderMap::new(),
+                        data,
+                    );
+                }
+            }
         }
         if !contains(data, b"\"usage\"") {
             return true;

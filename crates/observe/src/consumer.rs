@@ -9,6 +9,9 @@ use redis::streams::{StreamAutoClaimReply, StreamReadReply};
 
 use crate::{Observation, ObserveError};
 
+/// The longest a read blocks: under the 500 ms response timeout of the connection.
+const MAX_BLOCK: Duration = Duration::from_millis(400);
+
 /// How a consumer reads.
 #[derive(Clone, Debug)]
 pub struct ConsumerOptions {
@@ -20,7 +23,8 @@ pub struct ConsumerOptions {
     pub name: String,
     /// The most observations read at once.
     pub count: usize,
-    /// How long one read waits for new observations.
+    /// How long one read waits for new observations. Kept below the connection's
+    /// response timeout (500 ms): a longer block would end every idle read in a timeout.
     pub block: Duration,
     /// How long an observation may stay unacknowledged before another member claims it.
     pub claim_after: Duration,
@@ -33,7 +37,7 @@ impl Default for ConsumerOptions {
             group: "sluice-sidecar".to_owned(),
             name: format!("sidecar-{}", std::process::id()),
             count: 256,
-            block: Duration::from_secs(1),
+            block: Duration::from_millis(250),
             claim_after: Duration::from_secs(10),
         }
     }
@@ -107,7 +111,7 @@ impl Consumer {
             .arg("COUNT")
             .arg(o.count)
             .arg("BLOCK")
-            .arg(o.block.as_millis() as u64)
+            .arg(o.block.min(MAX_BLOCK).as_millis() as u64)
             .arg("STREAMS")
             .arg(&o.stream)
             .arg(">")

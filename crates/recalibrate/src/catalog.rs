@@ -1,0 +1,159 @@
+//! [`Catalog`]: the configured models as the limiter sees them — one [`Quota`] and one
+//! [`QuotaKey`] per account (`<upstream>/<model>`, `key-<i>`). The gateway builds its
+//! quotas here too, so the gateway, the sidecar and `/v1/quotas` agree on every limit id.
+
+use std::num::NonZeroU64;
+use std::time::Duration;
+
+use sluice_config::{Config, Dialect, LimitUnit, Model, PacingMode};
+use sluice_limiter::{Limit, Pacing, Quota, QuotaError, QuotaKey, Unit, Window};
+use sluice_provider::Provider;
+
+use crate::error::CatalogError;
+
+/// One configured model.
+#[derive(Clone, Debug)]
+pub struct CatalogModel {
+    /// What clients call it.
+    pub name: String,
+    /// The upstream's name.
+    pub upstream: String,
+    /// The name sent upstream (what observations carry).
+    pub upstream_model: String,
+    /// How the upstream speaks.
+    pub provider: Provider,
+    /// The quota of each account.
+    pub quota: Quota,
+    /// One key per account, `key-<i>` in the upstream's key order.
+    pub keys: Vec<QuotaKey>,
+}
+
+/// Every configured model.
+#[derive(Clone, Debug, Default)]
+pub struct Catalog {
+    /// In configuration order.
+    pub models: Vec<CatalogModel>,
+}
+
+fn unit(u: LimitUnit) -> Unit {
+    match u {
+        LimitUnit::Requests => Unit::Requests,
+        LimitUnit::Tokens => Unit::Tokens,
+        LimitUnit::InputTokens => Unit::InputTokens,
+        LimitUnit::OutputTokens => Unit::OutputTokens,
+    }
+}
+
+/// A window lengthened by 1% (whole milliseconds): the latency allowance. A slot is
+/// granted on the store's clock but the provider counts the request when it arrives,
+/// a variable network and scheduling delay later; holding each charge 1% longer than
+/// the provider does keeps a late arrival from overlapping the next window's first
+/// request, at the price of 1% of the limit.
+fn with_allowance(per: Duration) -> Duration {
+    per + Duration::from_millis((per.as_millis() / 100) as u64)
+}
+
+/// The quota of one account of `model` (windows with the latency allowance).
+pub fn quota(model: &Model) -> Result<Quota, QuotaError> {
+    let limits = model
+        .limits
+        .iter()
+        .map(|l| {
+            Ok(Limit::new(
+                unit(l.unit),
+                NonZeroU64::from(l.amount),
+                Window::new(with_allowance(l.per))?,
+            ))
+        })
+        .collect::<Result<Vec<_>, QuotaError>>()?;
+    let pacing = match model.pacing {
+        PacingMode::Auto => Pacing::Auto,
+        PacingMode::Off => Pacing::Off,
+    };
+    Quota::new(limits)?.with_pacing(pacing)
+}
+
+/// The provider a dialect speaks for.
+pub fn provider(d: Dialect) -> Provider {
+    match d {
+        Dialect::Openai => Provider::OpenAi,
+        Dialect::Dashscope => Provider::DashScope,
+        Dialect::Azure => Provider::Azure,
+        Dialect::Anthropic => Provider::Anthropic,
+    }
+}
+
+impl Catalog {
+    /// Builds every model's quota and keys.
+    pub fn new(config: &Config) -> Result<Self, CatalogError> {
+        let mut models = Vec::with_capacity(config.models.len());
+        for m in &config.models {
+            let err = |source| CatalogError::Quota {
+                model: m.name.clone(),
+                source,
+            };
+            let up = &config.upstreams[m.upstream_index];
+            let group = format!("{}/{}", up.name, m.name);
+            let keys = (0..up.keys.len())
+                .map(|i| QuotaKey::new(group.clone(), format!("key-{i}")))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?;
+            models.push(CatalogModel {
+                name: m.name.clone(),
+                upstream: up.name.clone(),
+                upstream_model: m.upstream_model.clone(),
+                provider: provider(up.dialect),
+                quota: quota(m).map_err(err)?,
+                keys,
+            });
+        }
+        Ok(Self { models })
+    }
+
+    /// The accounts an observation is about: every model of `upstream` served as
+    /// `model` upstream (or called `model`), on the account named `account`. Several
+    /// configured models may share one upstream model; a provider meters them together.
+    pub fn targets<'a>(
+        &'a self,
+        upstream: &'a str,
+        model: &'a str,
+        account: &'a str,
+    ) -> impl Iterator<Item = (&'a CatalogModel, &'a QuotaKey)> + 'a {
+        self.models
+            .iter()
+            .filter(move |m| {
+                m.upstream == upstream && (m.upstream_model == model || m.name == model)
+            })
+            .filter_map(move |m| m.keys.iter().find(|k| k.name() == account).map(|k| (m, k)))
+    }
+
+    /// Every model of `upstream` that has an account named `account`.
+    pub fn accounts<'a>(
+        &'a self,
+        upstream: &'a str,
+        account: &'a str,
+    ) -> impl Iterator<Item = (&'a CatalogModel, &'a QuotaKey)> + 'a {
+        self.models
+            .iter()
+            .filter(move |m| m.upstream == upstream)
+            .filter_map(move |m| m.keys.iter().find(|k| k.name() == account).map(|k| (m, k)))
+    }
+
+    /// The model clients call `name`.
+    pub fn model(&self, name: &str) -> Option<&CatalogModel> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+/// The cooldown of a throttling refusal that names no wait: `default` (`[sidecar]
+/// default_cooldown`), but at most a tenth of the quota's shortest window, so that a
+/// short window (a per-second limit, a scaled test) is not idle for most of its length.
+pub fn cooldown_without_wait(quota: &Quota, default: Duration) -> Duration {
+    let shortest = quota
+        .limits()
+        .iter()
+        .map(|l| l.window().length())
+        .min()
+        .unwrap_or(default);
+    default.min(shortest / 10).max(Duration::from_millis(1))
+}

@@ -1,0 +1,35 @@
+//! What the recalibrator remembers between observations (in this process only): when
+//! each account × limit last had a refusal, a decrease and an increase, when pacing last
+//! changed, and when daily-quota states end. The learned values themselves live in the
+//! shared store.
+
+use std::collections::{HashMap, VecDeque};
+
+use sluice_limiter::{LimitId, QuotaKey};
+
+/// AIMD bookkeeping of one account × limit (milliseconds since the epoch).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Aimd {
+    pub(crate) last_refusal_ms: u64,
+    pub(crate) last_decrease_ms: u64,
+    pub(crate) last_increase_ms: u64,
+    /// The effective limit at which the provider last refused (AIMD's high-water mark).
+    pub(crate) ceiling: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Memory {
+    pub(crate) aimd: HashMap<(QuotaKey, LimitId), Aimd>,
+    /// When pacing last changed, per account.
+    pub(crate) pacing_ms: HashMap<QuotaKey, u64>,
+    /// Unseen usage recorded per account × limit: (ms, amount), the last window's worth.
+    pub(crate) unseen: HashMap<(QuotaKey, LimitId), VecDeque<(u64, u64)>>,
+    /// Daily-quota states: when to enable the account again.
+    pub(crate) reenable_at_ms: HashMap<QuotaKey, u64>,
+}
+
+impl Memory {
+    pub(crate) fn aimd(&mut self, key: &QuotaKey, limit: &LimitId) -> &mut Aimd {
+        self.aimd.entry((key.clone(), limit.clone())).or_default()
+    }
+}

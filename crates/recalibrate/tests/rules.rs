@@ -1,0 +1,466 @@
+//! Each recalibration rule, on the in-process store and a manual clock.
+
+use std::time::Duration;
+
+use sluice_recalibrate::Change;
+
+use crate::support::*;
+
+fn cooldown_of(changes: &[Change]) -> Option<Duration> {
+    changes.iter().find_map(|c| match c {
+        Change::Cooldown(d) => Some(*d),
+        _ => None,
+    })
+}
+
+fn effective(changes: &[Change]) -> Vec<(String, Option<u64>, &'static str)> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::EffectiveLimit { limit, value, why } => Some((limit.to_string(), *value, *why)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Headers, body, the cooldown expected.
+type Case = (
+    &'static [(&'static str, &'static str)],
+    Option<&'static str>,
+    Duration,
+);
+
+#[tokio::test]
+async fn a_retry_after_in_any_form_sets_a_shared_cooldown() {
+    let cases: [Case; 5] = [
+        (&[("retry-after", "3")], None, Duration::from_secs(3)),
+        (
+            &[("retry-after", "3"), ("retry-after-ms", "1500")],
+            None,
+            Duration::from_millis(1500),
+        ),
+        (
+            &[("x-ms-retry-after-ms", "700")],
+            None,
+            Duration::from_millis(700),
+        ),
+        (
+            &[
+                ("date", "Wed, 21 Oct 2015 07:28:00 GMT"),
+                ("retry-after", "Wed, 21 Oct 2015 07:28:09 GMT"),
+            ],
+            None,
+            Duration::from_secs(9),
+        ),
+        (&[], Some(OPENAI_TPM), Duration::from_millis(1146)),
+    ];
+    for (headers, body, want) in cases {
+        let r = rig("openai");
+        let changes = r.apply(&r.obs(0, 429, headers, body.or(Some("{}")))).await;
+        assert_eq!(cooldown_of(&changes), Some(want), "{headers:?}");
+        assert_eq!(r.status(0).await.cooldown, Some(want));
+        assert_eq!(r.status(1).await.cooldown, None, "only that account");
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_without_a_wait_gets_the_default_cooldown_and_a_shorter_one_is_not_rewritten() {
+    let r = rig("dashscope");
+    let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
+    assert_eq!(cooldown_of(&changes), Some(Duration::from_secs(1)));
+    let again = r
+        .apply(&r.obs(0, 429, &[("retry-after", "0.5")], Some(DASHSCOPE_RPM)))
+        .await;
+    assert_eq!(
+        cooldown_of(&again),
+        None,
+        "a longer cooldown is already in force"
+    );
+}
+
+#[tokio::test]
+async fn a_huge_retry_after_is_a_daily_quota_state_that_ends_when_the_wait_passes() {
+    let r = rig("azure");
+    let changes = r
+        .apply(&r.obs(1, 429, &[("retry-after", "86400")], Some("{}")))
+        .await;
+    assert!(
+        matches!(&changes[..], [Change::Disabled(reason)] if reason.contains("daily quota") && reason.contains("86400")),
+        "{changes:?}"
+    );
+    assert!(r.status(1).await.disabled.unwrap().contains("daily quota"));
+    assert!(r.recal.tick(&r.store).await.unwrap().is_empty());
+    r.clock.advance(Duration::from_secs(86_400));
+    let applied = r.recal.tick(&r.store).await.unwrap();
+    assert_eq!(applied.len(), 1);
+    assert_eq!(applied[0].change, Change::Enabled);
+    assert_eq!(r.status(1).await.disabled, None);
+}
+
+#[tokio::test]
+async fn dead_accounts_leave_rotation_with_the_reason_until_a_success_or_an_operator() {
+    for (dialect, body, reason) in [
+        ("openai", OPENAI_BILLING, "billing_exhausted (HTTP 429)"),
+        (
+            "dashscope",
+            DASHSCOPE_FREE,
+            "free_quota_exhausted (HTTP 429)",
+        ),
+        (
+            "openai",
+            r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}"#,
+            "invalid_key (HTTP 401)",
+        ),
+    ] {
+        let r = rig(dialect);
+        let status = if reason.contains("401") { 401 } else { 429 };
+        let changes = r.apply(&r.obs(0, status, &[], Some(body))).await;
+        assert_eq!(changes, [Change::Disabled(reason.to_owned())], "{dialect}");
+        assert_eq!(r.status(0).await.disabled.as_deref(), Some(reason));
+        // The same refusal again changes nothing.
+        assert!(r.apply(&r.obs(0, status, &[], Some(body))).await.is_empty());
+        // A success on it (a probe) puts it back.
+        let changes = r.apply(&r.obs(0, 200, &[], None)).await;
+        assert_eq!(changes, [Change::Enabled]);
+        assert_eq!(r.status(0).await.disabled, None);
+    }
+    let r = rig("openai");
+    r.apply(&r.obs(0, 429, &[], Some(OPENAI_BILLING))).await;
+    assert_eq!(
+        r.recal
+            .enable(&r.store, "sim", "key-0", "operator")
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(r.status(0).await.disabled, None);
+    assert_eq!(
+        r.recal
+            .enable(&r.store, "sim", "key-9", "operator")
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_advertised_limit_below_the_configured_one_is_adopted_and_forgotten_when_it_rises() {
+    let r = rig("openai");
+    let h = [
+        ("x-ratelimit-limit-requests", "50"),
+        ("x-ratelimit-remaining-requests", "50"),
+    ];
+    let changes = r.apply(&r.obs(0, 200, &h, None)).await;
+    assert_eq!(
+        effective(&changes),
+        [("r10100".to_owned(), Some(50), "headers")]
+    );
+    assert_eq!(r.status(0).await.limits[0].effective, 50);
+    // Said again: nothing to write.
+    assert!(r.apply(&r.obs(0, 200, &h, None)).await.is_empty());
+    let up = [
+        ("x-ratelimit-limit-requests", "150"),
+        ("x-ratelimit-remaining-requests", "150"),
+    ];
+    let changes = r.apply(&r.obs(0, 200, &up, None)).await;
+    assert_eq!(
+        effective(&changes),
+        [("r10100".to_owned(), None, "headers")]
+    );
+    assert_eq!(
+        r.status(0).await.limits[0].effective,
+        100,
+        "never above the configured limit"
+    );
+    // Anthropic token budgets map to the tokens limit.
+    let a = [
+        ("anthropic-ratelimit-tokens-limit", "40000"),
+        ("anthropic-ratelimit-tokens-remaining", "40000"),
+    ];
+    let changes = r.apply(&r.obs(0, 200, &a, None)).await;
+    assert_eq!(
+        effective(&changes),
+        [("t10100".to_owned(), Some(40_000), "headers")]
+    );
+}
+
+#[tokio::test]
+async fn usage_we_did_not_see_is_added_beyond_a_tolerance() {
+    let r = rig("openai");
+    r.spend(0, 10, 100).await;
+    r.clock.advance(Duration::from_secs(2)); // nothing booked ahead any more
+    assert_eq!(r.status(0).await.limits[0].used, 10);
+    // Provider: 100 - 60 = 40 used; we saw 10: 30 spent elsewhere.
+    let h = [
+        ("x-ratelimit-limit-requests", "100"),
+        ("x-ratelimit-remaining-requests", "60"),
+        ("x-ratelimit-limit-tokens", "100000"),
+        ("x-ratelimit-remaining-tokens", "95000"),
+    ];
+    let changes = r.apply(&r.obs(0, 200, &h, None)).await;
+    assert!(
+        changes.iter().any(
+            |c| matches!(c, Change::UnseenUsage { limit, amount: 30 } if limit.as_str() == "r10100")
+        ),
+        "{changes:?}"
+    );
+    assert!(changes.iter().any(|c| matches!(c, Change::UnseenUsage { limit, amount: 4000 } if limit.as_str() == "t10100")), "{changes:?}");
+    let s = r.status(0).await;
+    assert_eq!(s.limits[0].used, 40);
+    assert_eq!(s.limits[1].used, 5000);
+    // Applying the same observation again adds nothing: our window now agrees.
+    assert!(r.apply(&r.obs(0, 200, &h, None)).await.is_empty());
+    // Within the tolerance (2% of 100, at least 1): nothing.
+    let near = [
+        ("x-ratelimit-limit-requests", "100"),
+        ("x-ratelimit-remaining-requests", "58"),
+    ];
+    assert!(r.apply(&r.obs(0, 200, &near, None)).await.is_empty());
+    // Remaining only (Azure): measured against our effective limit.
+    let azure = [("x-ratelimit-remaining-requests", "50")];
+    let changes = r.apply(&r.obs(0, 200, &azure, None)).await;
+    assert!(
+        changes
+            .iter()
+            .any(|c| matches!(c, Change::UnseenUsage { amount: 10, .. })),
+        "{changes:?}"
+    );
+    // -1 is unknown, not exhausted.
+    let unknown = [("x-ratelimit-remaining-requests", "-1")];
+    assert!(r.apply(&r.obs(0, 200, &unknown, None)).await.is_empty());
+}
+
+#[tokio::test]
+async fn stale_observations_do_not_count_as_unseen_usage() {
+    let r = rig("openai");
+    let o = r.obs(
+        0,
+        200,
+        &[
+            ("x-ratelimit-limit-requests", "100"),
+            ("x-ratelimit-remaining-requests", "10"),
+        ],
+        None,
+    );
+    r.clock.advance(Duration::from_secs(3)); // more than a quarter of the 10.1 s window
+    assert!(r.apply(&o).await.is_empty());
+    assert_eq!(r.status(0).await.limits[0].used, 0);
+}
+
+#[tokio::test]
+async fn unseen_usage_never_overfills_a_shorter_limit_of_the_same_unit() {
+    let r = rig_with(
+        "openai",
+        "limits = [{ requests = 100, per = \"10s\" }, { requests = 5, per = \"1s\" }]",
+    );
+    let h = [
+        ("x-ratelimit-limit-requests", "100"),
+        ("x-ratelimit-remaining-requests", "50"),
+    ];
+    let changes = r.apply(&r.obs(0, 200, &h, None)).await;
+    assert!(
+        changes
+            .iter()
+            .any(|c| matches!(c, Change::UnseenUsage { amount: 5, .. })),
+        "{changes:?}"
+    );
+    assert_eq!(r.status(0).await.limits[1].used, 5);
+}
+
+#[tokio::test]
+async fn refusals_without_headers_and_with_headroom_decrease_multiplicatively_once_per_window() {
+    let r = rig("dashscope");
+    r.spend(0, 70, 10).await;
+    // Refused at 70 of 100: down to min(100 x 0.9, 70) = 70.
+    let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
+    assert_eq!(
+        effective(&changes),
+        [("r10100".to_owned(), Some(70), "aimd_decrease")]
+    );
+    // The same overload again within the window: counted once.
+    r.clock.advance(Duration::from_secs(2));
+    assert!(effective(&r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await).is_empty());
+    // A window later, with the window empty: at most halved (70 -> 35), never to 0.
+    r.clock.advance(Duration::from_secs(11));
+    let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
+    assert_eq!(
+        effective(&changes),
+        [("r10100".to_owned(), Some(35), "aimd_decrease")]
+    );
+    // A TPM refusal (DashScope's insufficient_quota) lowers the tokens limit.
+    let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_TPM))).await;
+    assert_eq!(
+        effective(&changes),
+        [("t10100".to_owned(), Some(50_000), "aimd_decrease")]
+    );
+}
+
+#[tokio::test]
+async fn a_refusal_our_windows_explain_lowers_nothing() {
+    let r = rig("dashscope");
+    r.spend(0, 100, 10).await;
+    // Reconciled costs above their estimates took our own window over the limit.
+    let m = &r.catalog.models[0];
+    sluice_limiter::Store::record_usage(
+        &r.store,
+        &r.key(0),
+        &m.quota,
+        sluice_limiter::Cost {
+            requests: 5,
+            ..sluice_limiter::Cost::ZERO
+        },
+    )
+    .await
+    .unwrap();
+    let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
+    assert!(effective(&changes).is_empty(), "{changes:?}");
+    assert_eq!(r.status(0).await.limits[0].effective, 100);
+}
+
+#[tokio::test]
+async fn successes_raise_a_learned_limit_additively_up_to_the_configured_one() {
+    let r = rig("dashscope");
+    r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await; // empty window: halved to 50
+    assert_eq!(r.status(0).await.limits[0].effective, 50);
+    // Within two windows of the refusal: no increase.
+    r.clock.advance(Duration::from_secs(15));
+    assert!(effective(&r.apply(&r.obs(0, 200, &[], None)).await).is_empty());
+    let mut last = 50;
+    for _ in 0..60 {
+        r.clock.advance(Duration::from_millis(10_100));
+        r.apply(&r.obs(0, 200, &[], None)).await;
+        let now = r.status(0).await.limits[0].effective;
+        assert!(
+            now == last + 1 || (now == 100 && last == 100),
+            "{last} -> {now}"
+        );
+        last = now;
+    }
+    assert_eq!(last, 100, "back to the configured limit and no further");
+}
+
+#[tokio::test]
+async fn burst_refusals_slow_pacing_and_successes_bring_it_back() {
+    let r = rig("dashscope");
+    let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_BURST))).await;
+    assert!(changes.contains(&Change::Pacing(1500)), "{changes:?}");
+    assert!(
+        effective(&changes).is_empty(),
+        "burst refusals leave the window limits alone"
+    );
+    assert!(
+        !r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_BURST)))
+            .await
+            .iter()
+            .any(|c| matches!(c, Change::Pacing(_))),
+        "once per second"
+    );
+    r.clock.advance(Duration::from_millis(1000));
+    r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_BURST))).await;
+    assert_eq!(r.status(0).await.pacing_permille, 2250);
+    for _ in 0..20 {
+        r.clock.advance(Duration::from_millis(1000));
+        r.apply(&r.obs(0, 200, &[], None)).await;
+    }
+    assert_eq!(r.status(0).await.pacing_permille, 1000);
+}
+
+#[tokio::test]
+async fn an_error_inside_a_200_stream_counts_as_a_refusal() {
+    let r = rig("dashscope");
+    let changes = r.apply(&r.obs(0, 200, &[], Some(DASHSCOPE_RPM))).await;
+    assert_eq!(cooldown_of(&changes), Some(Duration::from_secs(1)));
+    assert_eq!(r.status(0).await.limits[0].effective, 50);
+}
+
+#[tokio::test]
+async fn unknown_accounts_and_models_change_nothing() {
+    let r = rig("openai");
+    let mut o = r.obs(0, 429, &[("retry-after", "5")], Some(OPENAI_BILLING));
+    o.account = "key-7".into();
+    assert!(r.apply(&o).await.is_empty());
+    o.account = "key-0".into();
+    o.model = "other".into();
+    assert!(r.apply(&o).await.is_empty());
+    o.model = "m".into();
+    o.upstream = "elsewhere".into();
+    assert!(r.apply(&o).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_quotas_report_shows_limits_usage_cooldown_and_why_an_account_is_out() {
+    let r = rig("openai");
+    r.spend(1, 3, 10).await;
+    r.apply(&r.obs(0, 429, &[], Some(OPENAI_BILLING))).await;
+    r.apply(&r.obs(
+        1,
+        429,
+        &[("retry-after", "4"), ("x-ratelimit-limit-requests", "80")],
+        Some(OPENAI_TPM),
+    ))
+    .await;
+    let report = sluice_recalibrate::report(&r.catalog, &r.store).await;
+    let json = serde_json::to_value(&report).unwrap();
+    let a = &json["models"][0]["accounts"];
+    assert_eq!(json["models"][0]["model"], "m");
+    assert_eq!(a[0]["state"], "disabled");
+    assert_eq!(a[0]["disabled_reason"], "billing_exhausted (HTTP 429)");
+    assert_eq!(a[1]["state"], "cooldown");
+    assert_eq!(a[1]["cooldown_ms"], 4000);
+    assert_eq!(a[1]["limits"][0]["configured"], 100);
+    assert_eq!(a[1]["limits"][0]["effective"], 80);
+    assert_eq!(a[1]["limits"][0]["used"], 3);
+    assert_eq!(a[1]["limits"][0]["window_ms"], 10_100);
+}
+
+#[tokio::test]
+async fn slots_booked_ahead_are_not_mistaken_for_usage_the_provider_saw() {
+    let r = rig("openai");
+    // 30 requests at once: auto pacing (100 per 10.1 s: one per 101 ms, a 1 s burst)
+    // books about 20 of them ahead of now.
+    r.spend(0, 30, 10).await;
+    let s = r.status(0).await;
+    assert_eq!(s.limits[0].used, 30);
+    assert!(s.booked_ahead > Duration::from_secs(1), "{s:?}");
+    // The provider has seen the ~10 sent so far, plus 20 spent elsewhere.
+    let h = [
+        ("x-ratelimit-limit-requests", "100"),
+        ("x-ratelimit-remaining-requests", "70"),
+    ];
+    let changes = r.apply(&r.obs(0, 200, &h, None)).await;
+    let amount = changes.iter().find_map(|c| match c {
+        Change::UnseenUsage { amount, .. } => Some(*amount),
+        _ => None,
+    });
+    assert!(
+        amount.is_some_and(|a| (18..=22).contains(&a)),
+        "{changes:?}"
+    );
+}
+
+#[tokio::test]
+async fn probing_above_the_last_refusal_waits_for_ten_clean_windows() {
+    let r = rig("dashscope");
+    r.spend(0, 60, 10).await;
+    r.clock.advance(Duration::from_secs(2));
+    r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await; // 100 -> 60 (what we held)
+    // Refused at 60 again once the first 60 have left the window: down to 54, and 60
+    // is the ceiling.
+    r.clock.advance(Duration::from_secs(20));
+    r.spend(0, 54, 10).await;
+    r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
+    assert_eq!(r.status(0).await.limits[0].effective, 54);
+    let mut seen = Vec::new();
+    for _ in 0..12 {
+        r.clock.advance(Duration::from_millis(10_100));
+        r.apply(&r.obs(0, 200, &[], None)).await;
+        seen.push(r.status(0).await.limits[0].effective);
+    }
+    // Two windows to start, then +1 per window to 59, held there until ten windows
+    // after the refusal, then on.
+    assert_eq!(
+        seen,
+        [54, 55, 56, 57, 58, 59, 59, 59, 59, 60, 61, 62],
+        "{seen:?}"
+    );
+}

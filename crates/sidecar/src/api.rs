@@ -1,0 +1,401 @@
+//! The sidecar's HTTP API: operational routes, `POST /v1/acquire` and `POST /v1/report`
+//! for applications that call providers themselves, and the gateway's own API (proxy,
+//! `/v1/quotas`, admin) as the forward proxy.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State as AxState;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use sluice_limiter::{
+    Cost, Decision, LimitError, Origin, QuotaKey, RefusalReason, Reservation, ReservationId, Store,
+    Timestamp,
+};
+use sluice_observe::Observation;
+use sluice_recalibrate::CatalogModel;
+
+use crate::State;
+
+type St = AxState<Arc<State>>;
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub(crate) fn router(state: Arc<State>) -> Router {
+    let own = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/acquire", post(acquire))
+        .route("/v1/report", post(report))
+        .with_state(state.clone());
+    state.gw.api_router().merge(own)
+}
+
+fn error(status: StatusCode, message: impl Into<String>, code: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"message": message.into(), "type": "invalid_request_error", "param": null, "code": code}})),
+    )
+        .into_response()
+}
+
+async fn readyz(AxState(s): St) -> Response {
+    let store = s.gw.limiter().ping().await;
+    let consuming = s.consuming.load(Ordering::Relaxed);
+    let body = serde_json::json!({
+        "status": if store.is_ok() && consuming { "ready" } else { "not_ready" },
+        "store": if s.gw.is_shared() { "redis" } else { "embedded" },
+        "consuming": consuming,
+        "name": s.options.name,
+        "error": store.err().map(|e| e.to_string()),
+    });
+    let status = if body["status"] == "ready" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(AxState(s): St) -> Response {
+    match s.gw.render_metrics() {
+        Some(text) => (
+            [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            text,
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics recorder not installed in this process",
+        )
+            .into_response(),
+    }
+}
+
+/// The model an app names: a configured model name, else an upstream model name.
+fn model<'a>(s: &'a State, name: &str) -> Option<&'a CatalogModel> {
+    let c = s.gw.catalog();
+    c.model(name)
+        .or_else(|| c.models.iter().find(|m| m.upstream_model == name))
+}
+
+/// `POST /v1/acquire` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireRequest {
+    model: String,
+    /// Restrict to this account (`key-<i>`), for apps that hold one key.
+    account: Option<String>,
+    #[serde(default = "one")]
+    requests: u64,
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    /// The longest to wait for a slot (default and maximum: `queue.max_wait`).
+    max_wait_ms: Option<u64>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// A reservation as the app holds it between acquire and report.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ticket {
+    id: String,
+    account: String,
+    slot_us: u64,
+    requests: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    origin: String,
+}
+
+fn origin_name(o: Origin) -> &'static str {
+    match o {
+        Origin::Shared => "shared",
+        Origin::Local => "local",
+        _ => "unmetered",
+    }
+}
+
+/// Waits for (or refuses) a slot for the given cost on the model's accounts. Answers
+/// 200 once the slot has come, with the account to use and a `reservation` to send back
+/// with `POST /v1/report`; 429 with `Retry-After` when no slot comes within the wait;
+/// 503 when every account is out of rotation; 413 when the cost can never fit.
+async fn acquire(AxState(s): St, body: axum::body::Bytes) -> Response {
+    let req: AcquireRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid body: {e}"),
+                "invalid_body",
+            );
+        }
+    };
+    let Some(m) = model(&s, &req.model) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("The model {:?} is not configured.", req.model),
+            "model_not_found",
+        );
+    };
+    let keys: Vec<QuotaKey> = match &req.account {
+        None => m.keys.clone(),
+        Some(a) => match m.keys.iter().find(|k| k.name() == a) {
+            Some(k) => vec![k.clone()],
+            None => {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    format!("No account {a:?} for model {:?}.", m.name),
+                    "account_not_found",
+                );
+            }
+        },
+    };
+    let max = s.gw.config().queue.max_wait;
+    let max_wait = req
+        .max_wait_ms
+        .map_or(max, |ms| Duration::from_millis(ms).min(max));
+    let cost = Cost {
+        requests: req.requests,
+        input_tokens: req.input_tokens,
+        output_tokens: req.output_tokens,
+    };
+    let decision =
+        s.gw.limiter()
+            .acquire(&keys, &m.quota, cost, max_wait)
+            .await;
+    metrics::counter!("sluice_sidecar_acquire_total", "model" => m.name.clone(), "outcome" => match &decision { Ok(Decision::Granted(_)) => "granted", Ok(_) => "refused", Err(_) => "error" }).increment(1);
+    match decision {
+        Ok(Decision::Granted(r)) => {
+            if !r.wait.is_zero() {
+                tokio::time::sleep(r.wait).await;
+            }
+            let ticket = Ticket {
+                id: r.id.to_string(),
+                account: r.key.name().to_owned(),
+                slot_us: r.slot.as_micros(),
+                requests: r.cost.requests,
+                input_tokens: r.cost.input_tokens,
+                output_tokens: r.cost.output_tokens,
+                origin: origin_name(r.origin).to_owned(),
+            };
+            let remaining: Vec<_> = r.remaining.iter().map(|x| serde_json::json!({"limit": x.limit.to_string(), "effective": x.effective, "remaining": x.remaining})).collect();
+            axum::Json(serde_json::json!({
+                "granted": true,
+                "model": m.name,
+                "upstream": m.upstream,
+                "upstream_model": m.upstream_model,
+                "account": r.key.name(),
+                "waited_ms": r.wait.as_millis() as u64,
+                "reservation": ticket,
+                "remaining": remaining,
+            }))
+            .into_response()
+        }
+        Ok(Decision::Refused(r)) => {
+            let (status, reason) = match &r.reason {
+                RefusalReason::Disabled(why) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("accounts out of rotation: {why}"),
+                ),
+                RefusalReason::Unavailable => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the shared store is unavailable".to_owned(),
+                ),
+                RefusalReason::Limit(id) => {
+                    (StatusCode::TOO_MANY_REQUESTS, format!("limit {id} is full"))
+                }
+                RefusalReason::Cooldown => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "the provider asked to slow down".to_owned(),
+                ),
+                other => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("{other:?}").to_lowercase(),
+                ),
+            };
+            let retry = r.retry_after.map(|d| d.as_millis() as u64);
+            let mut resp = (
+                status,
+                axum::Json(serde_json::json!({"granted": false, "model": m.name, "reason": reason, "retry_after_ms": retry})),
+            )
+                .into_response();
+            if let Some(ms) = retry {
+                let secs = ms.div_ceil(1000).max(1);
+                if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
+                    resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+                }
+            }
+            resp
+        }
+        Err(LimitError::InsufficientCapacity {
+            limit,
+            capacity,
+            cost,
+        }) => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "A cost of {cost} can never fit limit {limit}, which holds {capacity} per window."
+            ),
+            "request_too_large",
+        ),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            e.to_string(),
+            "store_unavailable",
+        ),
+    }
+}
+
+/// `POST /v1/report` body: what the provider answered an app.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportRequest {
+    model: String,
+    account: Option<String>,
+    status: u16,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    body: Option<String>,
+    usage: Option<UsageIn>,
+    reservation: Option<Ticket>,
+}
+
+#[derive(Deserialize)]
+struct UsageIn {
+    #[serde(default, alias = "input_tokens")]
+    prompt_tokens: u64,
+    #[serde(default, alias = "output_tokens")]
+    completion_tokens: u64,
+}
+
+/// Reconciles the reservation with the real usage (an error answer counts one request
+/// and no tokens; no usage keeps the estimate) and applies the provider's status,
+/// headers and body like an observation from a gateway.
+async fn report(AxState(s): St, body: axum::body::Bytes) -> Response {
+    let req: ReportRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid body: {e}"),
+                "invalid_body",
+            );
+        }
+    };
+    let Some(m) = model(&s, &req.model) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("The model {:?} is not configured.", req.model),
+            "model_not_found",
+        );
+    };
+    let account = req
+        .account
+        .clone()
+        .or_else(|| req.reservation.as_ref().map(|t| t.account.clone()));
+    let Some(account) = account else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Name the `account` (or send the `reservation`).",
+            "invalid_body",
+        );
+    };
+    let Some(candidate) = m.keys.iter().position(|k| k.name() == account) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("No account {account:?} for model {:?}.", m.name),
+            "account_not_found",
+        );
+    };
+    let mut reconciled = false;
+    if let Some(t) = &req.reservation {
+        let Ok(id) = u64::from_str_radix(&t.id, 16) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "The reservation id is not one this sidecar gave.",
+                "invalid_body",
+            );
+        };
+        let actual = match (&req.usage, req.status) {
+            (Some(u), _) => Some(Cost::request(u.prompt_tokens, u.completion_tokens)),
+            (None, 300..) => Some(Cost {
+                requests: 1,
+                ..Cost::ZERO
+            }),
+            (None, _) => None,
+        };
+        if let Some(actual) = actual {
+            let reservation = Reservation {
+                id: ReservationId::from_u64(id),
+                key: m.keys[candidate].clone(),
+                candidate,
+                slot: Timestamp::from_micros(t.slot_us),
+                wait: Duration::ZERO,
+                cost: Cost {
+                    requests: t.requests,
+                    input_tokens: t.input_tokens,
+                    output_tokens: t.output_tokens,
+                },
+                remaining: Vec::new(),
+                origin: match t.origin.as_str() {
+                    "local" => Origin::Local,
+                    "unmetered" => Origin::Unmetered,
+                    _ => Origin::Shared,
+                },
+            };
+            if let Err(e) =
+                s.gw.limiter()
+                    .reconcile(&m.quota, &reservation, actual)
+                    .await
+            {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    e.to_string(),
+                    "store_unavailable",
+                );
+            }
+            reconciled = true;
+        }
+    }
+    let obs = Observation::new(
+        now_ms(),
+        &m.upstream,
+        &m.upstream_model,
+        &account,
+        req.status,
+        req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        req.body.as_deref(),
+    );
+    let applied = match s.gw.recalibrator().apply(s.gw.limiter(), &obs).await {
+        Ok(a) => a,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+                "store_unavailable",
+            );
+        }
+    };
+    metrics::counter!("sluice_observations_consumed_total", "source" => "report").increment(1);
+    let changes: Vec<String> = applied
+        .iter()
+        .map(|a| format!("{}:{}:{}", a.model, a.key.name(), a.change.kind()))
+        .collect();
+    axum::Json(serde_json::json!({"reconciled": reconciled, "changes": changes})).into_response()
+}

@@ -1,0 +1,135 @@
+//! `sluice-sidecar`: replays what providers say in 429s and rate-limit headers into the
+//! shared limiter state, so that every gateway replica recalibrates at once; and, run
+//! next to an application, offers it the gateway's proxy and a small acquire/report API.
+//!
+//! The central type is [`Sidecar`], built from the gateway's own configuration file.
+//! [`Sidecar::serve`] runs, until shutdown:
+//! - the **consumer loop** (`consumer`): reads observations from the Redis stream as one
+//!   member of a consumer group (each observation is applied once, however many
+//!   sidecars run), applies each with the [`Recalibrator`](sluice_recalibrate::Recalibrator),
+//!   acknowledges what was applied, and periodically claims the observations other
+//!   members left pending for longer than `claim_after` (a sidecar that died);
+//! - the **probe loop** (`probe`): every `probe_interval`, one minimal request per
+//!   disabled account; a success puts it back into rotation;
+//! - the **HTTP API** (`api`): `/healthz`, `/readyz`, `/metrics`, `GET /v1/quotas`, the
+//!   admin endpoint, `POST /v1/acquire`, `POST /v1/report`, and the gateway's own
+//!   OpenAI-compatible routes as a forward proxy (the same code, not a copy).
+//!
+//! Without a `[store]` there is no stream: the sidecar serves the API on an embedded
+//! limiter, and the gateway code inside it recalibrates in-process.
+
+mod api;
+mod consumer;
+mod probe;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sluice_config::Config;
+use sluice_gateway::Gateway;
+
+/// Why the sidecar cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SidecarError {
+    /// The gateway core (limiter, quotas, upstream client) could not be built.
+    #[error("{0}")]
+    Start(#[from] sluice_gateway::StartError),
+    /// The listener failed.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// What the sidecar runs besides its configuration.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// This sidecar's name in the consumer group (unique per sidecar).
+    pub name: String,
+}
+
+impl Options {
+    /// `[sidecar] consumer_name`, else `sidecar-<HOSTNAME>-<pid>` (a pod name in Kubernetes).
+    pub fn from_config(config: &Config) -> Self {
+        let name = config.sidecar.consumer_name.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".to_owned());
+            format!("sidecar-{host}-{}", std::process::id())
+        });
+        Self { name }
+    }
+}
+
+/// Shared between the loops and the HTTP API.
+pub(crate) struct State {
+    pub(crate) gw: Gateway,
+    pub(crate) options: Options,
+    /// True once the consumer has joined its group (always true without a store).
+    pub(crate) consuming: AtomicBool,
+}
+
+/// The sidecar: cheap to clone.
+#[derive(Clone)]
+pub struct Sidecar {
+    pub(crate) state: Arc<State>,
+}
+
+impl Sidecar {
+    /// Builds the sidecar (connects nothing yet). Call inside a tokio runtime.
+    pub fn new(config: Config, options: Options) -> Result<Self, SidecarError> {
+        let shared = config.store.is_some();
+        let gw = Gateway::new(config)?;
+        Ok(Self {
+            state: Arc::new(State {
+                gw,
+                options,
+                consuming: AtomicBool::new(!shared),
+            }),
+        })
+    }
+
+    /// The gateway core it shares its code with.
+    pub fn gateway(&self) -> &Gateway {
+        &self.state.gw
+    }
+
+    /// The HTTP API (see the crate docs).
+    pub fn router(&self) -> axum::Router {
+        api::router(self.state.clone())
+    }
+
+    /// Serves on `listener` and runs the consumer and probe loops until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), SidecarError> {
+        let mut tasks = Vec::new();
+        if let Some(store) = &self.state.gw.config().store {
+            tasks.push(tokio::spawn(consumer::run(
+                self.state.clone(),
+                store.redis_url.expose().to_owned(),
+            )));
+        }
+        tasks.push(tokio::spawn(probe::run(self.state.clone())));
+        let served = axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        for t in tasks {
+            t.abort();
+        }
+        self.state.consuming.store(false, Ordering::Relaxed);
+        served.map_err(SidecarError::from)
+    }
+}
+
+/// Binds `[sidecar] listen` and serves until `shutdown` (see [`Sidecar::serve`]).
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SidecarError> {
+    let listener = tokio::net::TcpListener::bind(config.sidecar.listen).await?;
+    let options = Options::from_config(&config);
+    Sidecar::new(config, options)?
+        .serve(listener, shutdown)
+        .await
+}

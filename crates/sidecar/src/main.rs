@@ -1,0 +1,92 @@
+//! The `sluice-sidecar` binary: flags, configuration, tracing, then [`sluice_sidecar::Sidecar::serve`].
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use sluice_sidecar::{Options, Sidecar};
+
+/// Recalibrates Sluice's shared quota from what providers say; beside an app, its proxy.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// The configuration file (the gateway's own).
+    #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
+    config: PathBuf,
+    /// Overrides `sidecar.listen`.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Overrides `store.redis_url`.
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Overrides `sidecar.consumer_name` (unique per sidecar).
+    #[arg(long)]
+    name: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SLUICE_LOG_JSON")]
+    log_json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let mut flags = Vec::new();
+    let mut put = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            flags.push((k.to_owned(), format!("{v:?}")));
+        }
+    };
+    put("sidecar.listen", args.listen);
+    put("store.redis_url", args.redis_url);
+    put("sidecar.consumer_name", args.name);
+    let config = sluice_config::load(&args.config, &flags, &sluice_config::ProcessEnv)
+        .with_context(|| {
+            format!(
+                "refusing to start with configuration {}",
+                args.config.display()
+            )
+        })?;
+    let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
+    runtime.block_on(async move {
+        let options = Options::from_config(&config);
+        let listener = tokio::net::TcpListener::bind(config.sidecar.listen)
+            .await
+            .context("cannot listen")?;
+        let addr = listener.local_addr()?;
+        let shared = config.store.is_some();
+        let sidecar = Sidecar::new(config, options.clone()).context("cannot start")?;
+        // Tests and scripts read the port from this line.
+        println!("listening on {addr}");
+        tracing::info!(%addr, shared, name = %options.name, "sluice-sidecar started");
+        sidecar.serve(listener, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

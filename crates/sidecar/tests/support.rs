@@ -1,0 +1,244 @@
+//! Harness: the simulator, in-process gateways, sidecar processes, a client, polling.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_sim::config::{AccountModel, Background};
+use sluice_sim::{AccountConfig, Config as SimConfig, Dialect, Limit, ModelConfig, SimHandle};
+
+/// One simulator account: name, key, its own request limit over `per`, background rps.
+pub(crate) struct SimAccount<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) key: &'a str,
+    pub(crate) requests: u64,
+    pub(crate) background_rps: Option<f64>,
+}
+
+/// A simulator serving `model` in `dialect` with the given accounts (each with its own
+/// request limit per `per`, and 1,000,000 tokens).
+pub(crate) async fn sim(
+    model: &str,
+    dialect: Dialect,
+    per: Duration,
+    accounts: &[SimAccount<'_>],
+) -> SimHandle {
+    let mut config = SimConfig::with_models(vec![
+        ModelConfig::new(model, dialect)
+            .with_limit(Limit::requests(1_000_000, per))
+            .with_limit(Limit::tokens(1_000_000, per)),
+    ]);
+    for a in accounts {
+        let mut acc = AccountConfig::new(a.key);
+        acc.name = Some(a.name.to_owned());
+        acc.models.push(AccountModel {
+            model: model.to_owned(),
+            limits: Some(vec![
+                Limit::requests(a.requests, per),
+                Limit::tokens(1_000_000, per),
+            ]),
+            background: a.background_rps.map(|rps| Background {
+                rps,
+                tokens_per_request: 20,
+            }),
+        });
+        config.accounts.push(acc);
+    }
+    config.accept_any_key = false;
+    sluice_sim::spawn(config).await.expect("sim starts")
+}
+
+/// An in-process gateway on a port-0 listener; returns its base URL.
+pub(crate) async fn gateway(toml: &str) -> String {
+    let config = sluice_config::from_str(
+        toml,
+        &[],
+        &std::collections::HashMap::<String, String>::new(),
+    )
+    .expect("config");
+    let gw = sluice_gateway::Gateway::new(config).expect("gateway");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(sluice_gateway::serve(gw, listener, std::future::pending()));
+    url
+}
+
+/// A `sluice-sidecar` process; killed when dropped.
+pub(crate) struct SidecarProcess {
+    pub(crate) child: Child,
+    pub(crate) url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl SidecarProcess {
+    pub(crate) fn start(toml: &str, name: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-sidecar"))
+            .arg("--config")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0", "--name", name])
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SIDECAR_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("sidecar binary starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            url: format!("http://{addr}"),
+            _dir: dir,
+        }
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, `KILL`) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal}");
+    }
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub(crate) fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap()
+}
+
+/// `POST {base}/v1/chat/completions` of a short question; the status.
+pub(crate) async fn chat(client: &reqwest::Client, base: &str, model: &str) -> u16 {
+    let body = serde_json::json!({"model": model, "messages": [{"role": "user", "content": "Say something short."}], "max_tokens": 8});
+    match client
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+    {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            let _ = r.bytes().await;
+            s
+        }
+        Err(_) => 0,
+    }
+}
+
+pub(crate) async fn get_json(client: &reqwest::Client, url: &str) -> serde_json::Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
+pub(crate) async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `rate` requests per second spread over `gateways` for `duration` (open loop);
+/// returns how many answers were 200.
+pub(crate) async fn drive(
+    client: &reqwest::Client,
+    gateways: &[String],
+    model: &str,
+    rate: u32,
+    duration: Duration,
+) -> usize {
+    let started = Instant::now();
+    let n = (duration.as_secs_f64() * f64::from(rate)) as u32;
+    let mut tasks = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let at = started + Duration::from_secs_f64(f64::from(i) / f64::from(rate));
+        tokio::time::sleep_until(at.into()).await;
+        let (client, url, model) = (
+            client.clone(),
+            gateways[i as usize % gateways.len()].clone(),
+            model.to_owned(),
+        );
+        tasks.push(tokio::spawn(
+            async move { chat(&client, &url, &model).await },
+        ));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap() == 200);
+    }
+    ok
+}
+
+/// The fleet's configuration: one upstream `sim` in `dialect` with `keys`, one model
+/// `model` with `requests` per `per_s` seconds, Redis at `redis`, and `extra` appended.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fleet_toml(
+    redis: &str,
+    sim_base: &str,
+    dialect: &str,
+    keys: &[&str],
+    model: &str,
+    requests: u64,
+    per_s: u64,
+    extra: &str,
+) -> String {
+    let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+    format!(
+        r#"
+[store]
+redis_url = "{redis}"
+expected_replicas = 3
+[[upstreams]]
+name = "sim"
+base_url = "{sim_base}"
+dialect = "{dialect}"
+keys = [{keys}]
+[[models]]
+name = "{model}"
+upstream = "sim"
+limits = [{{ requests = {requests}, per = "{per_s}s" }}, {{ tokens = 1000000, per = "{per_s}s" }}]
+[queue]
+max_wait = "1s"
+booked_ahead = 4
+[retry]
+max_attempts = 2
+[sidecar]
+claim_after = "1s"
+sample_per_second = 10
+admin_key = "admin-key-for-tests-0123"
+{extra}
+"#,
+        keys = keys.join(", ")
+    )
+}
