@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: installs what the tests need (Debian packages), checks format
 # and lints, builds, and runs every test of the workspace (unit, Lua against a real
-# redis-server, Redis Cluster, multi-process, end-to-end).
+# redis-server, Redis Cluster, multi-process, end-to-end), then the real-client tests
+# (the official OpenAI Python SDK from PyPI, in a venv under target/, and curl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,9 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   as_root apt-get update -qq
@@ -24,3 +28,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "==> cargo test"
 cargo test --workspace --locked
+
+echo "==> real clients (the official OpenAI Python SDK and curl against a gateway)"
+bash tests/clients/run.sh

@@ -10,7 +10,7 @@ use crate::catalog::Catalog;
 /// One limit of one account.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct LimitReport {
-    /// The limit id (`r60600`: requests per 60.6 s, the window with its latency allowance).
+    /// The limit id (`r60605`: requests per 60.605 s, the window with its latency allowance).
     pub id: String,
     /// `requests`, `tokens`, `input_tokens` or `output_tokens`.
     pub unit: &'static str,

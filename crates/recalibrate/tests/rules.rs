@@ -153,7 +153,7 @@ async fn an_advertised_limit_below_the_configured_one_is_adopted_and_forgotten_w
     let changes = r.apply(&r.obs(0, 200, &h, None)).await;
     assert_eq!(
         effective(&changes),
-        [("r10100".to_owned(), Some(50), "headers")]
+        [("r10105".to_owned(), Some(50), "headers")]
     );
     assert_eq!(r.status(0).await.limits[0].effective, 50);
     // Said again: nothing to write.
@@ -165,7 +165,7 @@ async fn an_advertised_limit_below_the_configured_one_is_adopted_and_forgotten_w
     let changes = r.apply(&r.obs(0, 200, &up, None)).await;
     assert_eq!(
         effective(&changes),
-        [("r10100".to_owned(), None, "headers")]
+        [("r10105".to_owned(), None, "headers")]
     );
     assert_eq!(
         r.status(0).await.limits[0].effective,
@@ -180,7 +180,7 @@ async fn an_advertised_limit_below_the_configured_one_is_adopted_and_forgotten_w
     let changes = r.apply(&r.obs(0, 200, &a, None)).await;
     assert_eq!(
         effective(&changes),
-        [("t10100".to_owned(), Some(40_000), "headers")]
+        [("t10105".to_owned(), Some(40_000), "headers")]
     );
 }
 
@@ -200,11 +200,11 @@ async fn usage_we_did_not_see_is_added_beyond_a_tolerance() {
     let changes = r.apply(&r.obs(0, 200, &h, None)).await;
     assert!(
         changes.iter().any(
-            |c| matches!(c, Change::UnseenUsage { limit, amount: 30 } if limit.as_str() == "r10100")
+            |c| matches!(c, Change::UnseenUsage { limit, amount: 30 } if limit.as_str() == "r10105")
         ),
         "{changes:?}"
     );
-    assert!(changes.iter().any(|c| matches!(c, Change::UnseenUsage { limit, amount: 4000 } if limit.as_str() == "t10100")), "{changes:?}");
+    assert!(changes.iter().any(|c| matches!(c, Change::UnseenUsage { limit, amount: 4000 } if limit.as_str() == "t10105")), "{changes:?}");
     let s = r.status(0).await;
     assert_eq!(s.limits[0].used, 40);
     assert_eq!(s.limits[1].used, 5000);
@@ -275,7 +275,7 @@ async fn refusals_without_headers_and_with_headroom_decrease_multiplicatively_on
     let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
     assert_eq!(
         effective(&changes),
-        [("r10100".to_owned(), Some(70), "aimd_decrease")]
+        [("r10105".to_owned(), Some(70), "aimd_decrease")]
     );
     // The same overload again within the window: counted once.
     r.clock.advance(Duration::from_secs(2));
@@ -285,13 +285,13 @@ async fn refusals_without_headers_and_with_headroom_decrease_multiplicatively_on
     let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
     assert_eq!(
         effective(&changes),
-        [("r10100".to_owned(), Some(35), "aimd_decrease")]
+        [("r10105".to_owned(), Some(35), "aimd_decrease")]
     );
     // A TPM refusal (DashScope's insufficient_quota) lowers the tokens limit.
     let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_TPM))).await;
     assert_eq!(
         effective(&changes),
-        [("t10100".to_owned(), Some(50_000), "aimd_decrease")]
+        [("t10105".to_owned(), Some(50_000), "aimd_decrease")]
     );
 }
 
@@ -327,7 +327,7 @@ async fn successes_raise_a_learned_limit_additively_up_to_the_configured_one() {
     assert!(effective(&r.apply(&r.obs(0, 200, &[], None)).await).is_empty());
     let mut last = 50;
     for _ in 0..60 {
-        r.clock.advance(Duration::from_millis(10_100));
+        r.clock.advance(Duration::from_millis(10_105));
         r.apply(&r.obs(0, 200, &[], None)).await;
         let now = r.status(0).await.limits[0].effective;
         assert!(
@@ -410,7 +410,7 @@ async fn the_quotas_report_shows_limits_usage_cooldown_and_why_an_account_is_out
     assert_eq!(a[1]["limits"][0]["configured"], 100);
     assert_eq!(a[1]["limits"][0]["effective"], 80);
     assert_eq!(a[1]["limits"][0]["used"], 3);
-    assert_eq!(a[1]["limits"][0]["window_ms"], 10_100);
+    assert_eq!(a[1]["limits"][0]["window_ms"], 10_105);
 }
 
 #[tokio::test]
@@ -452,7 +452,7 @@ async fn probing_above_the_last_refusal_waits_for_ten_clean_windows() {
     assert_eq!(r.status(0).await.limits[0].effective, 54);
     let mut seen = Vec::new();
     for _ in 0..12 {
-        r.clock.advance(Duration::from_millis(10_100));
+        r.clock.advance(Duration::from_millis(10_105));
         r.apply(&r.obs(0, 200, &[], None)).await;
         seen.push(r.status(0).await.limits[0].effective);
     }

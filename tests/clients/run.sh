@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Real clients against a real gateway: the official OpenAI Python SDK (from PyPI) and curl.
+# Creates a venv, starts sluice-sim and one sluice-gateway (the debug build of this
+# checkout), runs pytest, cleans up. Exit status is pytest's.
+#   bash tests/clients/run.sh            # everything
+#   bash tests/clients/run.sh -k stream  # extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+target=${CARGO_TARGET_DIR:-$root/target}
+work=$(mktemp -d "${TMPDIR:-/tmp}/sluice-clients.XXXXXX")
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Binaries: the debug build of this checkout (incremental: after `cargo test` it is
+# already up to date), never a stale one.
+cargo build -q -p sluice-sim -p sluice-gateway
+bin=$target/debug
+
+# Python: a venv with the official SDK and pytest.
+venv=${SLUICE_CLIENTS_VENV:-$root/target/clients-venv}
+if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -r tests/clients/requirements.txt
+
+# wait_line FILE: the address from the first "listening on ADDR" line (10 s at most).
+wait_line() {
+  for _ in $(seq 100); do
+    if grep -q '^listening on ' "$1" 2>/dev/null; then sed -n 's/^listening on //p' "$1" | head -1; return; fi
+    sleep 0.1
+  done
+  echo "no 'listening on' in $1" >&2; cat "$1" "$1.err" >&2 || true; exit 1
+}
+
+# The simulator: generous limits (the gateway's own limits are what the tests exercise).
+cat > "$work/sim.toml" <<TOML
+listen = "127.0.0.1:0"
+[[models]]
+name = "qwen3-max"
+dialect = "openai"
+limits = [{ requests = 100000, per = "60s" }, { tokens = 100000000, per = "60s" }]
+[[models]]
+name = "text-embedding-3-small"
+dialect = "openai"
+limits = [{ requests = 100000, per = "60s" }, { tokens = 100000000, per = "60s" }]
+[[models]]
+name = "tiny"
+dialect = "openai"
+limits = [{ requests = 100000, per = "60s" }, { tokens = 100000000, per = "60s" }]
+[[accounts]]
+name = "acct"
+key = "sk-upstream"
+TOML
+"$bin/sluice-sim" --config "$work/sim.toml" >"$work/sim.out" 2>"$work/sim.out.err" &
+pids+=($!)
+sim=$(wait_line "$work/sim.out")
+
+# A capturing upstream for tool calls (the simulator ignores `tools`).
+"$venv/bin/python" tests/clients/capture_upstream.py "$work/captured.jsonl" >"$work/cap.out" 2>"$work/cap.out.err" &
+pids+=($!)
+cap=$(wait_line "$work/cap.out")
+
+cat > "$work/gateway.toml" <<TOML
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "1s"
+[[upstreams]]
+name = "sim"
+base_url = "http://$sim/v1"
+dialect = "openai"
+keys = ["sk-upstream"]
+[[upstreams]]
+name = "capture"
+base_url = "http://$cap/v1"
+dialect = "openai"
+keys = ["sk-capture"]
+[[models]]
+name = "qwen3-max"
+upstream = "sim"
+rpm = 100000
+tpm = 100000000
+[[models]]
+name = "text-embedding-3-small"
+upstream = "sim"
+rpm = 100000
+tpm = 100000000
+[[models]]
+name = "tool-model"
+upstream = "capture"
+rpm = 100000
+tpm = 100000000
+[[models]]
+name = "tiny"
+upstream = "sim"
+limits = [{ requests = 1, per = "1500ms" }]
+[queue]
+max_wait = "30s"
+[[tenants]]
+name = "tests"
+key = "sk-client"
+TOML
+SLUICE_LOG=warn "$bin/sluice-gateway" --config "$work/gateway.toml" >"$work/gw.out" 2>"$work/gw.out.err" &
+pids+=($!)
+gw=$(wait_line "$work/gw.out")
+
+echo "sim http://$sim  gateway http://$gw  capture http://$cap  binaries $bin"
+set +e
+SLUICE_GATEWAY="http://$gw" SLUICE_SIM="http://$sim" SLUICE_CAPTURED="$work/captured.jsonl" \
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/clients "$@"
+status=$?
+set -e
+if [ $status -ne 0 ]; then
+  echo "--- gateway log"; tail -n 40 "$work/gw.out.err" || true
+fi
+exit $status
