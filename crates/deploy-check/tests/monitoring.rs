@@ -8,12 +8,6 @@ use sluice_deploy_check::{metrics, read, repo_root, yaml};
 
 use crate::common::{compose, services};
 
-/// Metrics the dashboard shows that no crate emits yet: sluice-sidecar is to export its
-/// quota view (`LimitStatus`: `configured`, `used`) per model, account and limit, beside
-/// the recalibrator's `sluice_effective_limit`. Until then those panels show no data;
-/// the test names them on stderr.
-const PENDING: [&str; 2] = ["sluice_configured_limit", "sluice_window_used"];
-
 #[test]
 fn prometheus_scrapes_every_sluice_service() {
     let p = yaml::document(&read("deploy/prometheus/prometheus.yml")).unwrap();
@@ -115,10 +109,6 @@ fn dashboard_shows_what_the_issue_asks_with_metrics_that_exist() {
     }
     let emitted = metrics::emitted(&repo_root());
     for m in &used {
-        if PENDING.contains(&m.as_str()) && !emitted.contains(m) {
-            eprintln!("dashboard: {m} is not emitted yet (expected from sluice-sidecar)");
-            continue;
-        }
         assert!(
             emitted.contains(m),
             "the dashboard queries {m}, which no crate emits"
@@ -129,6 +119,8 @@ fn dashboard_shows_what_the_issue_asks_with_metrics_that_exist() {
         "sluice_upstream_errors_total",
         "sluice_requests_total",
         "sluice_effective_limit",
+        "sluice_configured_limit",
+        "sluice_window_used",
     ] {
         assert!(used.contains(m), "the dashboard does not show {m}");
     }

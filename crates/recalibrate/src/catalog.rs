@@ -47,7 +47,7 @@ fn unit(u: LimitUnit) -> Unit {
 /// The delivery jitter a slot must absorb: between the slot the limiter grants and the
 /// moment the provider counts the request lie a scheduling and network delay that
 /// varies by a few milliseconds under load.
-pub const ARRIVAL_JITTER: Duration = Duration::from_millis(5);
+pub(crate) const ARRIVAL_JITTER: Duration = Duration::from_millis(5);
 
 /// A window lengthened by the latency allowance: 1% plus [`ARRIVAL_JITTER`] (whole
 /// milliseconds). A slot is granted on the store's clock but the provider counts the

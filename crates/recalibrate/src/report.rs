@@ -68,6 +68,28 @@ pub struct QuotasReport {
     pub models: Vec<ModelReport>,
 }
 
+impl QuotasReport {
+    /// Publishes the view as gauges labelled `model`, `account` (`key-<i>`) and `limit`
+    /// (the limit id): `sluice_configured_limit` and `sluice_window_used` (what the
+    /// trailing window holds, queued reservations included), for dashboards that plot
+    /// usage against the limit.
+    pub fn export_gauges(&self) {
+        for m in &self.models {
+            for a in &m.accounts {
+                for l in &a.limits {
+                    let labels = [
+                        ("model", m.model.clone()),
+                        ("account", a.account.clone()),
+                        ("limit", l.id.clone()),
+                    ];
+                    metrics::gauge!("sluice_configured_limit", &labels).set(l.configured as f64);
+                    metrics::gauge!("sluice_window_used", &labels).set(l.used as f64);
+                }
+            }
+        }
+    }
+}
+
 /// Reads every account of `catalog` from `store`.
 pub async fn report<S: Store>(catalog: &Catalog, store: &S) -> QuotasReport {
     let mut models = Vec::with_capacity(catalog.models.len());

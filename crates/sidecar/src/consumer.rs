@@ -41,12 +41,20 @@ pub(crate) async fn run(state: Arc<State>, url: String) {
         tracing::info!(group = %options.group, name = %options.name, "consuming observations");
         let mut last_claim = Instant::now();
         let mut last_tick = Instant::now();
+        let mut ticks: u64 = 0;
         loop {
             if last_tick.elapsed() >= tick_every {
                 last_tick = Instant::now();
+                ticks += 1;
                 let recal = state.gw.recalibrator();
                 if let Err(e) = recal.tick(state.gw.limiter()).await {
                     tracing::warn!(error = %e, "recalibration tick failed");
+                }
+                // Every 5 s: the quotas view as gauges, for usage-against-limit panels.
+                if ticks.is_multiple_of(5) {
+                    sluice_recalibrate::report(state.gw.catalog(), state.gw.limiter())
+                        .await
+                        .export_gauges();
                 }
             }
             let claiming = last_claim.elapsed() >= claim_every;
