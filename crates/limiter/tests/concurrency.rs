@@ -119,6 +119,11 @@ fn hammer_child() {
         lines
     });
     let mut f = std::fs::File::create(&out).unwrap();
+    // This process's own wall clock, for the skew test to prove the skew was real.
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    writeln!(f, "clock {}", wall.as_micros()).unwrap();
     for l in lines {
         writeln!(f, "{l}").unwrap();
     }
@@ -126,44 +131,72 @@ fn hammer_child() {
 
 /// Runs the hammer against `url` and checks the merged log.
 pub fn run_hammer(url: &str, groups: usize, accounts: usize) {
+    run_hammer_skewed(url, groups, accounts, None);
+}
+
+/// The same, each child process under `faketime <offset>` when offsets are given (one
+/// per process): hosts whose clocks disagree by minutes. Returns each child's wall clock
+/// at the end of its run (µs), as the child saw it.
+fn run_hammer_skewed(
+    url: &str,
+    groups: usize,
+    accounts: usize,
+    offsets: Option<[&str; PROCESSES]>,
+) -> Vec<u64> {
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..PROCESSES)
         .map(|p| {
-            Command::new(&exe)
-                .args([
-                    "concurrency::hammer_child",
-                    "--exact",
-                    "--ignored",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env("SLUICE_HAMMER_URL", url)
-                .env("SLUICE_HAMMER_OUT", dir.path().join(format!("p{p}.log")))
-                .env("SLUICE_HAMMER_GROUPS", groups.to_string())
-                .env("SLUICE_HAMMER_ACCOUNTS", accounts.to_string())
-                .env("SLUICE_HAMMER_SEED", p.to_string())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap()
+            let mut cmd = match offsets {
+                Some(o) => {
+                    let mut c = Command::new("faketime");
+                    c.arg("-f").arg(o[p]).arg(&exe);
+                    c
+                }
+                None => Command::new(&exe),
+            };
+            cmd.args([
+                "concurrency::hammer_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SLUICE_HAMMER_URL", url)
+            .env("SLUICE_HAMMER_OUT", dir.path().join(format!("p{p}.log")))
+            .env("SLUICE_HAMMER_GROUPS", groups.to_string())
+            .env("SLUICE_HAMMER_ACCOUNTS", accounts.to_string())
+            .env("SLUICE_HAMMER_SEED", p.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
         })
         .collect();
     for mut c in children {
         assert!(c.wait().unwrap().success(), "a hammer child failed");
     }
-    let grants = read_logs(dir.path());
+    let (grants, clocks) = read_logs(dir.path());
     assert_eq!(grants.len(), groups * accounts, "every account was used");
     for ((group, account), mut log) in grants {
         log.sort_by_key(|g| g.slot);
         check_account(&format!("{group}/{account}"), &log);
     }
+    clocks
 }
 
-fn read_logs(dir: &Path) -> BTreeMap<(String, String), Vec<Grant>> {
+/// The grants per (group, account), and each child's wall clock.
+type Logs = (BTreeMap<(String, String), Vec<Grant>>, Vec<u64>);
+
+fn read_logs(dir: &Path) -> Logs {
     let mut grants: BTreeMap<(String, String), Vec<Grant>> = BTreeMap::new();
+    let mut clocks = Vec::new();
     for p in 0..PROCESSES {
         let text = std::fs::read_to_string(dir.join(format!("p{p}.log"))).unwrap();
         for line in text.lines() {
+            if let Some(clock) = line.strip_prefix("clock ") {
+                clocks.push(clock.parse().unwrap());
+                continue;
+            }
             let f: Vec<&str> = line.split(' ').collect();
             grants
                 .entry((f[0].to_owned(), f[1].to_owned()))
@@ -174,7 +207,7 @@ fn read_logs(dir: &Path) -> BTreeMap<(String, String), Vec<Grant>> {
                 });
         }
     }
-    grants
+    (grants, clocks)
 }
 
 /// No trailing window at any grant instant exceeds a limit, and the windows were used.
@@ -244,4 +277,18 @@ fn processes_sharing_one_quota_never_exceed_it_and_use_it() {
 fn processes_sharing_two_accounts_through_acquire_any() {
     let server = RedisServer::start();
     run_hammer(&server.url(), 1, 2);
+}
+
+/// Hosts whose clocks disagree by more than two minutes (each process under libfaketime,
+/// from 40 s behind to 90 s ahead) share one quota as exactly as hosts in agreement:
+/// decisions are made on Redis time and the wait a reservation carries is relative.
+#[test]
+fn processes_with_skewed_clocks_share_one_quota_exactly() {
+    let server = RedisServer::start();
+    let clocks = run_hammer_skewed(&server.url(), 1, 1, Some(["-40s", "+0s", "+25s", "+90s"]));
+    let spread = clocks.iter().max().unwrap() - clocks.iter().min().unwrap();
+    assert!(
+        spread >= 100_000_000,
+        "the children's clocks were not skewed (spread {spread} us)"
+    );
 }
