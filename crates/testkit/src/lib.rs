@@ -297,6 +297,8 @@ impl RedisCluster {
                     "2000",
                     "--cluster-config-file",
                     "nodes.conf",
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ])
             })
             .collect();
@@ -329,6 +331,15 @@ impl RedisCluster {
                     .all(|n| cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
         });
         assert!(ok, "cluster did not reach cluster_state:ok");
+        // A replica that has not synced with its master refuses to take over from it:
+        // wait for every replication link before a test may kill a master.
+        let synced = wait_until(Duration::from_secs(30), || {
+            nodes.iter().all(|n| {
+                let info = cli(n.port, &["INFO", "replication"]);
+                !info.contains("role:slave") || info.contains("master_link_status:up")
+            })
+        });
+        assert!(synced, "replicas did not sync with their masters");
         Self { nodes }
     }
 

@@ -169,9 +169,20 @@ impl Connections {
         Ok((slot, handle))
     }
 
-    /// Forgets cached handle `slot` after an error.
+    /// Forgets cached handle `slot` after an error that says Redis is unreachable, and
+    /// every pooled connection with it: a pooled cluster connection still answers the
+    /// pool's health check (any node will do) while it routes a slot to a master that
+    /// died, so only a fresh connection, with a fresh slot map, follows a failover.
     pub(crate) fn discard(&self, slot: usize) {
         *self.cached[slot].lock() = None;
+        match &self.pool {
+            Pool::Single(p) => {
+                p.retain(|_, _| false);
+            }
+            Pool::Cluster(p) => {
+                p.retain(|_, _| false);
+            }
+        }
     }
 }
 
