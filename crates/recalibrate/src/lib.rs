@@ -21,15 +21,38 @@
 //!    `default_cooldown` capped at a tenth of the shortest window). The limiter resumes the account one pacing interval at a time.
 //! 3. **Learned limits.** A rate-limit header `limit` below the configured limit becomes
 //!    the effective limit; one at or above it forgets a learned limit (the provider's
-//!    word beats inference).
-//! 4. **Usage we did not see.** `provider_used = limit − remaining` (the header limit,
-//!    else our effective one) against what our window held when the provider answered
-//!    (`used` less the slots booked ahead and granted since, estimated from the paced
-//!    rate): a difference above `max(1, unseen_tolerance × limit)` is added with
-//!    `record_usage`, plus what the outside consumer spends, at its rate over the last
-//!    window, during the slots already booked ahead (they were granted without it);
-//!    capped so that it never overfills another limit of the same unit.
-//!    Observations older than a quarter of the window are too stale for this rule.
+//!    word beats inference) — less the outside reserve of rule 4, when there is one.
+//! 4. **Usage we did not see.** Per account × limit named by a header budget with a
+//!    `remaining`, from an answer at most a quarter of the window old:
+//!    `base` = the header's limit (at most the configured one), else our effective limit
+//!    plus the current reserve; `provider_used = base − remaining`; `seen` = what our
+//!    window held when the provider answered (`used` less the slots booked ahead and
+//!    granted since, estimated from the paced rate); `recorded` = what this rule charged
+//!    with `record_usage` in the last window.
+//!    - **Outside rate.** Each answer is a sample `x = provider_used − seen + recorded`
+//!      (the provider's usage beyond our own) of the units spent outside Sluice per
+//!      window. They feed an exponentially weighted mean `m` and upper variance `v` (only
+//!      samples above `m` widen it, each by a deviation of at most 10% of `base`) with
+//!      weight `α = 1 − exp(−Δt / (window / 2))`, `Δt`
+//!      the time since the previous sample, at most a twentieth of the window (the very
+//!      first sample only starts the clock): answers at one instant count once, a gap
+//!      does not make one answer decisive, and without answers the estimate stays.
+//!    - **Reserve.** `wanted = round(m + 2√v)` (what the consumer spends at its usual
+//!      high) when `m ≥ tolerance`, else 0, at most `base − floor`; the reserve moves
+//!      towards it at most once per twentieth of a window, by at most
+//!      `max(tolerance, 5% × base)`, and only when it differs by at least the tolerance
+//!      (to 0 always). The effective limit is `max(base − reserve, floor)` (`floor` =
+//!      `aimd_floor × configured`, at least 1; never above the configured limit, where it
+//!      is forgotten); written as `EffectiveLimit` with `why = "outside_rate"`. It lives
+//!      in the store, so every replica admits less even while no answers arrive (a
+//!      cooldown); when the consumer leaves, the samples fall to 0 and the reserve with
+//!      them, a step at a time.
+//!    - **Immediate correction.** `diff = provider_used − seen − reserve` (what the
+//!      outside consumer spent beyond what the effective limit keeps free) above
+//!      `tolerance = max(1, unseen_tolerance × base)` is charged with `record_usage`,
+//!      plus `recorded / window × booked_ahead` (the slots already booked ahead were
+//!      granted without it); capped so that it never overfills another limit of the
+//!      same unit.
 //! 5. **AIMD without headers.** A throttling refusal on an answer with no rate-limit
 //!    headers lowers the effective limit of the limit it names (requests or tokens, else
 //!    the fullest) to `max(effective / 2, min(effective × aimd_decrease, used))` (never

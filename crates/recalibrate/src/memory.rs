@@ -1,7 +1,7 @@
 //! What the recalibrator remembers between observations (in this process only): when
 //! each account × limit last had a refusal, a decrease and an increase, when pacing last
-//! changed, and when daily-quota states end. The learned values themselves live in the
-//! shared store.
+//! changed, the outside rate learned from the headers, and when daily-quota states end.
+//! The learned values themselves live in the shared store.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -17,6 +17,23 @@ pub(crate) struct Aimd {
     pub(crate) ceiling: Option<u64>,
 }
 
+/// The outside rate of one account × limit (rule 4): an exponentially weighted estimate
+/// of the units spent outside Sluice per window, and what of it the effective limit
+/// currently keeps free.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Outside {
+    /// Units per window spent outside Sluice (EWMA of the header samples).
+    pub(crate) estimate: f64,
+    /// The exponentially weighted variance of those samples above the estimate.
+    pub(crate) variance: f64,
+    /// When the last sample was taken (ms since the epoch; 0: never).
+    pub(crate) last_ms: u64,
+    /// How much the effective limit was last lowered by (0: not lowered).
+    pub(crate) reserved: u64,
+    /// When `reserved` last changed (ms since the epoch; 0: never).
+    pub(crate) changed_ms: u64,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Memory {
     pub(crate) aimd: HashMap<(QuotaKey, LimitId), Aimd>,
@@ -24,6 +41,8 @@ pub(crate) struct Memory {
     pub(crate) pacing_ms: HashMap<QuotaKey, u64>,
     /// Unseen usage recorded per account × limit: (ms, amount), the last window's worth.
     pub(crate) unseen: HashMap<(QuotaKey, LimitId), VecDeque<(u64, u64)>>,
+    /// The outside rate per account × limit.
+    pub(crate) outside: HashMap<(QuotaKey, LimitId), Outside>,
     /// Daily-quota states: when to enable the account again.
     pub(crate) reenable_at_ms: HashMap<QuotaKey, u64>,
 }

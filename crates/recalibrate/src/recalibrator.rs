@@ -27,6 +27,17 @@ const PACE_MIN: u32 = 1000;
 const PACE_MAX: u32 = 64_000;
 /// The largest single multiplicative decrease.
 const MAX_STEP: f64 = 0.5;
+/// The time constant of the outside rate's moving average, in windows.
+const OUTSIDE_TAU: f64 = 0.5;
+/// The outside rate: a sample weighs at most as much as 1/OUTSIDE_STEPS of a window
+/// of samples, and the reserve changes at most that often.
+const OUTSIDE_STEPS: u64 = 20;
+/// The outside rate: the largest change of the reserve at once, a fraction of the limit.
+const OUTSIDE_MAX_STEP: f64 = 0.05;
+/// The outside rate: the reserve is the mean plus this many upper standard deviations.
+const OUTSIDE_MARGIN_SD: f64 = 2.0;
+/// The outside rate: a sample widens the margin by at most this fraction of the limit.
+const OUTSIDE_MAX_DEVIATION: f64 = 0.1;
 /// Windows without a refusal before AIMD probes at or above the level the provider last
 /// refused at.
 const CEILING_HOLD: u64 = 10;
@@ -42,7 +53,7 @@ pub enum Change {
     /// Back in rotation.
     Enabled,
     /// A learned limit set (`Some`) or forgotten (`None`), and why (`headers`,
-    /// `aimd_decrease`, `aimd_increase`).
+    /// `outside_rate`, `aimd_decrease`, `aimd_increase`).
     EffectiveLimit {
         /// The limit.
         limit: LimitId,
@@ -534,25 +545,22 @@ impl Recalibrator {
         let Some(l) = match_limit(&ctx.status, unit, advertised).cloned() else {
             return Ok(());
         };
-        let mut effective = l.effective;
-        if let Some(a) = advertised {
-            let target = (a < l.configured).then_some(a);
-            let current = (l.effective < l.configured).then_some(l.effective);
-            if target != current {
-                ctx.change(
-                    StateChange::EffectiveLimit {
-                        limit: l.limit.clone(),
-                        value: target,
-                    },
-                    Change::EffectiveLimit {
-                        limit: l.limit.clone(),
-                        value: target,
-                        why: "headers",
-                    },
-                )
+        let slot = (ctx.key.clone(), l.limit.clone());
+        let reserved = self
+            .memory
+            .lock()
+            .outside
+            .get(&slot)
+            .map_or(0, |o| o.reserved);
+        // The provider's limit as far as we know: the header's, else our effective one
+        // plus what the outside rate took off it.
+        let base = match advertised {
+            Some(a) => a.min(l.configured),
+            None => l.effective.saturating_add(reserved).min(l.configured),
+        };
+        if advertised.is_some() {
+            self.set_effective(ctx, &l, base, reserved, "headers")
                 .await?;
-            }
-            effective = target.unwrap_or(l.configured);
         }
         let Some(remaining) = budget.remaining else {
             return Ok(());
@@ -562,10 +570,79 @@ impl Recalibrator {
                 .increment(1);
             return Ok(());
         }
-        let provider_used = effective.saturating_sub(remaining);
-        let tolerance = ((effective as f64 * self.tuning.unseen_tolerance) as u64).max(1);
+        let provider_used = base.saturating_sub(remaining);
+        let tolerance = ((base as f64 * self.tuning.unseen_tolerance) as u64).max(1);
         let seen = l.used.saturating_sub(in_flight(&ctx.status, &l, age_ms));
-        let diff = provider_used.saturating_sub(seen);
+        let w = window_ms(&l);
+        let now_ms = ms(self.clock.now());
+        // The outside rate: this answer's sample is the provider's usage beyond what our
+        // window holds of our own (`seen` less what rule 4 recorded in the last window).
+        let (reserve, ahead_rate) = {
+            let mut mem = self.memory.lock();
+            let history = mem.unseen.entry(slot.clone()).or_default();
+            while history.front().is_some_and(|(at, _)| at + w <= now_ms) {
+                history.pop_front();
+            }
+            let recorded = history.iter().map(|(_, a)| a).sum::<u64>();
+            let ahead_rate = recorded as f64 / w as f64;
+            let sample = provider_used as f64 - seen as f64 + recorded as f64;
+            let o = mem.outside.entry(slot.clone()).or_default();
+            if o.last_ms != 0 {
+                // Weighted by the time since the last sample (at most 1/OUTSIDE_STEPS of
+                // a window):
+                // a burst of answers counts about once, a gap does not make one answer
+                // decisive, and with no answers at all the estimate stays.
+                let dt = now_ms.saturating_sub(o.last_ms).min(w / OUTSIDE_STEPS) as f64;
+                let alpha = 1.0 - (-dt / (w as f64 * OUTSIDE_TAU)).exp();
+                let delta = sample - o.estimate;
+                o.estimate = (o.estimate + alpha * delta).clamp(0.0, base as f64);
+                // Only samples above the average widen the margin: a consumer that
+                // leaves must not make the reserve grow.
+                // Capped at a tenth of the limit: one extreme answer (a refusal at the
+                // top of the window) must not set the margin.
+                let up = delta.clamp(0.0, base as f64 * OUTSIDE_MAX_DEVIATION);
+                o.variance = (1.0 - alpha) * (o.variance + alpha * up * up);
+            }
+            o.last_ms = o.last_ms.max(now_ms);
+            tracing::debug!(
+                limit = %l.limit,
+                sample,
+                estimate = o.estimate,
+                sd = o.variance.sqrt(),
+                provider_used,
+                seen,
+                recorded,
+                "outside rate sample"
+            );
+            let floor =
+                ((l.configured as f64 * self.tuning.floor).ceil() as u64).clamp(1, base.max(1));
+            // Keep free what the outside consumer spends at its usual high (the mean
+            // plus two upper standard deviations), not its average.
+            let high = o.estimate + OUTSIDE_MARGIN_SD * o.variance.sqrt();
+            let wanted = if o.estimate >= tolerance as f64 {
+                (high.round() as u64).min(base.saturating_sub(floor))
+            } else {
+                0
+            };
+            // Moves of less than the tolerance are noise (to zero always counts); the
+            // reserve moves at most every 1/OUTSIDE_STEPS of a window, by at most
+            // `max(tolerance, 5% of the limit)`: a burst of answers counts once.
+            let step = tolerance.max((base as f64 * OUTSIDE_MAX_STEP).ceil() as u64);
+            let due = o.changed_ms == 0 || now_ms.saturating_sub(o.changed_ms) >= w / OUTSIDE_STEPS;
+            if due && (wanted.abs_diff(o.reserved) >= tolerance || (wanted == 0 && o.reserved != 0))
+            {
+                o.reserved = wanted.clamp(o.reserved.saturating_sub(step), o.reserved + step);
+                o.changed_ms = now_ms;
+            }
+            (o.reserved, ahead_rate)
+        };
+        if reserve != reserved {
+            self.set_effective(ctx, &l, base, reserve, "outside_rate")
+                .await?;
+        }
+        // What the outside consumer spent beyond what the effective limit keeps free:
+        // charged to our window at once.
+        let diff = provider_used.saturating_sub(seen).saturating_sub(reserve);
         if diff <= tolerance {
             return Ok(());
         }
@@ -581,27 +658,19 @@ impl Recalibrator {
             .min()
             .unwrap_or(u64::MAX);
         // Slots already booked ahead were granted without the unseen spend that will
-        // land beside them: add what the outside consumer spends over that horizon at
-        // its rate of the last window.
-        let w = window_ms(&l);
-        let now_ms = ms(self.clock.now());
-        let ahead = {
-            let mut mem = self.memory.lock();
-            let history = mem
-                .unseen
-                .entry((ctx.key.clone(), l.limit.clone()))
-                .or_default();
-            while history.front().is_some_and(|(at, _)| at + w <= now_ms) {
-                history.pop_front();
-            }
-            let rate = history.iter().map(|(_, a)| a).sum::<u64>() as f64 / w as f64;
-            history.push_back((now_ms, diff));
-            (rate * ctx.status.booked_ahead.as_millis() as f64) as u64
-        };
+        // land beside them: add what the outside consumer spent beyond the reserve over
+        // that horizon, at its rate of the last window.
+        let ahead = (ahead_rate * ctx.status.booked_ahead.as_millis() as f64) as u64;
         let amount = diff.saturating_add(ahead).min(cap);
         if amount == 0 {
             return Ok(());
         }
+        self.memory
+            .lock()
+            .unseen
+            .entry(slot)
+            .or_default()
+            .push_back((now_ms, amount));
         ctx.store
             .record_usage(ctx.key, &ctx.model.quota, unit_cost(unit, amount))
             .await?;
@@ -610,6 +679,44 @@ impl Recalibrator {
             amount,
         });
         Ok(())
+    }
+
+    /// Sets `l`'s effective limit to `base − reserve` (never below the floor, at the
+    /// configured limit forgotten) unless it already is.
+    async fn set_effective<S: Store>(
+        &self,
+        ctx: &mut Ctx<'_, S>,
+        l: &LimitStatus,
+        base: u64,
+        reserve: u64,
+        why: &'static str,
+    ) -> Result<(), LimitError> {
+        let floor = ((l.configured as f64 * self.tuning.floor).ceil() as u64).clamp(1, base.max(1));
+        let value = base.saturating_sub(reserve).max(floor).min(l.configured);
+        let target = (value < l.configured).then_some(value);
+        let current = ctx
+            .status
+            .limits
+            .iter()
+            .find(|x| x.limit == l.limit)
+            .map_or(l.effective, |x| x.effective);
+        let current = (current < l.configured).then_some(current);
+        if target == current {
+            return Ok(());
+        }
+        let why = if reserve > 0 { "outside_rate" } else { why };
+        ctx.change(
+            StateChange::EffectiveLimit {
+                limit: l.limit.clone(),
+                value: target,
+            },
+            Change::EffectiveLimit {
+                limit: l.limit.clone(),
+                value: target,
+                why,
+            },
+        )
+        .await
     }
 
     /// Periodic work: enables accounts whose daily-quota wait has passed.

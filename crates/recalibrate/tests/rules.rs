@@ -464,3 +464,106 @@ async fn probing_above_the_last_refusal_waits_for_ten_clean_windows() {
         "{seen:?}"
     );
 }
+
+/// Reports "limit 100, `remaining`" on key-0 every 500 ms for `steps` steps; returns the
+/// effective request limit after each and whether any change was an outside-rate one.
+async fn report_every_half_second(r: &Rig, remaining: u64, steps: usize) -> (Vec<u64>, bool) {
+    let remaining = remaining.to_string();
+    let h = [
+        ("x-ratelimit-limit-requests", "100"),
+        ("x-ratelimit-remaining-requests", remaining.as_str()),
+    ];
+    let mut seen = Vec::new();
+    let mut outside = false;
+    for _ in 0..steps {
+        r.clock.advance(Duration::from_millis(500));
+        let changes = r.apply(&r.obs(0, 200, &h, None)).await;
+        outside |= effective(&changes)
+            .iter()
+            .any(|(l, _, why)| l == "r10105" && *why == "outside_rate");
+        seen.push(r.status(0).await.limits[0].effective);
+    }
+    (seen, outside)
+}
+
+#[tokio::test]
+async fn a_persistent_outside_consumer_lowers_the_effective_limit_until_it_leaves() {
+    let r = rig("openai");
+    // Someone else spends 30 of every window of 100; Sluice sends nothing.
+    let (seen, outside) = report_every_half_second(&r, 70, 60).await;
+    assert!(outside, "{seen:?}");
+    // Learned within a window, a step at a time (the first answer alone changes
+    // nothing); while the estimate climbs, the samples lie above it and the margin for
+    // their spread overshoots (at most 50 kept free here), then it settles towards what
+    // the consumer spends.
+    assert_eq!(seen[0], 100, "{seen:?}");
+    assert!(
+        seen.windows(2).all(|p| p[0].abs_diff(p[1]) <= 5),
+        "{seen:?}"
+    );
+    assert!(seen[20] <= 70, "{seen:?}");
+    assert!(seen.iter().all(|&e| e >= 50), "{seen:?}");
+    let learned = *seen.last().unwrap();
+    assert!((62..=70).contains(&learned), "{seen:?}");
+    // Persistent: no answers for two windows (a cooldown, an idle fleet) and it stays,
+    // while usage recorded with `record_usage` has aged out of the window.
+    r.clock.advance(Duration::from_secs(20));
+    let s = r.status(0).await;
+    assert_eq!(s.limits[0].effective, learned);
+    assert_eq!(s.limits[0].used, 0);
+    // A burst of answers at one instant, however bad, counts (about) once: the effective
+    // limit does not compound (the excess is charged to the window instead).
+    let full = [
+        ("x-ratelimit-limit-requests", "100"),
+        ("x-ratelimit-remaining-requests", "0"),
+    ];
+    for _ in 0..20 {
+        r.apply(&r.obs(0, 200, &full, None)).await;
+    }
+    let s = r.status(0).await;
+    let after_burst = s.limits[0].effective;
+    assert!(
+        (learned - 5..=learned).contains(&after_burst),
+        "{learned} -> {s:?}"
+    );
+    assert!(s.limits[0].used >= 100 - learned, "{s:?}");
+    // The outside consumer leaves (the provider's remaining is what our window implies):
+    // the limit comes back gradually (the burst's one sample still weighs a step or two
+    // at first), and at the configured limit it is forgotten.
+    r.clock.advance(Duration::from_secs(20));
+    let (back, _) = report_every_half_second(&r, 100, 80).await;
+    assert!(back.iter().all(|&e| e + 10 >= after_burst), "{back:?}");
+    assert!(back[4..].windows(2).all(|p| p[1] >= p[0]), "{back:?}");
+    assert!(back[10] < 100, "{back:?}");
+    assert_eq!(*back.last().unwrap(), 100, "{back:?}");
+}
+
+#[tokio::test]
+async fn the_outside_rate_never_lowers_a_limit_below_the_floor() {
+    let r = rig("openai");
+    // 95 of 100 spent elsewhere: the effective limit stops at 10% of the configured one.
+    let (seen, _) = report_every_half_second(&r, 5, 60).await;
+    assert!(seen.iter().all(|&e| e >= 10), "{seen:?}");
+    assert_eq!(*seen.last().unwrap(), 10, "{seen:?}");
+}
+
+#[tokio::test]
+async fn the_outside_rate_follows_an_advertised_limit_below_the_configured_one() {
+    let r = rig("openai");
+    // The provider's limit is 80 and someone else spends 20 of it: 60 are ours.
+    let h = [
+        ("x-ratelimit-limit-requests", "80"),
+        ("x-ratelimit-remaining-requests", "60"),
+    ];
+    let changes = r.apply(&r.obs(0, 200, &h, None)).await;
+    assert_eq!(
+        effective(&changes),
+        [("r10105".to_owned(), Some(80), "headers")]
+    );
+    for _ in 0..60 {
+        r.clock.advance(Duration::from_millis(500));
+        r.apply(&r.obs(0, 200, &h, None)).await;
+    }
+    let e = r.status(0).await.limits[0].effective;
+    assert!((56..=62).contains(&e), "{e}");
+}

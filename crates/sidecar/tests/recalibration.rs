@@ -117,8 +117,10 @@ async fn half_the_real_limit_without_headers_dashscope() {
     half_the_configured_limit(Dialect::Dashscope, "dashscope", "half-dashscope").await;
 }
 
-/// Someone outside Sluice spends a third of the account: once the sidecar has added what
-/// the headers reveal, the simulator refuses far less than a blind fleet. (A 4 s window: the
+/// Someone outside Sluice spends a third of the account: after three windows of
+/// recalibration (the sidecar learns the outside rate from the headers and lowers the
+/// effective limit by it) the simulator refuses (almost) nothing of Sluice's traffic,
+/// and Sluice still uses most of what the outside consumer leaves. (A 4 s window: the
 /// simulator's Retry-After is in whole seconds, and a 1–2 s cooldown on a 2 s window
 /// would measure the rounding more than the recalibration.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,7 +159,7 @@ async fn an_unknown_consumer_spending_a_third_is_accounted_for() {
     let sidecar = SidecarProcess::start(&toml, "s1");
     let client = client();
     ready(&client, &sidecar.url).await;
-    let converge = Duration::from_secs(8);
+    let converge = Duration::from_secs(12);
     drive(&client, &gateways, model, 20, converge).await;
     let before = sim.sim().stats().get("a", model).unwrap().clone();
     sim.sim().reset_stats();
@@ -180,20 +182,33 @@ async fn an_unknown_consumer_spending_a_third_is_accounted_for() {
         after.background_refused,
     );
     // A fleet blind to the background would be refused about what the background
-    // spends: a third of the limit per window. The issue asks for "(almost) nothing";
-    // at this scale the sidecar reaches about a third of the blind figure (see
-    // docs/sidecar.md, "Known gaps"), and this test holds it to at most half.
+    // spends: a third of the limit per window, about 60 in 12 s. "(Almost) nothing": at
+    // most 2% of what Sluice sent upstream in the measured span (2 of the ~120 sent; 0–1
+    // is typical), i.e. at most one refusal in 30 of a blind fleet's.
+    let sent = after.accepted + after.refused_total();
     let blind = (real / 3) as f64 * t0.elapsed().as_secs_f64() / per.as_secs_f64();
     assert!(
-        (after.refused_total() as f64) * 2.0 <= blind,
-        "the simulator refused {} (a blind fleet: about {blind:.0}) for {} accepted",
+        after.refused_total() * 50 <= sent.max(100),
+        "the simulator refused {} of {sent} (a blind fleet: about {blind:.0})",
         after.refused_total(),
-        after.accepted
     );
+    // Without starving: at least 85% of what the background leaves is admitted (95–96%
+    // is typical; every refusal costs a cooldown of 1–2 s, the rest is the margin kept
+    // free for the background's variation).
     assert!(
-        after.accepted * 10 >= left * 6,
+        after.accepted * 100 >= left * 85,
         "Sluice starved itself: {} of {left}",
         after.accepted
+    );
+    let quotas = get_json(&client, &format!("{}/v1/quotas", sidecar.url)).await;
+    let effective = quotas["models"][0]["accounts"][0]["limits"][0]["effective"]
+        .as_u64()
+        .unwrap();
+    println!("unknown consumer: effective now {effective} of {real}");
+    // The outside rate is learned as a lower effective limit (the background takes 20).
+    assert!(
+        (real - real / 2..real).contains(&effective),
+        "effective {effective}"
     );
 }
 
