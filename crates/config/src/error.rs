@@ -99,4 +99,12 @@ pub enum ConfigError {
         /// The model.
         model: String,
     },
+    /// The gateway would listen beyond this machine with no tenant keys.
+    #[error(
+        "server.listen: {listen} is not a loopback address and no [[tenants]] are configured, so anyone who can reach it could spend the provider quota; add [[tenants]] with keys, listen on 127.0.0.1, or set server.insecure_allow_unauthenticated = true"
+    )]
+    Unauthenticated {
+        /// The configured address.
+        listen: String,
+    },
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::error::ConfigError;
 use crate::secret::Secret;
 
 /// A validated configuration.
@@ -31,6 +32,25 @@ pub struct Config {
 }
 
 impl Config {
+    /// Refuses a gateway that would serve anyone who can reach it: `server.listen` is
+    /// not a loopback address, no `[[tenants]]` are configured (so no caller needs a
+    /// key) and `server.insecure_allow_unauthenticated` is not `true`.
+    ///
+    /// Loading does not check this (the same file configures the sidecar, which has its
+    /// own `listen`); the gateway calls it before it binds.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        let listen = self.server.listen;
+        if listen.ip().is_loopback()
+            || !self.tenants.is_empty()
+            || self.server.insecure_allow_unauthenticated
+        {
+            return Ok(());
+        }
+        Err(ConfigError::Unauthenticated {
+            listen: listen.to_string(),
+        })
+    }
+
     /// The model called `name`.
     pub fn model(&self, name: &str) -> Option<&Model> {
         self.models.iter().find(|m| m.name == name)
@@ -49,6 +69,18 @@ pub struct Server {
     pub max_body_bytes: usize,
     /// The longest an upstream call may take, streaming included (`upstream_timeout`, default `600s`).
     pub upstream_timeout: Duration,
+    /// The longest a client may take to send a request's headers (`header_timeout`,
+    /// default `10s`); a client that stalls is disconnected.
+    pub header_timeout: Duration,
+    /// The longest a client may take to send a request's body once its headers are in
+    /// (`body_timeout`, default `30s`); a client that stalls gets a 408.
+    pub body_timeout: Duration,
+    /// The most requests served at once, open streams included (`max_connections`,
+    /// default 1024); one more gets an immediate 503 with `Retry-After`.
+    pub max_connections: NonZeroU32,
+    /// Serve anyone on a non-loopback address when no `[[tenants]]` are configured
+    /// (`insecure_allow_unauthenticated`, default `false`): see [`Config::check_exposure`].
+    pub insecure_allow_unauthenticated: bool,
 }
 
 /// What to do when Redis cannot be reached.

@@ -100,6 +100,10 @@ pub(crate) struct RawServer {
     pub(crate) shutdown_grace: Option<Dur>,
     pub(crate) max_body_bytes: Option<Num<u64>>,
     pub(crate) upstream_timeout: Option<Dur>,
+    pub(crate) header_timeout: Option<Dur>,
+    pub(crate) body_timeout: Option<Dur>,
+    pub(crate) max_connections: Option<Num<u32>>,
+    pub(crate) insecure_allow_unauthenticated: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

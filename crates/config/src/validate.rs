@@ -44,7 +44,25 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .server
             .upstream_timeout
             .map_or(Duration::from_secs(600), |d| d.0),
+        header_timeout: raw
+            .server
+            .header_timeout
+            .map_or(Duration::from_secs(10), |d| d.0),
+        body_timeout: raw
+            .server
+            .body_timeout
+            .map_or(Duration::from_secs(30), |d| d.0),
+        max_connections: nz32("server.max_connections", raw.server.max_connections, 1024)?,
+        insecure_allow_unauthenticated: raw.server.insecure_allow_unauthenticated.unwrap_or(false),
     };
+    for (path, d) in [
+        ("server.header_timeout", server.header_timeout),
+        ("server.body_timeout", server.body_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(invalid(path, "0s", "a positive duration"));
+        }
+    }
     if server.upstream_timeout.is_zero() {
         return Err(invalid(
             "server.upstream_timeout",

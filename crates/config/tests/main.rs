@@ -1,3 +1,4 @@
 //! Integration tests of `sluice-config`: one module per concern.
 
 mod load;
+mod security;

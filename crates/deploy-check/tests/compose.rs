@@ -187,6 +187,10 @@ fn provider_config_loads_with_the_env_example() {
 
 /// What both compose configurations must agree on with the compose file.
 fn check_common(config: &sluice_config::Config) {
+    // The gateways listen on 0.0.0.0 in their containers: the check they make at start.
+    config
+        .check_exposure()
+        .expect("the gateway would refuse to start with this configuration");
     let c = compose();
     let s = services(&c);
     assert_eq!(config.server.listen.port(), 8080);

@@ -266,6 +266,12 @@ fn check_all(how: &str, objs: &[Value]) {
             }
             let config = load_config(text, &env)
                 .unwrap_or_else(|e| panic!("{at}/{cname}: sluice.toml: {e}"));
+            if binary == "sluice-gateway" {
+                // The check the gateway makes at start, beyond loading the file.
+                config.check_exposure().unwrap_or_else(|e| {
+                    panic!("{at}/{cname}: the gateway would refuse to start: {e}")
+                });
+            }
             let listen = match binary {
                 "sluice-gateway" => config.server.listen,
                 _ => config.sidecar.listen,

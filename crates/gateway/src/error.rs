@@ -28,6 +28,9 @@ pub enum StartError {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The configuration is unsafe to serve (see [`sluice_config::Config::check_exposure`]).
+    #[error("{0}")]
+    Config(#[from] sluice_config::ConfigError),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
@@ -51,7 +54,16 @@ pub(crate) enum ApiError {
     BadRequest {
         message: String,
         param: Option<&'static str>,
+        code: &'static str,
     },
+    /// The body is larger than `server.max_body_bytes`.
+    BodyTooLarge { limit: usize },
+    /// The body did not arrive within `server.body_timeout`.
+    BodyTimeout { timeout: Duration },
+    /// The `Content-Type` is not JSON.
+    UnsupportedMediaType { got: String },
+    /// More requests in flight than `server.max_connections`.
+    Busy,
     /// The model is not configured.
     ModelNotFound(String),
     /// The request can never fit a limit.
@@ -76,7 +88,11 @@ impl ApiError {
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "unauthorized",
-            ApiError::BadRequest { .. } => "bad_request",
+            ApiError::BadRequest { .. }
+            | ApiError::BodyTimeout { .. }
+            | ApiError::UnsupportedMediaType { .. } => "bad_request",
+            ApiError::BodyTooLarge { .. } => "too_large",
+            ApiError::Busy => "busy",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::TooLarge { .. } => "too_large",
             ApiError::RateLimited(_) => "rate_limited",
@@ -180,7 +196,40 @@ impl IntoResponse for ApiError {
                 None,
                 Some("invalid_api_key"),
             ),
-            ApiError::BadRequest { message, param } => body(StatusCode::BAD_REQUEST, message, "invalid_request_error", param, None),
+            ApiError::BadRequest { message, param, code } => body(StatusCode::BAD_REQUEST, message, "invalid_request_error", param, Some(code)),
+            ApiError::BodyTooLarge { limit } => body(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("The request body is larger than this gateway accepts ({limit} bytes, server.max_body_bytes)."),
+                "invalid_request_error",
+                None,
+                Some("body_too_large"),
+            ),
+            ApiError::BodyTimeout { timeout } => body(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("The request body did not arrive within {} (server.body_timeout).", go_duration(timeout)),
+                "invalid_request_error",
+                None,
+                Some("request_timeout"),
+            ),
+            ApiError::UnsupportedMediaType { got } => body(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Invalid Content-Type header ({got}): expected application/json."),
+                "invalid_request_error",
+                None,
+                Some("unsupported_media_type"),
+            ),
+            ApiError::Busy => {
+                let mut resp = body(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "This gateway is serving as many requests as it is configured to (server.max_connections). Please try again shortly.".into(),
+                    "service_unavailable",
+                    None,
+                    Some("server_busy"),
+                );
+                resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(1u64));
+                resp.headers_mut().insert("retry-after-ms", HeaderValue::from(1000u64));
+                resp
+            }
             ApiError::ModelNotFound(model) => body(
                 StatusCode::NOT_FOUND,
                 format!("The model `{model}` is not configured on this gateway (GET /v1/models lists them)."),

@@ -18,6 +18,7 @@ mod estimate;
 mod fair;
 mod observe;
 mod proxy;
+mod request;
 mod routes;
 mod state;
 mod stream;
@@ -33,46 +34,76 @@ pub use state::Gateway;
 /// Serves `gateway` on `listener` until `shutdown` resolves, then stops accepting and
 /// waits for in-flight requests (streams included) for up to the configured
 /// `shutdown_grace`.
+///
+/// Each connection is HTTP/1.1 with `server.header_timeout` to send a request's headers
+/// (a client that stalls is disconnected); bodies are read under `server.body_timeout`
+/// and requests in flight are bounded by `server.max_connections` (see the router).
 pub async fn serve(
     gateway: Gateway,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
     if !gateway.is_shared() {
         tracing::warn!(
             "no [store] configured: the embedded limiter runs and limits are per process (each replica would admit the full quota)"
         );
     }
-    let grace = gateway.config().server.shutdown_grace;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        tracing::info!(
-            grace_s = grace.as_secs_f64(),
-            "shutting down: draining in-flight requests"
-        );
-        let _ = tx.send(());
-    };
-    let server = axum::serve(listener, gateway.router()).with_graceful_shutdown(signal);
-    let overdue = async move {
-        if rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
+    let server = &gateway.config().server;
+    let grace = server.shutdown_grace;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(server.header_timeout)
+        .keep_alive(true);
+    let app = gateway.router();
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: keep serving what is open.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection closed with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        grace_s = grace.as_secs_f64(),
+        "shutting down: draining in-flight requests"
+    );
     tokio::select! {
-        r = server => r?,
-        () = overdue => tracing::warn!("shutdown grace elapsed with requests still in flight"),
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => tracing::warn!("shutdown grace elapsed with requests still in flight"),
     }
     Ok(())
 }
 
-/// Binds the configured address and serves until `shutdown` (see [`serve`]).
+/// Binds the configured address and serves until `shutdown` (see [`serve`]). Refuses a
+/// configuration that would serve anyone beyond this machine without a key
+/// ([`sluice_config::Config::check_exposure`]).
 pub async fn run(
     config: sluice_config::Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    config.check_exposure()?;
     let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
     serve(Gateway::new(config)?, listener, shutdown).await
 }

@@ -66,6 +66,7 @@ fn main() -> anyhow::Result<()> {
                 args.config.display()
             )
         })?;
+    config.check_exposure().context("refusing to start")?;
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
     runtime.block_on(async move {
         let gateway = Gateway::new(config).context("cannot start")?;

@@ -14,6 +14,7 @@ use sluice_provider::{ErrorClass, classify};
 
 use crate::error::{ApiError, RateLimited, ratelimit_headers};
 use crate::estimate::{Endpoint, output_tokens, prompt_tokens};
+use crate::request;
 use crate::state::{Gateway, Inner, ModelState};
 use crate::stream::SseRelay;
 use crate::usage::{Settle, reconcile, usage_in};
@@ -67,12 +68,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .find_map(|h| headers.get(*h)?.to_str().ok())
 }
 
-/// `x-sluice-max-wait`: `5s`, `500ms`, or seconds; it can only lower the deadline.
-fn header_max_wait(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get("x-sluice-max-wait")?.to_str().ok()?;
-    sluice_config::parse_duration(v).or_else(|| sluice_provider::parse_seconds(v))
-}
-
 fn jitter(inner: &Inner, attempt: u32) -> Duration {
     let r = &inner.config.retry;
     let ceiling = r.base.saturating_mul(1u32 << attempt.min(16)).min(r.cap);
@@ -96,7 +91,7 @@ pub(crate) async fn completions(
     endpoint: Endpoint,
     path: &'static str,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let rid = request_id(&headers);
     let started = Instant::now();
@@ -138,25 +133,22 @@ async fn serve(
     endpoint: Endpoint,
     path: &'static str,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Body,
     started: Instant,
 ) -> Result<Done, Refuse> {
     let inner = &*gw.inner;
     let Some(tenant) = inner.tenant(bearer(headers)) else {
         return Err((None, "none".into(), ApiError::Unauthorized));
     };
-    let bad = |message: String, param| {
-        (
-            Some(tenant),
-            "none".to_owned(),
-            ApiError::BadRequest { message, param },
-        )
-    };
-    let json: Value = serde_json::from_slice(&body)
-        .map_err(|e| bad(format!("The body is not valid JSON: {e}"), None))?;
-    let Some(name) = json.get("model").and_then(Value::as_str) else {
-        return Err(bad("The body has no `model`.".into(), Some("model")));
-    };
+    let refuse = |e: ApiError| (Some(tenant), "none".to_owned(), e);
+    request::check_content_type(headers).map_err(refuse)?;
+    let header_wait = request::header_max_wait(headers).map_err(refuse)?;
+    let server = &inner.config.server;
+    let body = request::read_body(headers, body, server.max_body_bytes, server.body_timeout)
+        .await
+        .map_err(refuse)?;
+    let (json, name) = request::parse(endpoint, &body).map_err(refuse)?;
+    let name = name.as_str();
     let Some(&first) = inner.by_name.get(name) else {
         return Err((
             Some(tenant),
@@ -176,7 +168,7 @@ async fn serve(
         .and_then(|t| t.max_wait)
         .unwrap_or(inner.config.queue.max_wait)
         .min(inner.config.queue.max_wait);
-    if let Some(h) = header_max_wait(headers) {
+    if let Some(h) = header_wait {
         max_wait = max_wait.min(h);
     }
     let weight = t.map_or(1, |t| t.weight);
@@ -642,11 +634,22 @@ pub(crate) async fn other(
     method: Method,
     uri: http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let inner = &*gw.inner;
     let Some(tenant) = inner.tenant(bearer(&headers)) else {
         return ApiError::Unauthorized.into_response();
+    };
+    let header_wait = match request::header_max_wait(&headers) {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
+    let server = &inner.config.server;
+    let body = match request::read_body(&headers, body, server.max_body_bytes, server.body_timeout)
+        .await
+    {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
     };
     let named = serde_json::from_slice::<Value>(&body).ok().and_then(|j| {
         j.get("model")
@@ -661,7 +664,7 @@ pub(crate) async fn other(
         return ApiError::ModelNotFound("(none configured)".into()).into_response();
     };
     let model = &inner.models[mi];
-    let max_wait = header_max_wait(&headers)
+    let max_wait = header_wait
         .unwrap_or(inner.config.queue.max_wait)
         .min(inner.config.queue.max_wait);
     let decision = inner

@@ -2,12 +2,19 @@
 //! (`/healthz`, `/readyz`, `/metrics`).
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use std::sync::Arc;
+
+use axum::body::{Body, HttpBody};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
-use bytes::Bytes;
+use futures::StreamExt;
 use sluice_limiter::OnError;
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
 
 use crate::estimate::Endpoint;
 use crate::proxy;
@@ -30,24 +37,35 @@ impl Gateway {
     /// `GET /v1/quotas` and `POST /v1/admin/accounts/{upstream}/{account}/enable`. The
     /// sidecar serves it as its forward proxy, beside its own operational routes.
     pub fn api_router(&self) -> Router {
-        let limit = self.inner.config.server.max_body_bytes;
+        let in_flight = Arc::new(Semaphore::new(
+            self.inner.config.server.max_connections.get() as usize,
+        ));
         Router::new()
             .route(
                 "/v1/chat/completions",
-                post(|State(g): State<Gateway>, h: HeaderMap, b: Bytes| {
-                    proxy::completions(g, Endpoint::Chat, "/chat/completions", h, b)
+                post(|State(g): State<Gateway>, req: Request| {
+                    let (parts, body) = req.into_parts();
+                    proxy::completions(g, Endpoint::Chat, "/chat/completions", parts.headers, body)
                 }),
             )
             .route(
                 "/v1/completions",
-                post(|State(g): State<Gateway>, h: HeaderMap, b: Bytes| {
-                    proxy::completions(g, Endpoint::Completions, "/completions", h, b)
+                post(|State(g): State<Gateway>, req: Request| {
+                    let (parts, body) = req.into_parts();
+                    proxy::completions(
+                        g,
+                        Endpoint::Completions,
+                        "/completions",
+                        parts.headers,
+                        body,
+                    )
                 }),
             )
             .route(
                 "/v1/embeddings",
-                post(|State(g): State<Gateway>, h: HeaderMap, b: Bytes| {
-                    proxy::completions(g, Endpoint::Embeddings, "/embeddings", h, b)
+                post(|State(g): State<Gateway>, req: Request| {
+                    let (parts, body) = req.into_parts();
+                    proxy::completions(g, Endpoint::Embeddings, "/embeddings", parts.headers, body)
                 }),
             )
             .route("/v1/models", get(models))
@@ -57,9 +75,36 @@ impl Gateway {
                 post(enable),
             )
             .route("/v1/{*rest}", any(other))
-            .layer(DefaultBodyLimit::max(limit))
+            .layer(axum::middleware::from_fn_with_state(
+                in_flight,
+                limit_in_flight,
+            ))
             .with_state(self.clone())
     }
+}
+
+/// Bounds the requests in flight to `server.max_connections`: one more gets an
+/// immediate 503 with `Retry-After` (never a wait). A streamed answer holds its slot
+/// until the stream ends.
+async fn limit_in_flight(
+    State(slots): State<Arc<Semaphore>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Ok(permit) = slots.try_acquire_owned() else {
+        metrics::counter!("sluice_requests_total", "model" => "none", "tenant" => "unknown", "account" => "none", "outcome" => "busy").increment(1);
+        return ApiError::Busy.into_response();
+    };
+    let resp = next.run(req).await;
+    if resp.body().size_hint().exact().is_some() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let stream = body.into_data_stream().map(move |chunk| {
+        let _held = &permit;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
 }
 
 /// `GET /v1/quotas`: every model × account as the shared store holds it.
@@ -127,11 +172,7 @@ async fn enable(
 
 async fn other(State(g): State<Gateway>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let limit = g.inner.config.server.max_body_bytes;
-    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
-        return (StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
-    };
-    proxy::other(g, parts.method, parts.uri, parts.headers, bytes).await
+    proxy::other(g, parts.method, parts.uri, parts.headers, body).await
 }
 
 async fn models(State(g): State<Gateway>) -> Response {

@@ -1,8 +1,14 @@
 //! Integration tests of `sluice-gateway`: one module per concern, against the real
-//! `sluice-sim`, real `redis-server` processes and real gateway processes.
+//! `sluice-sim`, a counting stub upstream, real `redis-server` processes and real
+//! gateway processes.
 
+mod stub;
 mod support;
 
+mod bad_input;
 mod e2e_fleet;
 mod flow;
 mod routes;
+mod safe_defaults;
+mod secrets;
+mod slow_clients;

@@ -160,7 +160,10 @@ async fn every_key_expires() {
     for k in &keys {
         // Account `e`'s keys would end in `:w:e` or `:s:e` (a reconcile mark ends in a
         // random hex id, which may well contain `:e`).
-        assert!(!k.ends_with(":w:e") && !k.ends_with(":s:e"), "a read created {k}");
+        assert!(
+            !k.ends_with(":w:e") && !k.ends_with(":s:e"),
+            "a read created {k}"
+        );
         let ttl: i64 = server.cli(&["PTTL", k]).trim().parse().unwrap();
         assert!(ttl > 0, "{k} has no TTL ({ttl})");
         let bound = if k.contains(":s:") {

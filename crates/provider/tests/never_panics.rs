@@ -1,4 +1,5 @@
 //! Property tests: the parsers accept any bytes without panicking, and what they return is sane.
+//! `SLUICE_FUZZ_CASES` sets the case count (default 2,000).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -64,8 +65,15 @@ fn provider() -> impl Strategy<Value = Provider> {
     ]
 }
 
+fn cases() -> u32 {
+    std::env::var("SLUICE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn classify_never_panics_and_waits_are_bounded(status in 100u16..600, h in headers(), b in body(), p in provider(), secs in 0u64..4_000_000_000) {
