@@ -1,4 +1,5 @@
-//! Metrics: the Prometheus recorder (installed once per process) and the metric names.
+//! Logs and metrics: the tracing subscriber of the binaries, the Prometheus recorder
+//! (installed once per process) and the metric names.
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -19,6 +20,21 @@ use std::sync::OnceLock;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the binaries' log subscriber: to stderr, filtered by `SLUICE_LOG` (default
+/// `info`), as text or as JSON lines. Used by `sluice-gateway` and `sluice-sidecar`.
+pub fn init_logs(json: bool) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
 
 /// Installs the Prometheus recorder (once per process) and returns its handle; `None`
 /// when another recorder is already installed.
