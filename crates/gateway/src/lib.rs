@@ -108,3 +108,24 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.server.listen).await?;
     serve(Gateway::new(config)?, listener, shutdown).await
 }
+
+/// Resolves on Ctrl-C or SIGTERM: the shutdown signal of the binaries (`sluice-gateway`,
+/// `sluice-sidecar`), to pass to [`serve`].
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -66,26 +66,7 @@ fn main() -> anyhow::Result<()> {
         // Tests and scripts read the port from this line.
         println!("listening on {addr}");
         tracing::info!(%addr, shared = gateway.is_shared(), models = gateway.config().models.len(), "sluice-gateway started");
-        sluice_gateway::serve(gateway, listener, shutdown_signal()).await?;
+        sluice_gateway::serve(gateway, listener, sluice_gateway::shutdown_signal()).await?;
         Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

@@ -58,26 +58,9 @@ fn main() -> anyhow::Result<()> {
         // Tests and scripts read the port from this line.
         println!("listening on {addr}");
         tracing::info!(%addr, shared, name = %options.name, "sluice-sidecar started");
-        sidecar.serve(listener, shutdown_signal()).await?;
+        sidecar
+            .serve(listener, sluice_gateway::shutdown_signal())
+            .await?;
         Ok(())
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }
