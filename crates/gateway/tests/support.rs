@@ -1,8 +1,7 @@
 //! Harness: the simulator in-process, gateways in-process or as real processes, and
 //! a small client.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use sluice_sim::{AccountConfig, Config as SimConfig, Dialect, ModelConfig, SimHandle};
@@ -41,56 +40,29 @@ pub(crate) async fn gateway(toml: &str) -> String {
     url
 }
 
-/// A gateway process started from the real binary; killed when dropped.
+/// A `sluice-gateway` process; killed when dropped.
 pub(crate) struct GatewayProcess {
-    child: Child,
+    service: sluice_testkit::Service,
     pub(crate) url: String,
-    _dir: tempfile::TempDir,
 }
 
 impl GatewayProcess {
     pub(crate) fn start(toml: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sluice.toml");
-        std::fs::write(&path, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
-            .arg("--config")
-            .arg(&path)
-            .args(["--listen", "127.0.0.1:0"])
-            .env("SLUICE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("gateway binary starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self {
-            child,
-            url: format!("http://{addr}"),
-            _dir: dir,
-        }
+        let service = sluice_testkit::Service::start(
+            env!("CARGO_BIN_EXE_sluice-gateway"),
+            toml,
+            &[],
+            &[("SLUICE_LOG", "warn".to_owned())],
+            Stdio::null(),
+        );
+        let url = service.url().to_owned();
+        Self { service, url }
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
     pub(crate) fn terminate(&mut self) -> bool {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        self.child.wait().map(|s| s.success()).unwrap_or(false)
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.service.signal("TERM");
+        self.service.wait()
     }
 }
 

@@ -1,7 +1,6 @@
 //! Harness: the simulator, in-process gateways, sidecar processes, a client, polling.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sluice_sim::config::{AccountModel, Background};
@@ -65,59 +64,27 @@ pub(crate) async fn gateway(toml: &str) -> String {
 
 /// A `sluice-sidecar` process; killed when dropped.
 pub(crate) struct SidecarProcess {
-    pub(crate) child: Child,
+    service: sluice_testkit::Service,
     pub(crate) url: String,
-    _dir: tempfile::TempDir,
 }
 
 impl SidecarProcess {
     pub(crate) fn start(toml: &str, name: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sluice.toml");
-        std::fs::write(&path, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-sidecar"))
-            .arg("--config")
-            .arg(&path)
-            .args(["--listen", "127.0.0.1:0", "--name", name])
-            .env(
-                "SLUICE_LOG",
-                std::env::var("SIDECAR_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("sidecar binary starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self {
-            child,
-            url: format!("http://{addr}"),
-            _dir: dir,
-        }
+        let log = std::env::var("SIDECAR_LOG").unwrap_or_else(|_| "warn".into());
+        let service = sluice_testkit::Service::start(
+            env!("CARGO_BIN_EXE_sluice-sidecar"),
+            toml,
+            &["--name", name],
+            &[("SLUICE_LOG", log)],
+            Stdio::inherit(),
+        );
+        let url = service.url().to_owned();
+        Self { service, url }
     }
 
     /// Sends `signal` (`STOP`, `CONT`, `KILL`) to the process.
     pub(crate) fn signal(&self, signal: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{signal}"), &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -{signal}");
-    }
-}
-
-impl Drop for SidecarProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        assert!(self.service.signal(signal), "kill -{signal}");
     }
 }
 

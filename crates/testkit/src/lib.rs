@@ -358,3 +358,78 @@ impl RedisCluster {
         &mut self.nodes
     }
 }
+
+/// One of the project's binaries started on a configuration file of its own (`--config`
+/// in a temp dir, `--listen 127.0.0.1:0` plus `args`), once it has printed its
+/// `listening on ADDR` line; killed when dropped.
+pub struct Service {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Service {
+    /// Starts `binary` with `toml` as its configuration, `args` after the listen flag,
+    /// `env` set and stderr sent to `stderr`.
+    pub fn start(
+        binary: &str,
+        toml: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        stderr: Stdio,
+    ) -> Self {
+        use std::io::{BufRead, BufReader};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, toml).expect("write the configuration");
+        let mut child = Command::new(binary)
+            .arg("--config")
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary} starts: {e}"));
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("read the first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self {
+            child,
+            url: format!("http://{addr}"),
+            _dir: dir,
+        }
+    }
+
+    /// `http://ADDR` of the listener.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends `signal` (`TERM`, `STOP`, `CONT`, `KILL`, …) with `kill`; true when sent.
+    pub fn signal(&self, signal: &str) -> bool {
+        Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Waits for the process to exit; true when it exited with success.
+    pub fn wait(&mut self) -> bool {
+        self.child.wait().is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
