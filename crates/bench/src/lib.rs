@@ -8,14 +8,21 @@
 //! gateways, plays the [`fleet::schedule`] once per mode against a freshly reset
 //! simulator whose `/stats` is the referee, and returns a [`report::Report`] (table,
 //! JSON, self-contained HTML).
+//!
+//! [`soak::soak`] is the other use: a long run at about the quota with faults injected
+//! on a seeded schedule (Redis killed and paused, gateways and the sidecar killed), then
+//! checks that memory stayed flat, no Redis key outlived its window and the simulator
+//! saw no limit exceeded.
 
 pub mod client;
 pub mod fleet;
 pub mod modes;
 pub mod procs;
 pub mod report;
+mod resp;
 pub mod runner;
 pub mod scenario;
+pub mod soak;
 pub mod summary;
 
 use std::path::PathBuf;

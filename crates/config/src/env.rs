@@ -1,5 +1,6 @@
-//! `${ENV_VAR}` expansion in every string of the file, and `SLUICE_SECTION__KEY`
-//! overrides applied before the schema is checked (so errors still name the key).
+//! `${ENV_VAR}` and `${file:/path}` expansion in every string of the file, and
+//! `SLUICE_SECTION__KEY` overrides applied before the schema is checked (so errors
+//! still name the key).
 
 use crate::error::ConfigError;
 
@@ -33,24 +34,39 @@ impl Env for std::collections::HashMap<String, String> {
     }
 }
 
-/// Expands `${NAME}` (and `${NAME:-default}`) in every string of `value`; `$$` is a literal `$`.
+/// Expands `${NAME}`, `${NAME:-default}` and `${file:/path}` (the file's content, less
+/// one trailing newline: a mounted secret) in every string of `value`; `$$` is a
+/// literal `$`. Returns the paths of the strings that took a value from the
+/// environment or a file.
 pub(crate) fn expand(
     value: &mut toml::Value,
     path: &mut String,
     env: &dyn Env,
+    expanded: &mut Vec<String>,
 ) -> Result<(), ConfigError> {
     match value {
         toml::Value::String(s) if s.contains('$') => {
-            *s = expand_str(s, env).map_err(|var| ConfigError::MissingEnv {
-                path: path.clone(),
-                var,
+            let (text, substituted) = expand_str(s, env).map_err(|e| match e {
+                ExpandError::MissingVar(var) => ConfigError::MissingEnv {
+                    path: path.clone(),
+                    var,
+                },
+                ExpandError::File { file, error } => ConfigError::SecretFile {
+                    path: path.clone(),
+                    file,
+                    error,
+                },
             })?;
+            *s = text;
+            if substituted {
+                expanded.push(path.clone());
+            }
         }
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                expand(item, path, env)?;
+                expand(item, path, env, expanded)?;
                 path.truncate(len);
             }
         }
@@ -61,7 +77,7 @@ pub(crate) fn expand(
                     path.push('.');
                 }
                 path.push_str(k);
-                expand(item, path, env)?;
+                expand(item, path, env, expanded)?;
                 path.truncate(len);
             }
         }
@@ -70,9 +86,41 @@ pub(crate) fn expand(
     Ok(())
 }
 
-/// Expands one string; the error is the name of a variable that is not set.
-fn expand_str(s: &str, env: &dyn Env) -> Result<String, String> {
+/// Why a `${...}` could not be expanded.
+#[derive(Debug, PartialEq)]
+enum ExpandError {
+    /// The variable is not set and has no default.
+    MissingVar(String),
+    /// The secret file cannot be read.
+    File { file: String, error: String },
+}
+
+/// The content of a secret file, less one trailing newline (`echo key > file`).
+fn read_secret_file(file: &str) -> Result<String, ExpandError> {
+    let fail = |error: String| ExpandError::File {
+        file: file.to_owned(),
+        error,
+    };
+    if !std::path::Path::new(file).is_absolute() {
+        return Err(fail("the path is not absolute".to_owned()));
+    }
+    let mut text = std::fs::read_to_string(file).map_err(|e| fail(e.to_string()))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(fail("the file is empty".to_owned()));
+    }
+    Ok(text)
+}
+
+/// Expands one string; returns it and whether anything came from the environment or a file.
+fn expand_str(s: &str, env: &dyn Env) -> Result<(String, bool), ExpandError> {
     let mut out = String::with_capacity(s.len());
+    let mut substituted = false;
     let mut rest = s;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
@@ -83,18 +131,30 @@ fn expand_str(s: &str, env: &dyn Env) -> Result<String, String> {
         } else if let Some(after) = rest.strip_prefix("${") {
             let Some(end) = after.find('}') else {
                 out.push_str(rest);
-                return Ok(out);
+                return Ok((out, substituted));
             };
             let inner = &after[..end];
+            if let Some(file) = inner.strip_prefix("file:") {
+                out.push_str(&read_secret_file(file)?);
+                substituted = true;
+                rest = &after[end + 1..];
+                continue;
+            }
             let (name, default) = match inner.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (inner, None),
             };
             match (env.var(name), default) {
-                (Some(v), _) if !(v.is_empty() && default.is_some()) => out.push_str(&v),
+                (Some(v), _) if !(v.is_empty() && default.is_some()) => {
+                    out.push_str(&v);
+                    substituted = true;
+                }
                 (_, Some(d)) => out.push_str(d),
-                (Some(v), None) => out.push_str(&v),
-                (None, None) => return Err(name.to_owned()),
+                (Some(v), None) => {
+                    out.push_str(&v);
+                    substituted = true;
+                }
+                (None, None) => return Err(ExpandError::MissingVar(name.to_owned())),
             }
             rest = &after[end + 1..];
         } else {
@@ -103,7 +163,7 @@ fn expand_str(s: &str, env: &dyn Env) -> Result<String, String> {
         }
     }
     out.push_str(rest);
-    Ok(out)
+    Ok((out, substituted))
 }
 
 /// Applies an override `section.key = text` to the raw tree. The text is read as a TOML
@@ -182,12 +242,57 @@ mod tests {
     #[test]
     fn expands_defaults_and_escapes() {
         let e = env(&[("A", "x"), ("EMPTY", "")]);
-        assert_eq!(expand_str("${A}-${A}", &e).unwrap(), "x-x");
-        assert_eq!(expand_str("${B:-dflt}", &e).unwrap(), "dflt");
-        assert_eq!(expand_str("${EMPTY:-d}", &e).unwrap(), "d");
-        assert_eq!(expand_str("$$5 and $x", &e).unwrap(), "$5 and $x");
-        assert_eq!(expand_str("${B}", &e).unwrap_err(), "B");
-        assert_eq!(expand_str("${unclosed", &e).unwrap(), "${unclosed");
+        let text = |s: &str| expand_str(s, &e).map(|(t, _)| t);
+        assert_eq!(expand_str("${A}-${A}", &e).unwrap(), ("x-x".into(), true));
+        assert_eq!(
+            expand_str("${B:-dflt}", &e).unwrap(),
+            ("dflt".into(), false)
+        );
+        assert_eq!(text("${EMPTY:-d}").unwrap(), "d");
+        assert_eq!(
+            expand_str("$$5 and $x", &e).unwrap(),
+            ("$5 and $x".into(), false)
+        );
+        assert_eq!(
+            text("${B}").unwrap_err(),
+            ExpandError::MissingVar("B".into())
+        );
+        assert_eq!(text("${unclosed").unwrap(), "${unclosed");
+    }
+
+    #[test]
+    fn secret_files_are_read_less_one_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, content: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, content).unwrap();
+            p.display().to_string()
+        };
+        let e = env(&[]);
+        let crlf = file("crlf", "sk-a\r\n");
+        let two = file("two", "sk-b\n\n");
+        assert_eq!(
+            expand_str(&format!("${{file:{crlf}}}"), &e).unwrap(),
+            ("sk-a".into(), true)
+        );
+        assert_eq!(
+            expand_str(&format!("${{file:{two}}}"), &e).unwrap().0,
+            "sk-b\n"
+        );
+        let empty = file("empty", "\n");
+        for (arg, why) in [
+            (empty.as_str(), "empty"),
+            ("relative/key", "not absolute"),
+            ("/nonexistent/sluice/key", "No such file"),
+        ] {
+            match expand_str(&format!("${{file:{arg}}}"), &e).unwrap_err() {
+                ExpandError::File { file, error } => {
+                    assert_eq!(file, arg);
+                    assert!(error.contains(why), "{error}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

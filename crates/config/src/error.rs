@@ -35,6 +35,16 @@ pub enum ConfigError {
         /// The variable.
         var: String,
     },
+    /// A `${file:/path}` names a secret file that cannot be used.
+    #[error("{path}: cannot read the secret file {file}: {error}")]
+    SecretFile {
+        /// The key path.
+        path: String,
+        /// The file.
+        file: String,
+        /// Why (never the content).
+        error: String,
+    },
     /// A flag or `SLUICE_*` override cannot be applied.
     #[error("override {origin}: {message}")]
     Override {

@@ -46,7 +46,7 @@ pub use model::{
     Server, Sidecar, Store, Tenant, Tokenizer, Upstream,
 };
 pub use presets::{PRESETS, Preset, preset};
-pub use secret::Secret;
+pub use secret::{KeyDigest, Secret};
 
 /// One override from the command line: a dotted key (`server.listen`) and its value as text.
 pub type Override = (String, String);
@@ -77,11 +77,54 @@ pub fn from_str(text: &str, flags: &[Override], env: &dyn Env) -> Result<Config,
             &format!("--{}", path.replace('.', "-")),
         )?;
     }
-    env::expand(&mut root, &mut String::new(), env)?;
+    let mut expanded = Vec::new();
+    env::expand(&mut root, &mut String::new(), env, &mut expanded)?;
+    let secrets_in_file = secrets_written_in_file(&root, &expanded);
     let raw: raw::RawConfig =
         serde_path_to_error::deserialize(root).map_err(|e| ConfigError::Schema {
             path: e.path().to_string(),
             message: e.inner().to_string(),
         })?;
-    validate::validate(raw)
+    let mut config = validate::validate(raw)?;
+    config.secrets_in_file = secrets_in_file;
+    Ok(config)
+}
+
+/// The paths of the secrets that are written out in the configuration itself rather
+/// than taken from the environment or a secret file: provider keys, tenant and admin
+/// keys (their `_sha256` forms are fine), and a password in the Redis URL.
+fn secrets_written_in_file(root: &toml::Value, expanded: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut check = |path: String, value: Option<&toml::Value>| {
+        if value.is_some_and(toml::Value::is_str) && !expanded.contains(&path) {
+            found.push(path);
+        }
+    };
+    let list = |v: &toml::Value, k: &str| {
+        v.get(k)
+            .and_then(toml::Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for (i, upstream) in list(root, "upstreams").iter().enumerate() {
+        for (k, key) in list(upstream, "keys").iter().enumerate() {
+            check(format!("upstreams[{i}].keys[{k}]"), Some(key));
+        }
+    }
+    for (i, tenant) in list(root, "tenants").iter().enumerate() {
+        check(format!("tenants[{i}].key"), tenant.get("key"));
+    }
+    if let Some(sidecar) = root.get("sidecar") {
+        let key = sidecar.get("admin_key").filter(|k| k.as_str() != Some(""));
+        check("sidecar.admin_key".to_owned(), key);
+    }
+    let redis_url = root.get("store").and_then(|s| s.get("redis_url"));
+    let has_password = redis_url
+        .and_then(toml::Value::as_str)
+        .and_then(|u| url::Url::parse(u).ok())
+        .is_some_and(|u| u.password().is_some());
+    if has_password {
+        check("store.redis_url".to_owned(), redis_url);
+    }
+    found
 }

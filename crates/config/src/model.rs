@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::ConfigError;
-use crate::secret::Secret;
+use crate::secret::{KeyDigest, Secret};
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -29,6 +29,10 @@ pub struct Config {
     pub retry: Retry,
     /// `[sidecar]`: the recalibrating sidecar, and what the gateway publishes for it.
     pub sidecar: Sidecar,
+    /// The key paths of secrets written out in the file itself (e.g.
+    /// `upstreams[0].keys[1]`) instead of coming from the environment (`${VAR}`) or a
+    /// secret file (`${file:/run/secrets/...}`). Accepted, but the binaries warn at start.
+    pub secrets_in_file: Vec<String>,
 }
 
 impl Config {
@@ -67,7 +71,10 @@ pub struct Server {
     pub shutdown_grace: Duration,
     /// The largest request body accepted (`max_body_bytes`, default 16 MiB).
     pub max_body_bytes: usize,
-    /// The longest an upstream call may take, streaming included (`upstream_timeout`, default `600s`).
+    /// The longest the upstream may stay silent (`upstream_timeout`, default `600s`):
+    /// before its answer begins, and between two reads of a streamed body. A stream
+    /// that keeps sending is never cut; an attempt that times out is not retried (the
+    /// provider may still be working on it, and charging for it).
     pub upstream_timeout: Duration,
     /// The longest a client may take to send a request's headers (`header_timeout`,
     /// default `10s`); a client that stalls is disconnected.
@@ -258,8 +265,9 @@ pub struct Queue {
 pub struct Tenant {
     /// `name` (in metrics and logs).
     pub name: String,
-    /// `key`: the bearer token the tenant sends.
-    pub key: Secret,
+    /// The digest of the bearer token the tenant sends: `key` (hashed at load) or
+    /// `key_sha256` (its SHA-256 in hex, so that the file never holds the key).
+    pub key: KeyDigest,
     /// `weight` under contention (default 1).
     pub weight: NonZeroU32,
     /// `max_wait`, if lower than the queue's.
@@ -285,9 +293,10 @@ pub struct Retry {
 pub struct Sidecar {
     /// `listen` (default `127.0.0.1:8081`): the sidecar's API, forward proxy and metrics.
     pub listen: SocketAddr,
-    /// `admin_key`: the bearer token of `POST /v1/admin/...` (sidecar and gateway);
-    /// without it the admin endpoints answer 404.
-    pub admin_key: Option<Secret>,
+    /// The digest of the bearer token of `POST /v1/admin/...` (sidecar and gateway):
+    /// `admin_key` (hashed at load) or `admin_key_sha256`; without either the admin
+    /// endpoints are off.
+    pub admin_key: Option<KeyDigest>,
     /// `consumer_group` (default `sluice-sidecar`): one group per fleet.
     pub consumer_group: String,
     /// `consumer_name`: this sidecar's unique name in the group (default: host name and pid).

@@ -176,7 +176,8 @@ pub(crate) struct RawQueue {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTenant {
     pub(crate) name: String,
-    pub(crate) key: String,
+    pub(crate) key: Option<String>,
+    pub(crate) key_sha256: Option<String>,
     pub(crate) weight: Option<Num<u32>>,
     pub(crate) max_wait: Option<Dur>,
 }
@@ -194,6 +195,7 @@ pub(crate) struct RawRetry {
 pub(crate) struct RawSidecar {
     pub(crate) listen: Option<String>,
     pub(crate) admin_key: Option<String>,
+    pub(crate) admin_key_sha256: Option<String>,
     pub(crate) consumer_group: Option<String>,
     pub(crate) consumer_name: Option<String>,
     pub(crate) claim_after: Option<Dur>,

@@ -9,13 +9,45 @@ use crate::error::ConfigError;
 use crate::model::*;
 use crate::presets::preset;
 use crate::raw::{Num, RawConfig, RawLimit, RawModel};
-use crate::secret::Secret;
+use crate::secret::{KeyDigest, Secret};
 
 fn invalid(path: impl Into<String>, value: impl std::fmt::Display, expected: &str) -> ConfigError {
     ConfigError::Invalid {
         path: path.into(),
         value: value.to_string(),
         expected: expected.to_owned(),
+    }
+}
+
+/// The digest of a bearer token written as `<section>.<field>` (the token, at least
+/// `min_len` characters) or `<section>.<field>_sha256` (64 hex digits); at most one.
+fn bearer_digest(
+    section: &str,
+    field: &str,
+    plain: Option<&str>,
+    sha256: Option<&str>,
+    min_len: usize,
+) -> Result<Option<KeyDigest>, ConfigError> {
+    match (plain, sha256) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(invalid(
+            format!("{section}.{field}_sha256"),
+            format!("both {field} and {field}_sha256"),
+            &format!("one of {field} or {field}_sha256"),
+        )),
+        (Some(k), None) if k.chars().count() < min_len => Err(invalid(
+            format!("{section}.{field}"),
+            format!("a key of {} characters", k.chars().count()),
+            &format!("a key of at least {min_len} characters"),
+        )),
+        (Some(k), None) => Ok(Some(KeyDigest::of(k))),
+        (None, Some(hex)) => KeyDigest::from_hex(hex.trim()).map(Some).ok_or_else(|| {
+            invalid(
+                format!("{section}.{field}_sha256"),
+                format!("a value of {} characters", hex.len()),
+                "a SHA-256 digest as 64 hexadecimal digits (e.g. from `printf %s \"$KEY\" | sha256sum`)",
+            )
+        }),
     }
 }
 
@@ -180,14 +212,15 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 name: t.name,
             });
         }
-        if t.key.len() < 8 {
-            return Err(invalid(
-                format!("{path}.key"),
-                format!("a key of {} characters", t.key.len()),
-                "a key of at least 8 characters",
-            ));
-        }
-        if tenants.iter().any(|x: &Tenant| x.key.expose() == t.key) {
+        let key = bearer_digest(&path, "key", t.key.as_deref(), t.key_sha256.as_deref(), 8)?
+            .ok_or_else(|| {
+                invalid(
+                    format!("{path}.key"),
+                    "nothing",
+                    "a key (`key`, at least 8 characters) or its SHA-256 (`key_sha256`, 64 hex digits)",
+                )
+            })?;
+        if tenants.iter().any(|x: &Tenant| x.key.matches(&key)) {
             return Err(ConfigError::Duplicate {
                 path: format!("{path}.key"),
                 what: "key of tenant",
@@ -198,7 +231,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             weight: nz32(&format!("{path}.weight"), t.weight, 1)?,
             max_wait: t.max_wait.map(|d| d.0),
             name: t.name,
-            key: Secret::new(t.key),
+            key,
         });
     }
 
@@ -219,6 +252,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         tenants,
         retry,
         sidecar,
+        secrets_in_file: Vec::new(),
     })
 }
 
@@ -234,18 +268,13 @@ fn sidecar(raw: crate::raw::RawSidecar) -> Result<Sidecar, ConfigError> {
             )
         })?,
     };
-    let admin_key = match raw.admin_key {
-        None => None,
-        Some(k) if k.is_empty() => None,
-        Some(k) if k.len() < 16 => {
-            return Err(invalid(
-                "sidecar.admin_key",
-                format!("a key of {} characters", k.len()),
-                "a key of at least 16 characters (or none, to turn the admin endpoints off)",
-            ));
-        }
-        Some(k) => Some(Secret::new(k)),
-    };
+    let admin_key = bearer_digest(
+        "sidecar",
+        "admin_key",
+        raw.admin_key.as_deref().filter(|k| !k.is_empty()),
+        raw.admin_key_sha256.as_deref().filter(|k| !k.is_empty()),
+        16,
+    )?;
     let fraction = |path: &str, v: Option<f64>, default: f64, lo: f64, hi: f64| {
         let v = v.unwrap_or(default);
         if v.is_finite() && v >= lo && v <= hi {

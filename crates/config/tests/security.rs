@@ -1,6 +1,8 @@
 //! Safe defaults of `[server]`: loopback by default, slow-client timeouts, a bound on
 //! concurrent requests, and no unauthenticated gateway beyond this machine unless the
-//! operator writes a setting that says it is insecure.
+//! operator writes a setting that says it is insecure. Secrets: provider keys from the
+//! environment or secret files, tenant and admin keys kept only as SHA-256 digests,
+//! and every secret written out in the file itself reported.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -102,4 +104,143 @@ fn a_public_address_is_served_with_tenants_or_the_insecure_setting() {
         .unwrap()
         .check_exposure()
         .unwrap();
+}
+
+/// The digest as an operator makes it: `printf %s "$KEY" | sha256sum`.
+fn digest_hex(key: &str) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(key.as_bytes())?;
+            child.wait_with_output()
+        })
+        .expect("sha256sum runs");
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+#[test]
+fn tenant_and_admin_keys_may_be_stored_as_sha256_digests() {
+    let hex = digest_hex("tenant-key");
+    let extra = format!(
+        "\n[[tenants]]\nname = \"app\"\nkey_sha256 = \"{hex}\"\n[[tenants]]\nname = \"b\"\nkey = \"other-key\"\n[sidecar]\nadmin_key_sha256 = \"{}\"\n",
+        digest_hex("admin-key-0123456789").to_uppercase()
+    );
+    let c = load("", &extra).unwrap();
+    let tenant = sluice_config::KeyDigest::of("tenant-key");
+    assert!(c.tenants[0].key.matches(&tenant));
+    assert!(!c.tenants[1].key.matches(&tenant));
+    assert!(
+        c.sidecar
+            .admin_key
+            .as_ref()
+            .unwrap()
+            .matches(&sluice_config::KeyDigest::of("admin-key-0123456789"))
+    );
+    // A hashed key that equals another tenant's plain key is a duplicate.
+    let dup = format!(
+        "\n[[tenants]]\nname = \"a\"\nkey = \"tenant-key\"\n[[tenants]]\nname = \"b\"\nkey_sha256 = \"{hex}\"\n"
+    );
+    let e = load("", &dup).unwrap_err().to_string();
+    assert!(
+        e.contains("tenants[1].key") && e.contains("duplicate"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_key_digests_are_refused_naming_the_key() {
+    let hex = digest_hex("tenant-key");
+    for (extra, path, says) in [
+        (
+            "\n[[tenants]]\nname = \"a\"\nkey_sha256 = \"abc\"\n".to_owned(),
+            "tenants[0].key_sha256",
+            "64 hexadecimal digits",
+        ),
+        (
+            format!(
+                "\n[[tenants]]\nname = \"a\"\nkey_sha256 = \"{}zz\"\n",
+                &hex[2..]
+            ),
+            "tenants[0].key_sha256",
+            "64 hexadecimal digits",
+        ),
+        (
+            format!("\n[[tenants]]\nname = \"a\"\nkey = \"tenant-key\"\nkey_sha256 = \"{hex}\"\n"),
+            "tenants[0].key_sha256",
+            "one of key or key_sha256",
+        ),
+        (
+            "\n[[tenants]]\nname = \"a\"\n".to_owned(),
+            "tenants[0].key",
+            "key_sha256",
+        ),
+        (
+            "\n[sidecar]\nadmin_key_sha256 = \"00\"\n".to_owned(),
+            "sidecar.admin_key_sha256",
+            "64 hexadecimal digits",
+        ),
+    ] {
+        let e = load("", &extra).unwrap_err().to_string();
+        assert!(e.contains(path) && e.contains(says), "{extra}: {e}");
+    }
+}
+
+#[test]
+fn provider_keys_come_from_secret_files_and_the_file_never_shows_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openai-a");
+    std::fs::write(&file, "sk-from-file-1234\n").unwrap();
+    let text = format!(
+        "[[upstreams]]\nname = \"sim\"\nbase_url = \"http://127.0.0.1:1/v1\"\nkeys = [\"${{file:{}}}\", \"${{KEY_B}}\"]\n[[models]]\nname = \"m\"\nupstream = \"sim\"\nrpm = 60\n",
+        file.display()
+    );
+    let env: HashMap<String, String> = [("KEY_B".to_owned(), "sk-from-env".to_owned())].into();
+    let c = from_str(&text, &[], &env).unwrap();
+    assert_eq!(c.upstreams[0].keys[0].expose(), "sk-from-file-1234");
+    assert_eq!(c.upstreams[0].keys[1].expose(), "sk-from-env");
+    assert!(c.secrets_in_file.is_empty(), "{:?}", c.secrets_in_file);
+
+    let missing = text.replace("openai-a", "openai-missing");
+    let e = from_str(&missing, &[], &env).unwrap_err();
+    assert!(matches!(e, ConfigError::SecretFile { .. }), "{e:?}");
+    let e = e.to_string();
+    assert!(
+        e.contains("upstreams[0].keys[0]") && e.contains("openai-missing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn secrets_written_out_in_the_file_are_listed_by_path() {
+    let env: HashMap<String, String> = [("PW".to_owned(), "pw".to_owned())].into();
+    let extra = format!(
+        "{TENANT}[[tenants]]\nname = \"b\"\nkey_sha256 = \"{}\"\n[sidecar]\nadmin_key = \"admin-key-0123456789\"\n",
+        digest_hex("b-key-123")
+    );
+    let text = format!("[store]\nredis_url = \"redis://:secret@127.0.0.1:6379\"\n{BASE}{extra}");
+    let c = from_str(&text, &[], &env).unwrap();
+    assert_eq!(
+        c.secrets_in_file,
+        [
+            "upstreams[0].keys[0]",
+            "tenants[0].key",
+            "sidecar.admin_key",
+            "store.redis_url"
+        ]
+    );
+    // From the environment, the same values are not listed; a URL without a password is fine.
+    let text = format!("[store]\nredis_url = \"redis://:${{PW}}@127.0.0.1:6379\"\n{BASE}")
+        .replace("\"k0\"", "\"${PW}\"");
+    let c = from_str(&text, &[], &env).unwrap();
+    assert!(c.secrets_in_file.is_empty(), "{:?}", c.secrets_in_file);
+    let c = from_str(
+        &format!("[store]\nredis_url = \"redis://127.0.0.1:6379\"\n{BASE}"),
+        &[],
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.secrets_in_file, ["upstreams[0].keys[0]"]);
 }

@@ -30,7 +30,7 @@ use std::future::Future;
 pub use error::StartError;
 pub use sluice_config as config;
 pub use state::Gateway;
-pub use telemetry::init_logs;
+pub use telemetry::{Telemetry, init_logs};
 
 /// Serves `gateway` on `listener` until `shutdown` resolves, then stops accepting and
 /// waits for in-flight requests (streams included) for up to the configured

@@ -35,7 +35,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    sluice_gateway::init_logs(args.log_json);
+    // Flushes the spans not yet exported when dropped, even on an early error return.
+    let telemetry = sluice_gateway::init_logs(args.log_json);
     let mut flags = Vec::new();
     let mut put = |k: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -59,7 +60,7 @@ fn main() -> anyhow::Result<()> {
         })?;
     config.check_exposure().context("refusing to start")?;
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let gateway = Gateway::new(config).context("cannot start")?;
         let listener = tokio::net::TcpListener::bind(gateway.config().server.listen).await.context("cannot listen")?;
         let addr = listener.local_addr()?;
@@ -68,5 +69,9 @@ fn main() -> anyhow::Result<()> {
         tracing::info!(%addr, shared = gateway.is_shared(), models = gateway.config().models.len(), "sluice-gateway started");
         sluice_gateway::serve(gateway, listener, sluice_gateway::shutdown_signal()).await?;
         Ok(())
-    })
+    });
+    // Outside the runtime: the exporter's HTTP client blocks.
+    drop(runtime);
+    telemetry.shutdown();
+    served
 }

@@ -9,14 +9,19 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
-use sluice_limiter::{Cost, Decision, LimitError, RefusalReason, Reservation, StateChange, Store};
+use sluice_limiter::{
+    Cost, Decision, LimitError, LimitId, RefusalReason, Remaining, Reservation, StateChange, Store,
+};
 use sluice_provider::{ErrorClass, classify};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
 
 use crate::error::{ApiError, RateLimited, ratelimit_headers};
 use crate::estimate::{Endpoint, output_tokens, prompt_tokens};
 use crate::request;
 use crate::state::{Gateway, Inner, ModelState};
-use crate::stream::SseRelay;
+use crate::stream::{SseRelay, settle_traced};
+use crate::telemetry::{self, SPANS};
 use crate::usage::{Settle, reconcile, usage_in};
 
 /// Headers never copied from an upstream answer.
@@ -74,10 +79,17 @@ fn jitter(inner: &Inner, attempt: u32) -> Duration {
     ceiling.mul_f64(rand::random::<f64>())
 }
 
+/// What bound a refusal, for its log line and span: the account (its name, never its
+/// key) and the limit (`100 requests per 60s`).
+struct Bound {
+    account: String,
+    limit: String,
+}
+
 /// What stopped the last try, to answer with when every model is exhausted.
 enum Failure {
     None,
-    Refused(RateLimited),
+    Refused(RateLimited, Bound),
     TooLarge(ApiError),
     Disabled { model: String, reason: String },
     StoreDown(Duration),
@@ -95,26 +107,82 @@ pub(crate) async fn completions(
 ) -> Response {
     let rid = request_id(&headers);
     let started = Instant::now();
-    let (tenant, mut resp, model, account, outcome) =
-        match serve(&gw, endpoint, path, &headers, body, started).await {
+    let span = tracing::trace_span!(
+        target: SPANS,
+        "request",
+        otel.kind = "server",
+        otel.status_code = Empty,
+        request_id = rid.to_str().unwrap_or("?"),
+        route = path,
+        model = Empty,
+        tenant = Empty,
+        account = Empty,
+        outcome = Empty,
+        status = Empty,
+        limit = Empty,
+        retry_after_ms = Empty,
+    );
+    telemetry::continue_trace(&span, &headers);
+    let (tenant, mut resp, model, account, outcome, refusal) =
+        match serve(&gw, endpoint, path, &headers, body, started)
+            .instrument(span.clone())
+            .await
+        {
             Ok(done) => (
                 done.tenant,
                 done.response,
                 done.model,
                 done.account,
                 done.outcome,
+                None,
             ),
-            Err((tenant, model, e)) => {
+            Err((tenant, model, e, bound)) => {
                 let kind = e.kind();
-                (tenant, e.into_response(), model, "none".to_owned(), kind)
+                let refusal = match (&e, bound) {
+                    (ApiError::RateLimited(r), Some(b)) => Some((b, r.retry_after)),
+                    _ => None,
+                };
+                (
+                    tenant,
+                    e.into_response(),
+                    model,
+                    "none".to_owned(),
+                    kind,
+                    refusal,
+                )
             }
         };
     let tenant = tenant
         .map_or("unknown", |t| gw.inner.tenant_name(t))
         .to_owned();
-    tracing::info!(request_id = ?rid, tenant = %tenant, model = %model, account = %account, outcome, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request");
+    let status = resp.status().as_u16();
+    // A refusal names the account (never its key) and the limit that bound it.
+    let (log_account, limit, retry_after_ms) = match &refusal {
+        Some((b, after)) => (
+            b.account.as_str(),
+            Some(b.limit.as_str()),
+            Some(after.as_millis() as u64),
+        ),
+        None => (account.as_str(), None, None),
+    };
+    if !span.is_disabled() {
+        span.record("model", model.as_str());
+        span.record("tenant", tenant.as_str());
+        span.record("account", log_account);
+        span.record("outcome", outcome);
+        span.record("status", status);
+        span.record("limit", limit);
+        span.record("retry_after_ms", retry_after_ms);
+        if status >= 500 {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    tracing::info!(request_id = ?rid, tenant = %tenant, model = %model, account = %log_account, outcome, status, limit, retry_after_ms, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request");
     metrics::counter!("sluice_requests_total", "model" => model, "tenant" => tenant, "account" => account, "outcome" => outcome).increment(1);
     resp.headers_mut().insert("x-request-id", rid);
+    if let Some(trace) = telemetry::trace_id(&span) {
+        resp.headers_mut().insert("x-trace-id", trace);
+    }
     resp
 }
 
@@ -126,7 +194,7 @@ struct Done {
     outcome: &'static str,
 }
 
-type Refuse = (Option<usize>, String, ApiError);
+type Refuse = (Option<usize>, String, ApiError, Option<Bound>);
 
 async fn serve(
     gw: &Gateway,
@@ -137,10 +205,12 @@ async fn serve(
     started: Instant,
 ) -> Result<Done, Refuse> {
     let inner = &*gw.inner;
+    // `serve` runs inside the `request` span.
+    let request_span = Span::current();
     let Some(tenant) = inner.tenant(bearer(headers)) else {
-        return Err((None, "none".into(), ApiError::Unauthorized));
+        return Err((None, "none".into(), ApiError::Unauthorized, None));
     };
-    let refuse = |e: ApiError| (Some(tenant), "none".to_owned(), e);
+    let refuse = |e: ApiError| (Some(tenant), "none".to_owned(), e, None);
     request::check_content_type(headers).map_err(refuse)?;
     let header_wait = request::header_max_wait(headers).map_err(refuse)?;
     let server = &inner.config.server;
@@ -154,6 +224,7 @@ async fn serve(
             Some(tenant),
             "none".into(),
             ApiError::ModelNotFound(name.to_owned()),
+            None,
         ));
     };
     let stream = endpoint != Endpoint::Embeddings
@@ -186,7 +257,7 @@ async fn serve(
 
     let mut failure = Failure::None;
     let chain = inner.models[first].chain.clone();
-    for (hop, &mi) in chain.iter().enumerate() {
+    'models: for (hop, &mi) in chain.iter().enumerate() {
         let model = &inner.models[mi];
         if hop > 0 {
             metrics::counter!("sluice_fallbacks_total", "from" => inner.models[first].cfg.name.clone(), "to" => model.cfg.name.clone()).increment(1);
@@ -222,27 +293,70 @@ async fn serve(
 
         let mut attempt = 0u32;
         while attempt < inner.config.retry.max_attempts.get() {
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            let queue_span = tracing::trace_span!(
+                target: SPANS,
+                "queue_wait",
+                attempt = attempt + 1,
+                model = %model.cfg.name,
+                gate_wait_ms = Empty,
+                slot_wait_ms = Empty,
+                wait_ms = Empty,
+                outcome = Empty,
+            );
+            let gate_t0 = Instant::now();
+            let remaining = deadline.saturating_duration_since(gate_t0);
             let Some(permit) = model.gate.admit(tenant, weight, remaining).await else {
-                failure = Failure::Refused(RateLimited {
-                    model: model.cfg.name.clone(),
-                    retry_after: model.booked_ahead().max(Duration::from_millis(100)),
-                    what: "queue full at this gateway".into(),
-                    remaining: Vec::new(),
-                });
+                queue_span.record("outcome", "queue_full");
+                failure = Failure::Refused(
+                    RateLimited {
+                        model: model.cfg.name.clone(),
+                        retry_after: model.booked_ahead().max(Duration::from_millis(100)),
+                        what: format!(
+                            "queue full at this gateway: queue.booked_ahead = {} requests of this model already hold a slot",
+                            inner.config.queue.booked_ahead
+                        ),
+                        remaining: Vec::new(),
+                    },
+                    Bound {
+                        account: "none".into(),
+                        limit: "queue.booked_ahead at this gateway".into(),
+                    },
+                );
                 break;
             };
             let t0 = Instant::now();
             let remaining = deadline.saturating_duration_since(t0);
+            let acquire_span = tracing::trace_span!(
+                target: SPANS,
+                parent: &queue_span,
+                "limiter.acquire",
+                candidates = model.keys.len(),
+                cost_tokens = cost.input_tokens + cost.output_tokens,
+                otel.status_code = Empty,
+                decision = Empty,
+                account = Empty,
+                quota_key = Empty,
+                reason = Empty,
+                limit = Empty,
+                retry_after_ms = Empty,
+                remaining = Empty,
+            );
             let decision = inner
                 .limiter
                 .acquire(&model.keys, &model.quota, cost, remaining)
+                .instrument(acquire_span.clone())
                 .await;
             metrics::histogram!("sluice_limiter_seconds", "op" => "acquire")
                 .record(t0.elapsed().as_secs_f64());
+            if !queue_span.is_disabled() {
+                queue_span.record("gate_wait_ms", ms(t0 - gate_t0));
+                record_decision(&acquire_span, &decision, model);
+            }
+            drop(acquire_span);
             let res = match decision {
                 Ok(Decision::Granted(res)) => res,
                 Ok(Decision::Refused(r)) => {
+                    queue_span.record("outcome", "refused");
                     failure = match r.reason {
                         RefusalReason::Disabled(reason) => Failure::Disabled {
                             model: model.cfg.name.clone(),
@@ -251,15 +365,25 @@ async fn serve(
                         RefusalReason::Unavailable => {
                             Failure::StoreDown(r.retry_after.unwrap_or(Duration::from_secs(1)))
                         }
-                        reason => Failure::Refused(RateLimited {
-                            model: model.cfg.name.clone(),
-                            retry_after: r
-                                .retry_after
-                                .unwrap_or(max_wait)
-                                .max(Duration::from_millis(1)),
-                            what: describe(&reason, model),
-                            remaining: r.remaining,
-                        }),
+                        reason => Failure::Refused(
+                            RateLimited {
+                                model: model.cfg.name.clone(),
+                                retry_after: r
+                                    .retry_after
+                                    .unwrap_or(max_wait)
+                                    .max(Duration::from_millis(1)),
+                                what: describe(&reason, &r.remaining, model),
+                                remaining: r.remaining.clone(),
+                            },
+                            Bound {
+                                account: model
+                                    .accounts
+                                    .get(r.candidate)
+                                    .map_or("none", |a| a.name.as_str())
+                                    .to_owned(),
+                                limit: binding_limit(&reason, &r.remaining, model),
+                            },
+                        ),
                     };
                     break;
                 }
@@ -294,6 +418,12 @@ async fn serve(
                 tokio::time::sleep(res.wait).await;
             }
             drop(permit);
+            if !queue_span.is_disabled() {
+                queue_span.record("outcome", "slot");
+                queue_span.record("slot_wait_ms", ms(res.wait));
+                queue_span.record("wait_ms", ms(gate_t0.elapsed()));
+            }
+            drop(queue_span);
             let account = &model.accounts[res.candidate];
             for r in &res.remaining {
                 metrics::gauge!("sluice_headroom", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "limit" => r.limit.to_string()).set(r.remaining as f64);
@@ -306,39 +436,64 @@ async fn serve(
                 url.push_str("?api-version=");
                 url.push_str(v);
             }
+            let up_span = tracing::trace_span!(
+                target: SPANS,
+                "upstream",
+                otel.kind = "client",
+                otel.status_code = Empty,
+                attempt = attempt + 1,
+                model = %model.cfg.name,
+                upstream_model = %model.cfg.upstream_model,
+                account = %account.name,
+                status = Empty,
+                class = Empty,
+                retry_reason = Empty,
+                error = Empty,
+            );
+            let mut up_headers = forward.clone();
+            telemetry::inject(&up_span, &mut up_headers);
             let sent = inner
                 .client
                 .post(url)
-                .headers(forward.clone())
+                .headers(up_headers)
                 .header(account.auth.0.clone(), account.auth.1.clone())
                 .body(upstream_body.clone())
                 .send()
+                .instrument(up_span.clone())
                 .await;
             let upstream = match sent {
                 Ok(u) => u,
                 Err(e) => {
-                    tracing::warn!(error = %without_url(&e), model = %model.cfg.name, account = %account.name, "upstream unreachable");
-                    metrics::counter!("sluice_upstream_errors_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => "unreachable").increment(1);
-                    reconcile(
-                        gw.clone(),
-                        mi,
-                        res,
-                        Cost {
-                            requests: 1,
-                            input_tokens: 0,
-                            output_tokens: 0,
+                    up_span.in_scope(|| tracing::warn!(error = %without_url(&e), model = %model.cfg.name, account = %account.name, "upstream unreachable"));
+                    up_span.record("otel.status_code", "ERROR");
+                    up_span.record(
+                        "error",
+                        if e.is_timeout() {
+                            "timeout"
+                        } else {
+                            "unreachable"
                         },
                     );
+                    up_span.record("retry_reason", "unreachable");
+                    metrics::counter!("sluice_upstream_errors_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => "unreachable").increment(1);
+                    release(gw, mi, res, &request_span);
                     failure = Failure::Unreachable(ApiError::Upstream {
                         model: model.cfg.name.clone(),
                         timeout: e.is_timeout(),
                     });
+                    drop(up_span);
+                    if e.is_timeout() {
+                        // The provider may still be working on it (and charging for
+                        // it): another attempt could double the spend and the wait.
+                        break 'models;
+                    }
                     attempt += 1;
                     backoff(inner, attempt, deadline).await;
                     continue;
                 }
             };
             let status = upstream.status();
+            up_span.record("status", status.as_u16());
             if status.is_success() {
                 if let Some(o) = &inner.observer {
                     o.success(
@@ -356,7 +511,10 @@ async fn serve(
                     reservation: res,
                     raw_prompt,
                 };
-                let response = success(model, upstream, stream, needs_usage, settle).await;
+                let spans = (request_span.clone(), up_span.clone());
+                let response = success(model, upstream, stream, needs_usage, settle, spans)
+                    .instrument(up_span)
+                    .await;
                 return Ok(Done {
                     tenant: Some(tenant),
                     response,
@@ -387,18 +545,11 @@ async fn serve(
                 );
             }
             metrics::counter!("sluice_upstream_errors_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => c.class.as_str()).increment(1);
-            tracing::warn!(model = %model.cfg.name, account = %account.name, status = status.as_u16(), class = c.class.as_str(), retry_after_ms = c.retry_after.map(|d| d.as_millis() as u64), "upstream refused");
+            up_span.record("class", c.class.as_str());
+            up_span.record("otel.status_code", "ERROR");
+            up_span.in_scope(|| tracing::warn!(model = %model.cfg.name, account = %account.name, status = status.as_u16(), class = c.class.as_str(), retry_after_ms = c.retry_after.map(|d| d.as_millis() as u64), "upstream refused"));
             let key = res.key.clone();
-            reconcile(
-                gw.clone(),
-                mi,
-                res,
-                Cost {
-                    requests: 1,
-                    input_tokens: 0,
-                    output_tokens: 0,
-                },
-            );
+            release(gw, mi, res, &request_span);
             let passed = passthrough(
                 status,
                 &up_headers,
@@ -416,6 +567,7 @@ async fn serve(
                 tracing::error!(model = %model.cfg.name, account = %account.name, reason = %reason, "account disabled until an operator clears it");
                 disable_everywhere(gw, &model.cfg.upstream, account.name.as_str(), &key, reason)
                     .await;
+                up_span.record("retry_reason", c.class.as_str());
                 failure = Failure::Upstream(passed);
                 attempt += 1;
                 continue;
@@ -448,6 +600,8 @@ async fn serve(
                 }
             }
             metrics::counter!("sluice_retries_total", "model" => model.cfg.name.clone(), "reason" => c.class.as_str()).increment(1);
+            up_span.record("retry_reason", c.class.as_str());
+            drop(up_span);
             failure = Failure::Upstream(passed);
             attempt += 1;
             backoff(inner, attempt, deadline).await;
@@ -463,17 +617,21 @@ async fn serve(
             account: "none".into(),
             outcome: "upstream_error",
         }),
-        Failure::Refused(r) => Err((Some(tenant), name, ApiError::RateLimited(r))),
-        Failure::TooLarge(e) | Failure::Unreachable(e) => Err((Some(tenant), name, e)),
+        Failure::Refused(r, bound) => {
+            Err((Some(tenant), name, ApiError::RateLimited(r), Some(bound)))
+        }
+        Failure::TooLarge(e) | Failure::Unreachable(e) => Err((Some(tenant), name, e, None)),
         Failure::Disabled { model, reason } => Err((
             Some(tenant),
             name,
             ApiError::AccountsDisabled { model, reason },
+            None,
         )),
         Failure::StoreDown(retry_after) => Err((
             Some(tenant),
             name,
             ApiError::StoreUnavailable { retry_after },
+            None,
         )),
         Failure::None => Err((
             Some(tenant),
@@ -482,6 +640,7 @@ async fn serve(
                 model: name,
                 timeout: false,
             },
+            None,
         )),
     }
 }
@@ -520,21 +679,153 @@ async fn backoff(inner: &Inner, attempt: u32, deadline: Instant) {
     }
 }
 
-fn describe(reason: &RefusalReason, model: &ModelState) -> String {
+/// A limit of the model in words, as the operator configured it: `100 requests per 60s`
+/// (the quota's own window is a little longer, by the latency allowance).
+fn describe_limit(id: &LimitId, model: &ModelState) -> String {
+    use sluice_config::LimitUnit;
+    use sluice_limiter::Unit;
+    let Some(l) = model.quota.limits().iter().find(|l| l.id() == id) else {
+        return format!("limit {id}");
+    };
+    let window = l.window().length();
+    let per = model
+        .cfg
+        .limits
+        .iter()
+        .filter(|s| {
+            s.amount.get() == l.amount()
+                && s.per <= window
+                && matches!(
+                    (s.unit, l.unit()),
+                    (LimitUnit::Requests, Unit::Requests)
+                        | (LimitUnit::Tokens, Unit::Tokens)
+                        | (LimitUnit::InputTokens, Unit::InputTokens)
+                        | (LimitUnit::OutputTokens, Unit::OutputTokens)
+                )
+        })
+        .map(|s| s.per)
+        .max()
+        .unwrap_or(window);
+    format!("{} {} per {per:?}", l.amount(), l.unit().as_str())
+}
+
+/// The limit with the least left, as a share of what it allows.
+fn tightest(remaining: &[Remaining]) -> Option<&Remaining> {
+    remaining
+        .iter()
+        .min_by_key(|r| (r.remaining as u128 * 1_000_000) / u128::from(r.effective.max(1)))
+}
+
+/// The limit that bound a refusal, in words (for its log line and span).
+fn binding_limit(reason: &RefusalReason, remaining: &[Remaining], model: &ModelState) -> String {
     match reason {
-        RefusalReason::Limit(id) => {
-            let limit = model.quota.limits().iter().find(|l| l.id() == id);
-            match limit {
-                Some(l) => format!(
-                    "{} {} per {:?}",
-                    l.amount(),
-                    l.unit().as_str(),
-                    l.window().length()
-                ),
-                None => format!("limit {id}"),
-            }
+        RefusalReason::Limit(id) => describe_limit(id, model),
+        RefusalReason::Queue => tightest(remaining).map_or_else(
+            || "the shared queue".into(),
+            |r| describe_limit(&r.limit, model),
+        ),
+        RefusalReason::Pacing => "pacing".into(),
+        RefusalReason::Cooldown => "provider cooldown".into(),
+        RefusalReason::Disabled(_) => "accounts out of rotation".into(),
+        RefusalReason::Unavailable => "store unavailable".into(),
+        _ => "no slot".into(),
+    }
+}
+
+/// The reason of a refusal, as a span attribute.
+fn reason_label(reason: &RefusalReason) -> &'static str {
+    match reason {
+        RefusalReason::Limit(_) => "limit",
+        RefusalReason::Queue => "queue",
+        RefusalReason::Pacing => "pacing",
+        RefusalReason::Cooldown => "cooldown",
+        RefusalReason::Disabled(_) => "disabled",
+        RefusalReason::Unavailable => "unavailable",
+        _ => "other",
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Records the limiter's decision on its span (only called when the span is enabled).
+fn record_decision(span: &Span, decision: &Result<Decision, LimitError>, model: &ModelState) {
+    let remaining = |rs: &[Remaining]| {
+        rs.iter()
+            .map(|r| format!("{}={}/{}", r.limit, r.remaining, r.effective))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let account = |i: usize| model.accounts.get(i).map_or("none", |a| a.name.as_str());
+    match decision {
+        Ok(Decision::Granted(res)) => {
+            span.record("decision", "granted");
+            span.record("account", account(res.candidate));
+            span.record("quota_key", res.key.to_string());
+            span.record("remaining", remaining(&res.remaining));
         }
-        RefusalReason::Queue => "earlier requests hold every slot up to the deadline".into(),
+        Ok(Decision::Refused(r)) => {
+            span.record("decision", "refused");
+            span.record("account", account(r.candidate));
+            if let Some(k) = model.keys.get(r.candidate) {
+                span.record("quota_key", k.to_string());
+            }
+            span.record("reason", reason_label(&r.reason));
+            span.record("limit", binding_limit(&r.reason, &r.remaining, model));
+            span.record(
+                "retry_after_ms",
+                r.retry_after.map(|d| d.as_millis() as u64),
+            );
+            span.record("remaining", remaining(&r.remaining));
+        }
+        Err(LimitError::InsufficientCapacity { limit, .. }) => {
+            span.record("decision", "too_large");
+            span.record("limit", describe_limit(limit, model));
+        }
+        Err(_) => {
+            span.record("decision", "error");
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+/// Gives back what a failed attempt reserved (it counts as one request), under a
+/// `reconcile` span.
+fn release(gw: &Gateway, mi: usize, res: Reservation, parent: &Span) {
+    let span = tracing::trace_span!(
+        target: SPANS,
+        parent: parent,
+        "reconcile",
+        estimated_input_tokens = res.cost.input_tokens,
+        estimated_output_tokens = res.cost.output_tokens,
+        actual_input_tokens = 0,
+        actual_output_tokens = 0,
+        usage_known = false,
+    );
+    let _entered = span.enter();
+    reconcile(
+        gw.clone(),
+        mi,
+        res,
+        Cost {
+            requests: 1,
+            input_tokens: 0,
+            output_tokens: 0,
+        },
+    );
+}
+
+fn describe(reason: &RefusalReason, remaining: &[Remaining], model: &ModelState) -> String {
+    match reason {
+        RefusalReason::Limit(id) => describe_limit(id, model),
+        RefusalReason::Queue => match tightest(remaining) {
+            Some(r) => format!(
+                "earlier requests hold every slot of {} up to the deadline",
+                describe_limit(&r.limit, model)
+            ),
+            None => "earlier requests hold every slot up to the deadline".into(),
+        },
         RefusalReason::Pacing => {
             "requests are paced and the next slot is after the deadline".into()
         }
@@ -578,6 +869,7 @@ async fn success(
     stream: bool,
     strip_usage: bool,
     settle: Settle,
+    spans: (Span, Span),
 ) -> Response {
     let status = upstream.status();
     let mut headers = HeaderMap::new();
@@ -603,16 +895,18 @@ async fn success(
             strip_usage,
             model.provider,
             settle,
+            spans,
         ))
     } else {
         match upstream.bytes().await {
             Ok(bytes) => {
-                settle.finish(usage_in(&bytes));
+                settle_traced(settle, usage_in(&bytes), &spans.0);
                 Body::from(bytes)
             }
             Err(e) => {
                 tracing::warn!(error = %without_url(&e), "upstream answer cut; the estimate stands");
-                settle.finish(None);
+                spans.1.record("error", "answer cut");
+                settle_traced(settle, None, &spans.0);
                 return ApiError::Upstream {
                     model: model.cfg.name.clone(),
                     timeout: e.is_timeout(),
@@ -689,7 +983,7 @@ pub(crate) async fn other(
                     .retry_after
                     .unwrap_or(max_wait)
                     .max(Duration::from_millis(1)),
-                what: describe(&r.reason, model),
+                what: describe(&r.reason, &r.remaining, model),
                 remaining: r.remaining,
             })
             .into_response();

@@ -107,9 +107,34 @@ async fn limit_in_flight(
     Response::from_parts(parts, Body::from_stream(stream))
 }
 
+/// The token of `Authorization: Bearer <token>` (or of a bare `Authorization: <token>`).
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim())
+}
+
 /// `GET /v1/quotas`: every model × account as the shared store holds it.
-async fn quotas(State(g): State<Gateway>) -> Response {
-    let report = sluice_recalibrate::report(&g.inner.catalog, &g.inner.limiter).await;
+///
+/// Callers authenticate as for the API (a tenant key when `[[tenants]]` are configured)
+/// or with the admin key. When an admin key is configured, the details that may carry a
+/// provider's own words (why an account is out of rotation, a store error) are shown
+/// only to the admin key; tenants see the state (`disabled`) without the reason.
+async fn quotas(State(g): State<Gateway>, headers: HeaderMap) -> Response {
+    let token = bearer_token(&headers);
+    let admin = g.is_admin(token);
+    if !admin && g.inner.tenant(token).is_none() {
+        return admin_error(
+            StatusCode::UNAUTHORIZED,
+            "Invalid API key: send a tenant key or the admin key as Authorization: Bearer <key>.",
+            "invalid_api_key",
+        );
+    }
+    let mut report = sluice_recalibrate::report(&g.inner.catalog, &g.inner.limiter).await;
+    if g.inner.admin_digest.is_some() && !admin {
+        report.redact_details();
+    }
     axum::Json(report).into_response()
 }
 
@@ -136,11 +161,7 @@ async fn enable(
             "admin_disabled",
         );
     }
-    let token = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
-    if !g.is_admin(token) {
+    if !g.is_admin(bearer_token(&headers)) {
         return admin_error(
             StatusCode::UNAUTHORIZED,
             "Invalid admin key.",

@@ -7,12 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
-use sha2::{Digest, Sha256};
-use sluice_config::{Config, Dialect, FailurePolicy, Model};
+use sluice_config::{Config, Dialect, FailurePolicy, KeyDigest, Model};
 use sluice_limiter::{Limiter, OnError, Quota, QuotaKey, RedisOptions};
 use sluice_provider::Provider;
 use sluice_recalibrate::{Catalog, CatalogError, Recalibrator, Tuning};
-use subtle::ConstantTimeEq;
 
 use crate::error::StartError;
 use crate::estimate::Learner;
@@ -56,7 +54,7 @@ pub(crate) struct TenantState {
     pub(crate) name: String,
     pub(crate) weight: u32,
     pub(crate) max_wait: Option<Duration>,
-    digest: [u8; 32],
+    key: KeyDigest,
 }
 
 /// The gateway: cheap to clone, shared by every request.
@@ -76,8 +74,8 @@ pub(crate) struct Inner {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) recalibrator: Arc<Recalibrator>,
     pub(crate) observer: Option<crate::observe::Observer>,
-    /// SHA-256 of `[sidecar] admin_key`, when set.
-    pub(crate) admin_digest: Option<[u8; 32]>,
+    /// The digest of `[sidecar] admin_key`, when set.
+    pub(crate) admin_digest: Option<KeyDigest>,
 }
 
 impl Gateway {
@@ -102,8 +100,11 @@ impl Gateway {
                 s.expected_replicas.get(),
             )?,
         };
+        // `upstream_timeout` bounds each silence of the upstream (before the answer's
+        // headers, and between two reads of its body), not the whole call: a stream that
+        // keeps sending may last as long as it needs, a stalled one is cut.
         let client = reqwest::Client::builder()
-            .timeout(config.server.upstream_timeout)
+            .read_timeout(config.server.upstream_timeout)
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(1024)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -179,7 +180,7 @@ impl Gateway {
                 name: t.name.clone(),
                 weight: t.weight.get(),
                 max_wait: t.max_wait,
-                digest: Sha256::digest(t.key.expose().as_bytes()).into(),
+                key: t.key.clone(),
             })
             .collect();
         let recalibrator = Arc::new(Recalibrator::new(
@@ -202,11 +203,13 @@ impl Gateway {
                 Some(o)
             }
         };
-        let admin_digest = config
-            .sidecar
-            .admin_key
-            .as_ref()
-            .map(|k| Sha256::digest(k.expose().as_bytes()).into());
+        let admin_digest = config.sidecar.admin_key.clone();
+        for path in &config.secrets_in_file {
+            tracing::warn!(
+                key = %path,
+                "a secret is written in the configuration file: keep it in the environment (\"${{VAR}}\"), a secret file (\"${{file:/run/secrets/...}}\"), or for tenant and admin keys as a digest (key_sha256)"
+            );
+        }
         let inner = Arc::new(Inner {
             limiter,
             client,
@@ -262,8 +265,7 @@ impl Gateway {
         let (Some(want), Some(token)) = (&self.inner.admin_digest, token) else {
             return false;
         };
-        let got: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        bool::from(want.ct_eq(&got))
+        want.matches(&KeyDigest::of(token))
     }
 
     /// Sends one minimal request (`max_tokens: 1`) on `account` of `model` through the
@@ -308,10 +310,10 @@ impl Inner {
         if self.tenants.is_empty() {
             return Some(0);
         }
-        let digest: [u8; 32] = Sha256::digest(token?.as_bytes()).into();
+        let digest = KeyDigest::of(token?);
         let mut found = None;
         for (i, t) in self.tenants.iter().enumerate() {
-            if bool::from(t.digest.ct_eq(&digest)) {
+            if t.key.matches(&digest) {
                 found = Some(i);
             }
         }

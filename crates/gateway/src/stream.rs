@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use sluice_provider::{Provider, classify_stream_error};
 
+use crate::telemetry::SPANS;
 use crate::usage::{Settle, Usage};
 
 type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
@@ -23,6 +24,26 @@ pub(crate) struct SseRelay {
     usage: Option<Usage>,
     settle: Option<Settle>,
     ended: bool,
+    /// The `request` and `upstream` spans, kept open until the stream ends.
+    spans: (tracing::Span, tracing::Span),
+}
+
+/// Settles a reservation (see [`Settle::finish`]) under a `reconcile` span, child of
+/// `parent` (the request's span).
+pub(crate) fn settle_traced(settle: Settle, usage: Option<Usage>, parent: &tracing::Span) {
+    let est = settle.reservation.cost;
+    let span = tracing::trace_span!(
+        target: SPANS,
+        parent: parent,
+        "reconcile",
+        estimated_input_tokens = est.input_tokens,
+        estimated_output_tokens = est.output_tokens,
+        actual_input_tokens = usage.map(|u| u.prompt_tokens),
+        actual_output_tokens = usage.map(|u| u.completion_tokens),
+        usage_known = usage.is_some(),
+    );
+    let _entered = span.enter();
+    settle.finish(usage);
 }
 
 impl SseRelay {
@@ -31,6 +52,7 @@ impl SseRelay {
         strip_usage: bool,
         provider: Provider,
         settle: Settle,
+        spans: (tracing::Span, tracing::Span),
     ) -> Self {
         Self {
             upstream,
@@ -40,6 +62,7 @@ impl SseRelay {
             usage: None,
             settle: Some(settle),
             ended: false,
+            spans,
         }
     }
 
@@ -107,7 +130,7 @@ impl SseRelay {
 impl Drop for SseRelay {
     fn drop(&mut self) {
         if let Some(settle) = self.settle.take() {
-            settle.finish(self.usage);
+            settle_traced(settle, self.usage, &self.spans.0);
         }
     }
 }
@@ -127,7 +150,7 @@ impl Stream for SseRelay {
             if this.ended {
                 if this.buf.is_empty() {
                     if let Some(settle) = this.settle.take() {
-                        settle.finish(this.usage);
+                        settle_traced(settle, this.usage, &this.spans.0);
                     }
                     return Poll::Ready(None);
                 }
@@ -137,6 +160,7 @@ impl Stream for SseRelay {
                 Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
                 Poll::Ready(Some(Err(e))) => {
                     this.ended = true;
+                    this.spans.1.record("error", "stream cut");
                     tracing::warn!(error = %e, "upstream stream cut; the estimate stands");
                     return Poll::Ready(Some(Err(std::io::Error::other(e))));
                 }

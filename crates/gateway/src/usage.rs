@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 use sluice_limiter::{Cost, Reservation, Store};
+use tracing::Instrument;
 
 use crate::state::Gateway;
 
@@ -69,9 +70,10 @@ impl Settle {
     }
 }
 
-/// Replaces a reservation's cost in the background (off the response path).
+/// Replaces a reservation's cost in the background (off the response path), inside
+/// the current span (the request's `reconcile` span when tracing is on).
 pub(crate) fn reconcile(gw: Gateway, model: usize, reservation: Reservation, actual: Cost) {
-    tokio::spawn(async move {
+    let work = async move {
         let m = &gw.inner.models[model];
         if let Err(e) = gw
             .inner
@@ -81,7 +83,8 @@ pub(crate) fn reconcile(gw: Gateway, model: usize, reservation: Reservation, act
         {
             tracing::warn!(error = %e, model = %m.cfg.name, "reconcile failed; the estimate stands");
         }
-    });
+    };
+    tokio::spawn(work.instrument(tracing::Span::current()));
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@ mod support;
 
 mod bad_input;
 mod e2e_fleet;
+mod faults;
 mod flow;
 mod routes;
 mod safe_defaults;
 mod secrets;
 mod slow_clients;
+mod traces;

@@ -67,3 +67,31 @@ async fn request_errors_are_openai_shaped_and_never_leak_the_key() {
     assert!(!metrics.contains("sk-secret-key"));
     assert!(metrics.contains("sluice_requests_total"));
 }
+
+#[tokio::test]
+async fn quotas_need_a_key_when_tenants_are_configured_and_details_need_the_admin_key() {
+    let toml = format!(
+        "{CONFIG}[[tenants]]\nname = \"app\"\nkey = \"tenant-key-1\"\n[sidecar]\nadmin_key = \"admin-key-0123456789\"\n"
+    );
+    let gw = gateway(&toml).await;
+    let c = client();
+    let get = |token: Option<&'static str>| {
+        let mut req = c.get(format!("{gw}/v1/quotas"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    for token in [None, Some("tenant-key-2"), Some("admin-key-012345678")] {
+        let resp = get(token).await.unwrap();
+        assert_eq!(resp.status(), 401, "{token:?}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+    }
+    for token in ["tenant-key-1", "admin-key-0123456789"] {
+        let resp = get(Some(token)).await.unwrap();
+        assert_eq!(resp.status(), 200, "{token}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["models"][0]["model"], "qwen-plus");
+    }
+}

@@ -2,11 +2,9 @@
 //! key, admin key and a password-protected Redis, driven through successes, upstream
 //! 429s, an upstream 401 (invalid key), bad requests, admin calls and a Redis failure;
 //! every log line (`SLUICE_LOG=debug`), `/metrics`, `/v1/quotas`, `/readyz` and every
-//! response body and header is searched for each secret.
-
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+//! response body and header is searched for each secret. The keys come in every way
+//! the configuration allows: written out, from a secret file (`${file:...}`), from the
+//! environment, and (tenant) as a SHA-256 digest.
 
 use sluice_testkit::RedisServer;
 
@@ -17,6 +15,8 @@ const KEY_OK: &str = "sk-prov-ok-7Hq2WxLx";
 const KEY_THROTTLE: &str = "sk-prov-thr-3Jk8PzQa";
 const KEY_DEAD: &str = "sk-prov-dead-9Rt4VbNc";
 const TENANT: &str = "tenant-secret-Pp4rYs6d";
+/// A tenant whose key the configuration holds only as a digest.
+const TENANT_HASHED: &str = "tenant-hashed-Kx8wQe2r";
 const ADMIN: &str = "admin-secret-Mm3nGf8h";
 const REDIS_PASSWORD: &str = "redis-pw-Zq7xK2vLm9";
 
@@ -36,6 +36,15 @@ fn without_ansi(line: &str) -> String {
         }
     }
     out
+}
+
+/// The digest an operator writes as `key_sha256` (`printf %s "$KEY" | sha256sum`).
+fn sha256_hex(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Everything the gateway said, to search afterwards.
@@ -63,6 +72,9 @@ async fn no_secret_appears_in_logs_metrics_quotas_or_answers() {
     redis.cli(&["CONFIG", "SET", "requirepass", REDIS_PASSWORD]);
     let redis_url = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/0", redis.port());
     let upstream = stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("dead-key");
+    std::fs::write(&key_file, format!("{KEY_DEAD}\n")).unwrap();
     let toml = format!(
         r#"
 [store]
@@ -76,11 +88,11 @@ keys = ["{KEY_OK}"]
 [[upstreams]]
 name = "thr"
 base_url = "{base}"
-keys = ["{KEY_THROTTLE}"]
+keys = ["${{KEY_THROTTLE}}"]
 [[upstreams]]
 name = "dead"
 base_url = "{base}"
-keys = ["{KEY_DEAD}"]
+keys = ["${{file:{key_file}}}"]
 [[models]]
 name = "ok"
 upstream = "good"
@@ -100,43 +112,26 @@ max_attempts = 1
 [[tenants]]
 name = "app"
 key = "{TENANT}"
+[[tenants]]
+name = "hashed"
+key_sha256 = "{tenant_digest}"
 [sidecar]
 admin_key = "{ADMIN}"
 "#,
-        base = upstream.base_url
+        base = upstream.base_url,
+        key_file = key_file.display(),
+        tenant_digest = sha256_hex(TENANT_HASHED),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sluice.toml");
-    std::fs::write(&path, &toml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice-gateway"))
-        .arg("--config")
-        .arg(&path)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("SLUICE_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("gateway binary starts");
-    let logs = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stderr = child.stderr.take().unwrap();
-    let reader = {
-        let logs = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                logs.lock().unwrap().push(line);
-            }
-        })
-    };
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    let gw = format!("http://{addr}");
+    let mut gateway = sluice_testkit::Service::start_capturing(
+        env!("CARGO_BIN_EXE_sluice-gateway"),
+        &toml,
+        &[],
+        &[
+            ("SLUICE_LOG", "debug".to_owned()),
+            ("KEY_THROTTLE", KEY_THROTTLE.to_owned()),
+        ],
+    );
+    let gw = gateway.url().to_owned();
     let c = client();
     let mut seen = Seen::default();
     let chat = |model: &str, key: &str| {
@@ -159,6 +154,11 @@ admin_key = "{ADMIN}"
         seen.record("throttled", chat("throttle", TENANT).await.unwrap())
             .await,
         429
+    );
+    assert_eq!(
+        seen.record("hashed tenant", chat("ok", TENANT_HASHED).await.unwrap())
+            .await,
+        200
     );
     let dead = seen
         .record("invalid key", chat("badkey", TENANT).await.unwrap())
@@ -237,12 +237,8 @@ admin_key = "{ADMIN}"
     assert_eq!(seen.record("metrics", metrics).await, 200);
 
     // Stop, so every log line is flushed.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    assert!(child.wait().unwrap().success());
-    reader.join().unwrap();
-    let logs = logs.lock().unwrap().clone();
+    assert!(gateway.signal("TERM") && gateway.wait(), "a clean exit");
+    let logs = gateway.logs();
     assert!(
         logs.len() > 10,
         "debug logging produced only {} lines",
@@ -267,11 +263,21 @@ admin_key = "{ADMIN}"
     assert!(said("throttled", "rate_limit_exceeded"));
     assert!(said("log line", "tenant=app") || said("log line", "tenant: app"));
     assert!(said("log line", "DEBUG"), "no debug lines were captured");
+    assert!(said("metrics", "tenant=\"hashed\""));
+    // The keys written out in the file are named by path at start, the others are not.
+    let warned = |path: &str| {
+        said("log line", "written in the configuration file") && said("log line", path)
+    };
+    assert!(
+        warned("upstreams[0].keys[0]") && warned("tenants[0].key") && warned("store.redis_url")
+    );
+    assert!(!said("log line", "upstreams[1].keys[0]") && !said("log line", "upstreams[2].keys[0]"));
     let secrets = [
         KEY_OK,
         KEY_THROTTLE,
         KEY_DEAD,
         TENANT,
+        TENANT_HASHED,
         ADMIN,
         REDIS_PASSWORD,
         redis_url.as_str(),

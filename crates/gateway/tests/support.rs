@@ -59,6 +59,11 @@ impl GatewayProcess {
         Self { service, url }
     }
 
+    /// Kills the process (SIGKILL: no drain, nothing flushed) and waits for it to exit.
+    pub(crate) fn kill(&mut self) {
+        self.service.kill();
+    }
+
     /// Sends SIGTERM and waits for the process to exit; returns whether it exited cleanly.
     pub(crate) fn terminate(&mut self) -> bool {
         self.service.signal("TERM");
@@ -122,5 +127,74 @@ pub(crate) fn assert_honest(a: &Answer) {
             assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{a:?}");
         }
         _ => panic!("neither 200 nor an honest 429: {a:?}"),
+    }
+}
+
+/// The sum of every sample of the Prometheus metric `name` at `{base}/metrics` whose
+/// labels contain each of `labels` (e.g. `model="m"`); 0 when there is none.
+pub(crate) async fn metric(
+    client: &reqwest::Client,
+    base: &str,
+    name: &str,
+    labels: &[&str],
+) -> f64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("the gateway serves /metrics")
+        .text()
+        .await
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Polls `ready` every 20 ms until it holds or `timeout` passes (the async twin of
+/// `sluice_testkit::wait_until`); true when it held.
+pub(crate) async fn eventually<F, Fut>(timeout: Duration, mut ready: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if ready().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts an OpenAI-shaped error: `status`, JSON `{"error":{"message","type","code"}}`
+/// with `code`; for a 429 or 503, a `Retry-After` of at least a second.
+pub(crate) fn assert_openai_error(a: &Answer, status: u16, code: &str) {
+    assert_eq!(a.status, status, "{a:?}");
+    let body: serde_json::Value = serde_json::from_str(&a.body)
+        .unwrap_or_else(|e| panic!("not a JSON error body ({e}): {a:?}"));
+    assert_eq!(body["error"]["code"], code, "{a:?}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{a:?}"
+    );
+    assert!(body["error"]["type"].is_string(), "{a:?}");
+    if status == 429 || status == 503 {
+        let ra: u64 = a.headers["retry-after"]
+            .to_str()
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Retry-After in seconds: {a:?}"));
+        assert!(ra >= 1, "{a:?}");
     }
 }

@@ -47,6 +47,7 @@
 mod breaker;
 mod decision;
 mod error;
+mod handover;
 mod limiter;
 mod memory;
 mod quota;

@@ -7,6 +7,7 @@ use crate::decision::{
     Decision, Origin, QuotaStatus, Refusal, RefusalReason, Reservation, ReservationId,
 };
 use crate::error::LimitError;
+use crate::handover::Handover;
 use crate::memory::InProcessStore;
 use crate::quota::{Cost, Quota, QuotaKey};
 use crate::redis::{RedisOptions, RedisStore};
@@ -24,6 +25,24 @@ pub enum OnError {
     FailOpen,
     /// Decide in this process at the limit divided by the expected number of replicas,
     /// so that the fleet as a whole stays within its limits. The default.
+    ///
+    /// The switch hands usage over both ways, so that it lets no burst through:
+    /// - **into local mode**, an account's local window starts charged with the part
+    ///   of this replica's share that Redis last said was spent (`share − remaining ÷
+    ///   replicas`), at the latest slot Redis had given here, so the fleet grants at
+    ///   most what Redis had left. An account Redis never described to this process
+    ///   counts as full for windows up to a minute and as empty for longer ones;
+    /// - **back to Redis**, as soon as Redis answers a `PING` again and before any
+    ///   shared decision, what this replica granted locally that is still inside each
+    ///   limit's window is recorded into Redis, once (not the seed, which Redis holds
+    ///   already if it kept its data). If Redis lost the account (restarted without
+    ///   persistence), the rest of the seed and a whole share per other replica are
+    ///   recorded too: the others may still be deciding locally until their own probe.
+    ///
+    /// Both err on the safe side by at most one window: the seed and the usage handed
+    /// back land in one bucket (the latest slot), so they leave the window later than
+    /// the usage they stand for. `sluice_limiter_handovers_total{direction}` counts the
+    /// switches (`to_local`, `to_redis`).
     #[default]
     Local,
 }
@@ -44,8 +63,7 @@ enum Backend {
     Redis {
         store: Box<RedisStore>,
         policy: OnError,
-        replicas: u32,
-        local: InProcessStore,
+        handover: Box<Handover>,
         retry: Duration,
     },
 }
@@ -92,12 +110,16 @@ impl Limiter {
             .clone()
             .unwrap_or_else(|| Arc::new(SystemClock));
         let retry = options.breaker_open_for.max(Duration::from_millis(100));
+        let replicas = expected_replicas.max(1);
         Ok(Self {
             backend: Backend::Redis {
                 store: Box::new(RedisStore::new(url, options)?),
                 policy,
-                replicas: expected_replicas.max(1),
-                local: InProcessStore::with_clock(clock),
+                handover: Box::new(Handover::new(
+                    InProcessStore::with_clock(clock.clone()),
+                    InProcessStore::with_clock(clock),
+                    replicas,
+                )),
                 retry,
             },
         })
@@ -141,18 +163,38 @@ impl Store for Limiter {
         cost: Cost,
         max_wait: Duration,
     ) -> Result<Decision, LimitError> {
-        let (store, policy, replicas, local, retry) = match &self.backend {
+        let (store, policy, handover, retry) = match &self.backend {
             Backend::Embedded(s) => return s.acquire_now(candidates, quota, cost, max_wait),
             Backend::Redis {
                 store,
                 policy,
-                replicas,
-                local,
+                handover,
                 retry,
-            } => (store, *policy, *replicas, local, *retry),
+            } => (store, *policy, handover, *retry),
         };
+        let local = policy == OnError::Local;
+        // Local usage not handed back yet: hand it back first, or keep deciding locally
+        // while Redis does not answer (without sending a decision that could time out
+        // and still land later).
+        if local && handover.pending() && !handover.hand_back(store).await {
+            if let Some(decision) =
+                handover.decide_unless_handing_back(candidates, quota, cost, max_wait, true)?
+            {
+                metrics::counter!("sluice_limiter_degraded_decisions_total", "policy" => policy.as_str())
+                    .increment(1);
+                return Ok(decision);
+            }
+            // Redis answered another task's probe meanwhile: let it finish handing back.
+            handover.wait().await;
+        }
         let error = match store.acquire(candidates, quota, cost, max_wait).await {
             Err(LimitError::Unavailable(e)) => e,
+            Ok(decision) => {
+                if local {
+                    handover.observe(candidates, &decision);
+                }
+                return Ok(decision);
+            }
             other => return other,
         };
         metrics::counter!("sluice_limiter_degraded_decisions_total", "policy" => policy.as_str())
@@ -180,17 +222,7 @@ impl Store for Limiter {
                     origin: Origin::Unmetered,
                 }))
             }
-            OnError::Local => {
-                let share = quota.divided(replicas);
-                let decision = local.acquire_now(candidates, &share, cost, max_wait)?;
-                Ok(match decision {
-                    Decision::Granted(r) => Decision::Granted(Reservation {
-                        origin: Origin::Local,
-                        ..r
-                    }),
-                    refused => refused,
-                })
-            }
+            OnError::Local => handover.decide(candidates, quota, cost, max_wait),
         }
     }
 
@@ -205,14 +237,10 @@ impl Store for Limiter {
             (Backend::Embedded(s), _) => s.reconcile(quota, reservation, actual).await,
             (
                 Backend::Redis {
-                    local, replicas, ..
+                    store, handover, ..
                 },
                 Origin::Local,
-            ) => {
-                local
-                    .reconcile(&quota.divided(*replicas), reservation, actual)
-                    .await
-            }
+            ) => handover.reconcile(store, quota, reservation, actual).await,
             (Backend::Redis { store, .. }, _) => store.reconcile(quota, reservation, actual).await,
         }
     }

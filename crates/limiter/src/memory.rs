@@ -112,6 +112,46 @@ impl InProcessStore {
         }
     }
 
+    /// Adds per-limit `charges` (in `quota`'s limit order) at time `at` (µs on this
+    /// store's clock), unchecked: what the `local` fallback seeds and what it tracks.
+    pub(crate) fn record_charges(&self, key: &QuotaKey, quota: &Quota, charges: &[u64], at: u64) {
+        self.with_account(key, |a, now| a.record_charges(quota, charges, at, now));
+    }
+
+    /// What each limit of `quota` holds for `key` now (in `quota`'s limit order).
+    pub(crate) fn used(&self, key: &QuotaKey, quota: &Quota) -> Vec<u64> {
+        self.with_account(key, |a, now| {
+            a.status(quota, now).limits.iter().map(|l| l.used).collect()
+        })
+    }
+
+    /// [`Store::reconcile`], synchronously.
+    pub(crate) fn reconcile_now(&self, quota: &Quota, reservation: &Reservation, actual: &Cost) {
+        self.with_account(&reservation.key, |a, now| {
+            a.reconcile(
+                quota,
+                reservation.id,
+                reservation.slot.as_micros(),
+                &reservation.cost,
+                actual,
+                now,
+            )
+        });
+    }
+
+    /// Forgets everything about `key`.
+    pub(crate) fn forget(&self, key: &QuotaKey) {
+        let mut shard = self.shard(key.group()).lock();
+        if shard.accounts.remove(key).is_some() {
+            self.accounts.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The store's clock, in µs.
+    pub(crate) fn now_micros(&self) -> u64 {
+        self.clock.now().as_micros()
+    }
+
     /// The decision, synchronously (the in-process store never waits on IO).
     pub fn acquire_now(
         &self,
@@ -257,16 +297,7 @@ impl Store for InProcessStore {
         reservation: &Reservation,
         actual: Cost,
     ) -> Result<(), LimitError> {
-        self.with_account(&reservation.key, |a, now| {
-            a.reconcile(
-                quota,
-                reservation.id,
-                reservation.slot.as_micros(),
-                &reservation.cost,
-                &actual,
-                now,
-            )
-        });
+        self.reconcile_now(quota, reservation, &actual);
         Ok(())
     }
 

@@ -438,6 +438,20 @@ impl AccountState {
         self.keep_windows(quota, now);
     }
 
+    /// Adds per-limit `charges` (in `quota`'s limit order) to the bucket of `at`,
+    /// unchecked; a charge whose bucket already left its window by `now` is dropped.
+    pub(crate) fn record_charges(&mut self, quota: &Quota, charges: &[u64], at: u64, now: u64) {
+        self.evict(quota, now);
+        for (limit, &charge) in quota.limits().iter().zip(charges) {
+            let (window, w) = (limit.window().micros(), quota.bucket_micros(limit));
+            if charge > 0 && at / w >= kmin(now, window, w) {
+                self.window_mut(limit.id())
+                    .add(at / w, i128::from(charge), window, w);
+            }
+        }
+        self.keep_windows(quota, at.max(now));
+    }
+
     /// Applies an operator's or the sidecar's change.
     pub(crate) fn update(&mut self, quota: &Quota, change: &crate::StateChange, now: u64) {
         use crate::StateChange;

@@ -11,6 +11,7 @@ use sluice_limiter::{
 use sluice_testkit::RedisServer;
 
 use crate::support::{T0, key, one, quota};
+use sluice_limiter::{Limit, Quota, QuotaKey};
 
 fn options() -> RedisOptions {
     RedisOptions {
@@ -40,8 +41,9 @@ async fn origin_of(limiter: &Limiter) -> Result<Origin, RefusalReason> {
 }
 
 /// Kills Redis under a limiter with `policy`, checks the degraded decisions with
-/// `check`, restarts Redis empty and waits for shared decisions to come back.
-async fn kill_and_restart(policy: OnError, check: impl AsyncFnOnce(&Limiter)) {
+/// `check`, restarts Redis empty and waits for shared decisions to come back; Redis
+/// then holds the decision after the restart plus `handed_back` local grants.
+async fn kill_and_restart(policy: OnError, handed_back: u64, check: impl AsyncFnOnce(&Limiter)) {
     let mut server = RedisServer::start();
     let limiter = Limiter::redis(&server.url(), options(), policy, 2).unwrap();
     assert_eq!(origin_of(&limiter).await, Ok(Origin::Shared));
@@ -49,28 +51,35 @@ async fn kill_and_restart(policy: OnError, check: impl AsyncFnOnce(&Limiter)) {
     check(&limiter).await;
     assert!(limiter.is_degraded());
     server.restart(); // empty: no keys, no cached scripts
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if origin_of(&limiter).await == Ok(Origin::Shared) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "shared decisions never came back"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_shared(&limiter, &key("a"), &per_minute()).await;
     assert!(!limiter.is_degraded());
-    let status = limiter.status(&key("a"), &per_minute()).await.unwrap();
+    let used = async || {
+        let status = limiter.status(&key("a"), &per_minute()).await.unwrap();
+        status.limits[0].used
+    };
     assert_eq!(
-        status.limits[0].used, 1,
-        "the decision after the restart is in Redis"
+        used().await,
+        handed_back,
+        "what was handed back is in Redis"
     );
+    if handed_back < 10 {
+        assert_eq!(origin_of(&limiter).await, Ok(Origin::Shared));
+        assert_eq!(
+            used().await,
+            1 + handed_back,
+            "the decision after the restart is in Redis"
+        );
+    } else {
+        assert!(matches!(
+            origin_of(&limiter).await,
+            Err(RefusalReason::Limit(_))
+        ));
+    }
 }
 
 #[tokio::test]
 async fn fail_closed_refuses_while_redis_is_down() {
-    kill_and_restart(OnError::FailClosed, async |l: &Limiter| {
+    kill_and_restart(OnError::FailClosed, 0, async |l: &Limiter| {
         for _ in 0..3 {
             assert_eq!(origin_of(l).await, Err(RefusalReason::Unavailable));
         }
@@ -80,7 +89,7 @@ async fn fail_closed_refuses_while_redis_is_down() {
 
 #[tokio::test]
 async fn fail_open_grants_unmetered_while_redis_is_down() {
-    kill_and_restart(OnError::FailOpen, async |l: &Limiter| {
+    kill_and_restart(OnError::FailOpen, 0, async |l: &Limiter| {
         for _ in 0..20 {
             assert_eq!(origin_of(l).await, Ok(Origin::Unmetered));
         }
@@ -90,9 +99,13 @@ async fn fail_open_grants_unmetered_while_redis_is_down() {
 
 #[tokio::test]
 async fn local_keeps_each_replica_at_its_share_while_redis_is_down() {
-    kill_and_restart(OnError::Local, async |l: &Limiter| {
-        // 10 per minute shared by 2 expected replicas: 5 here.
-        for _ in 0..5 {
+    // 10 per minute shared by 2 expected replicas: 5 here, less the part of that share
+    // Redis had said was spent (1 of 10: 9 ÷ 2 = 4 left here, rounded down). Redis comes
+    // back empty: handed back are the 4 grants, the seed of 1 that stood for what it
+    // lost, and the other replica's whole share of 5 (it may still be deciding locally):
+    // the minute is full.
+    kill_and_restart(OnError::Local, 10, async |l: &Limiter| {
+        for _ in 0..4 {
             assert_eq!(origin_of(l).await, Ok(Origin::Local));
         }
         assert!(matches!(origin_of(l).await, Err(RefusalReason::Limit(_))));
@@ -196,4 +209,214 @@ async fn the_in_process_store_forgets_expired_accounts() {
             .unwrap();
     }
     assert!(store.accounts() <= 1, "{} accounts left", store.accounts());
+}
+
+// ---- The hand-over between Redis and the local fallback (`on_error = local`) ----
+
+/// A limiter on the manual `clock`, two expected replicas, `local` policy.
+fn clocked(server: &RedisServer, clock: &ManualClock, options: RedisOptions) -> Limiter {
+    let options = RedisOptions {
+        clock: Some(Arc::new(clock.clone())),
+        ..options
+    };
+    Limiter::redis(&server.url(), options, OnError::Local, 2).unwrap()
+}
+
+/// 100 requests per minute; 50 per replica when Redis is down.
+fn hundred() -> Quota {
+    quota(vec![
+        Limit::requests(100, Window::secs(60).unwrap()).unwrap(),
+    ])
+}
+
+/// Acquires `cost` on `k` without waiting: the grant's origin, or the refusal's reason.
+async fn decide(l: &Limiter, k: &QuotaKey, q: &Quota, cost: Cost) -> Result<Origin, RefusalReason> {
+    match l
+        .acquire(std::slice::from_ref(k), q, cost, Duration::ZERO)
+        .await
+        .unwrap()
+    {
+        Decision::Granted(r) => Ok(r.origin),
+        Decision::Refused(r) => Err(r.reason),
+    }
+}
+
+/// Acquires one request at a time until refused (at most `cap`); counts the grants by
+/// origin: (shared, local).
+async fn drain(l: &Limiter, k: &QuotaKey, q: &Quota, cap: u64) -> (u64, u64) {
+    let (mut shared, mut local) = (0, 0);
+    for _ in 0..cap {
+        match decide(l, k, q, one()).await {
+            Ok(Origin::Shared) => shared += 1,
+            Ok(Origin::Local) => local += 1,
+            Ok(other) => panic!("unexpected origin {other:?}"),
+            Err(_) => break,
+        }
+    }
+    (shared, local)
+}
+
+async fn used(l: &Limiter, k: &QuotaKey, q: &Quota) -> u64 {
+    l.status(k, q).await.unwrap().limits[0].used
+}
+
+/// Makes read-only checks until one is decided on Redis again (wall-clock bound: a
+/// hang becomes a failure).
+async fn until_shared(l: &Limiter, k: &QuotaKey, q: &Quota) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while decide(l, k, q, Cost::ZERO).await != Ok(Origin::Shared) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shared decisions never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Into local mode: a window that was 60 % full in Redis leaves this replica 40 % of its
+/// share (50 × 0.4 = 20), not a whole share on top of what the fleet already spent.
+#[tokio::test]
+async fn local_mode_starts_from_what_redis_last_said() {
+    let mut server = RedisServer::start();
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
+    let limiter = clocked(&server, &clock, options());
+    let (q, a) = (hundred(), key("a"));
+    for _ in 0..60 {
+        assert_eq!(decide(&limiter, &a, &q, one()).await, Ok(Origin::Shared));
+    }
+    server.kill();
+
+    let (shared, local) = drain(&limiter, &a, &q, 100).await;
+    assert_eq!(shared, 0);
+    assert!(
+        local > 0 && local <= 20,
+        "{local} local grants; at most 50 × (1 − 0.6) = 20, and some"
+    );
+    assert!(limiter.is_degraded());
+    // An account Redis never described: its minute window counts as full here.
+    assert!(matches!(
+        decide(&limiter, &key("never-seen"), &q, one()).await,
+        Err(RefusalReason::Limit(_))
+    ));
+    // The seed errs high by at most one window (and one 6 s bucket): after that the
+    // share is whole again.
+    clock.advance(Duration::from_secs(67));
+    assert_eq!(drain(&limiter, &a, &q, 100).await, (0, 50));
+    assert_eq!(drain(&limiter, &key("never-seen"), &q, 100).await, (0, 50));
+}
+
+/// Back to Redis after a restart that lost every key: what this replica granted locally
+/// is recorded first (the scripts are reloaded for it), and with it the seed that stood
+/// for this replica's part of what Redis lost and the other replica's whole share (it
+/// may still be granting locally, unseen), so the shared window grants at most the rest
+/// of the limit.
+#[tokio::test]
+async fn local_usage_is_handed_back_to_a_restarted_redis() {
+    let mut server = RedisServer::start();
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
+    let limiter = clocked(&server, &clock, options());
+    let (q, a) = (hundred(), key("a"));
+    // Redis holds 20: 80 left, 40 for this replica (its seed: 50 − 40 = 10).
+    for _ in 0..20 {
+        assert_eq!(decide(&limiter, &a, &q, one()).await, Ok(Origin::Shared));
+    }
+    server.kill();
+    for _ in 0..30 {
+        assert_eq!(decide(&limiter, &a, &q, one()).await, Ok(Origin::Local));
+    }
+    clock.advance(Duration::from_secs(20));
+
+    server.restart(); // empty: no keys, no cached scripts
+    until_shared(&limiter, &a, &q).await;
+    assert!(!limiter.is_degraded());
+    assert_eq!(
+        used(&limiter, &a, &q).await,
+        90,
+        "the 30 local grants, the seed of 10 and the other replica's share of 50"
+    );
+    let (shared, local) = drain(&limiter, &a, &q, 200).await;
+    assert_eq!(
+        (shared, local),
+        (10, 0),
+        "no burst: 100 − 30 granted locally − 10 of what Redis lost − 50 for the other replica"
+    );
+    assert_eq!(used(&limiter, &a, &q).await, 100);
+    // The hand-back was exactly once: nothing more is recorded on later decisions.
+    clock.advance(Duration::from_secs(1));
+    assert!(matches!(
+        decide(&limiter, &a, &q, one()).await,
+        Err(RefusalReason::Limit(_))
+    ));
+    assert_eq!(used(&limiter, &a, &q).await, 100);
+    // The local grants leave the shared window one window (and one 6 s bucket) after
+    // their hand-back.
+    clock.advance(Duration::from_secs(65));
+    assert_eq!(used(&limiter, &a, &q).await, 0);
+}
+
+/// Redis paused (it keeps its data): the seed is not handed back (Redis has it), the
+/// local grants are, exactly once, although 64 acquires race at recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_gets_local_usage_back_once() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
+    let limiter = Arc::new(clocked(
+        &server,
+        &clock,
+        RedisOptions {
+            timeout: Duration::from_millis(200),
+            breaker_threshold: 1,
+            breaker_open_for: Duration::ZERO,
+            ..RedisOptions::default()
+        },
+    ));
+    // 20 per minute, 10 per replica; Redis holds 8.
+    let q = quota(vec![
+        Limit::requests(20, Window::secs(60).unwrap()).unwrap(),
+    ]);
+    let a = key("a");
+    for _ in 0..8 {
+        assert_eq!(decide(&limiter, &a, &q, one()).await, Ok(Origin::Shared));
+    }
+    // Redis 7.0 queues even `CLIENT UNPAUSE` behind `CLIENT PAUSE … ALL`: the pause runs
+    // its course, long enough for the few local decisions below.
+    assert!(server.pause_clients(Duration::from_secs(6)));
+    // The call that finds Redis paused is read-only: when Redis runs it later, it
+    // charges nothing.
+    assert!(decide(&limiter, &a, &q, Cost::ZERO).await.is_ok());
+    assert!(limiter.is_degraded());
+    // 12 left in Redis: 6 for this replica. (Should the pause end during these, the
+    // rest are shared: the final count below holds either way.)
+    let (shared_before, local_before) = drain(&limiter, &a, &q, 20).await;
+    assert!(
+        local_before > 0 && local_before <= 6,
+        "{local_before} local grants; at most 12 ÷ 2 = 6"
+    );
+    // A `PING` from another client answers when the pause is over.
+    assert_eq!(server.cli(&["PING"]).trim(), "PONG");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let (limiter, q, a) = (limiter.clone(), q.clone(), a.clone());
+        tasks.spawn(async move { decide(&limiter, &a, &q, one()).await });
+    }
+    let (mut shared, mut local) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(Origin::Shared) => shared += 1,
+            Ok(Origin::Local) => local += 1,
+            _ => {}
+        }
+    }
+    // Anything granted locally in the race is handed back by the next decisions.
+    until_shared(&limiter, &a, &q).await;
+    let granted = 8 + shared_before + local_before + shared + local;
+    assert_eq!(
+        used(&limiter, &a, &q).await,
+        granted,
+        "every grant in Redis exactly once ({local_before} local during the pause, \
+         {shared} shared and {local} local at recovery)"
+    );
+    assert!(shared > 0, "Redis decides again after the hand-back");
+    assert!(granted <= 20, "no burst past the limit: {granted} granted");
 }

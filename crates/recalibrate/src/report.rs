@@ -69,6 +69,15 @@ pub struct QuotasReport {
 }
 
 impl QuotasReport {
+    /// Drops the details meant for operators only: why an account is out of rotation
+    /// (it may quote the provider) and the store's errors. The state stays.
+    pub fn redact_details(&mut self) {
+        for account in self.models.iter_mut().flat_map(|m| m.accounts.iter_mut()) {
+            account.disabled_reason = None;
+            account.error = None;
+        }
+    }
+
     /// Publishes the view as gauges labelled `model`, `account` (`key-<i>`) and `limit`
     /// (the limit id): `sluice_configured_limit` and `sluice_window_used` (what the
     /// trailing window holds, queued reservations included), for dashboards that plot

@@ -29,7 +29,8 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    sluice_gateway::init_logs(args.log_json);
+    // Flushes the spans not yet exported when dropped, even on an early error return.
+    let telemetry = sluice_gateway::init_logs(args.log_json);
     let mut flags = Vec::new();
     let mut put = |k: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -47,7 +48,7 @@ fn main() -> anyhow::Result<()> {
             )
         })?;
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let options = Options::from_config(&config);
         let listener = tokio::net::TcpListener::bind(config.sidecar.listen)
             .await
@@ -62,5 +63,9 @@ fn main() -> anyhow::Result<()> {
             .serve(listener, sluice_gateway::shutdown_signal())
             .await?;
         Ok(())
-    })
+    });
+    // Outside the runtime: the exporter's HTTP client blocks.
+    drop(runtime);
+    telemetry.shutdown();
+    served
 }

@@ -5,5 +5,6 @@
 mod support;
 
 mod api;
+mod outage;
 mod recalibration;
 mod takeover;

@@ -286,9 +286,22 @@ async fn billing_exhausted_moves_traffic_and_quotas_say_why() {
         b.accepted
     );
     for base in [&sidecar.url, &gateways[0]] {
+        // Anyone allowed in sees the state; the reason is for the admin key only.
         let q = get_json(&client, &format!("{base}/v1/quotas")).await;
         let acc = &q["models"][0]["accounts"];
         assert_eq!(acc[0]["state"], "disabled", "{q}");
+        assert!(acc[0].get("disabled_reason").is_none(), "{q}");
+        assert_eq!(acc[1]["state"], "active", "{q}");
+        let q: serde_json::Value = client
+            .get(format!("{base}/v1/quotas"))
+            .bearer_auth("admin-key-for-tests-0123")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let acc = &q["models"][0]["accounts"];
         assert!(
             acc[0]["disabled_reason"]
                 .as_str()
@@ -296,7 +309,6 @@ async fn billing_exhausted_moves_traffic_and_quotas_say_why() {
                 .contains("billing_exhausted"),
             "{q}"
         );
-        assert_eq!(acc[1]["state"], "active", "{q}");
     }
     // The operator fixes billing and puts the account back.
     sim.sim()

@@ -230,6 +230,27 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Starts a standalone server that accepts `DEBUG` commands (off by default since
+    /// Redis 7), for [`RedisServer::debug_sleep`].
+    pub fn start_debuggable() -> Self {
+        Self::start_with(&["--enable-debug-command", "yes"])
+    }
+
+    /// `CLIENT PAUSE <ms> ALL`: every client's commands wait for `pause` (the server
+    /// stays up and accepts connections). Returns at once; true when Redis said `OK`.
+    pub fn pause_clients(&self, pause: Duration) -> bool {
+        let ms = pause.as_millis().max(1).to_string();
+        self.cli(&["CLIENT", "PAUSE", &ms, "ALL"]).trim() == "OK"
+    }
+
+    /// `DEBUG SLEEP <secs>`: the whole server blocks for `sleep` (a stand-in for a long
+    /// fork, a slow disk or a busy script). Blocks the caller as long; true when Redis
+    /// said `OK`. Needs a server from [`RedisServer::start_debuggable`].
+    pub fn debug_sleep(&self, sleep: Duration) -> bool {
+        let secs = format!("{:.3}", sleep.as_secs_f64());
+        self.cli(&["DEBUG", "SLEEP", &secs]).trim() == "OK"
+    }
+
     /// Runs `redis-cli` against the server and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         if self.tls {
@@ -365,7 +386,14 @@ impl RedisCluster {
 pub struct Service {
     child: Child,
     url: String,
+    logs: Option<CapturedLogs>,
     _dir: tempfile::TempDir,
+}
+
+/// The stderr lines of a [`Service`] started with [`Service::start_capturing`].
+struct CapturedLogs {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Service {
@@ -382,11 +410,19 @@ impl Service {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("sluice.toml");
         std::fs::write(&path, toml).expect("write the configuration");
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("--config")
             .arg(&path)
             .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+            .args(args);
+        // Hermetic: no tracing exporter inherited from the environment running the tests.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("OTEL_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -404,8 +440,44 @@ impl Service {
         Self {
             child,
             url: format!("http://{addr}"),
+            logs: None,
             _dir: dir,
         }
+    }
+
+    /// Like [`Service::start`], with every stderr line kept (see [`Service::logs`]).
+    pub fn start_capturing(
+        binary: &str,
+        toml: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut service = Self::start(binary, toml, args, env, Stdio::piped());
+        let stderr = service.child.stderr.take().expect("piped stderr");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    lines.lock().expect("log lines").push(line);
+                }
+            })
+        };
+        service.logs = Some(CapturedLogs {
+            lines,
+            reader: Some(reader),
+        });
+        service
+    }
+
+    /// The stderr lines so far (all of them once [`Service::wait`] returned); empty
+    /// unless started with [`Service::start_capturing`].
+    pub fn logs(&self) -> Vec<String> {
+        self.logs
+            .as_ref()
+            .map(|l| l.lines.lock().expect("log lines").clone())
+            .unwrap_or_default()
     }
 
     /// `http://ADDR` of the listener.
@@ -421,9 +493,25 @@ impl Service {
             .is_ok_and(|s| s.success())
     }
 
-    /// Waits for the process to exit; true when it exited with success.
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process (SIGKILL) and waits for it to exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit (and, when capturing, for its last log line);
+    /// true when it exited with success.
     pub fn wait(&mut self) -> bool {
-        self.child.wait().is_ok_and(|s| s.success())
+        let ok = self.child.wait().is_ok_and(|s| s.success());
+        if let Some(reader) = self.logs.as_mut().and_then(|l| l.reader.take()) {
+            let _ = reader.join();
+        }
+        ok
     }
 }
 

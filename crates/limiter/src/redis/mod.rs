@@ -128,6 +128,62 @@ impl RedisStore {
         }
     }
 
+    /// Sends `PING` through the circuit breaker: refused at once while it is open,
+    /// and when it lets a probe through, the answer closes or reopens it. Unlike a
+    /// script, a `PING` that times out but runs later changes nothing, so this is how
+    /// the `local` fallback learns that Redis is back before it writes anything.
+    pub(crate) async fn probe(&self) -> Result<(), StoreError> {
+        if self.breaker.permit() == Permit::Reject {
+            return Err(StoreError::CircuitOpen);
+        }
+        match self.ping().await {
+            Ok(()) => {
+                if self.breaker.success() {
+                    tracing::info!("redis answers again; circuit breaker closed");
+                }
+                Ok(())
+            }
+            Err(e) => {
+                metrics::counter!("sluice_limiter_store_errors_total", "kind" => error_kind(&e))
+                    .increment(1);
+                if self.breaker.failure() {
+                    tracing::warn!(error = %e, "redis unavailable; circuit breaker open");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Adds per-limit `charges` (in `quota`'s limit order) to the account's buckets of
+    /// `ahead` from now (Redis's now), unchecked (`sluice_record_v2`), plus `if_fresh`
+    /// when Redis holds no windows for the account. Limits charged 0 are not touched,
+    /// and the windows key's TTL is only ever lengthened, to `quota`'s longest window
+    /// past the charge. Returns true when the account's windows did not exist.
+    pub(crate) async fn record_charges(
+        &self,
+        key: &QuotaKey,
+        quota: &Quota,
+        charges: &[u64],
+        if_fresh: &[u64],
+        ahead: Duration,
+    ) -> Result<bool, StoreError> {
+        let keys = [self.key("w", key)];
+        let mut args = Vec::with_capacity(4 + 5 * quota.limits().len());
+        args.push(self.now_arg());
+        args.push(ms(windows_ttl_after(quota)));
+        args.push(duration_micros(ahead).to_string());
+        args.push(quota.limits().len().to_string());
+        for (i, l) in quota.limits().iter().enumerate() {
+            args.push(l.id().as_str().to_owned());
+            args.push(l.window().micros().to_string());
+            args.push(quota.bucket_micros(l).to_string());
+            args.push(charges.get(i).copied().unwrap_or(0).to_string());
+            args.push(if_fresh.get(i).copied().unwrap_or(0).to_string());
+        }
+        let reply = self.call(&self.scripts.record, &keys, &args).await?;
+        Ok(int(&reply)? == 2)
+    }
+
     async fn handle(&self) -> Result<(usize, connection::Handle), StoreError> {
         match tokio::time::timeout(self.options.timeout, self.conns.handle()).await {
             Ok(r) => r,
@@ -486,20 +542,11 @@ impl Store for RedisStore {
         quota: &Quota,
         cost: Cost,
     ) -> Result<(), LimitError> {
-        let keys = [self.key("w", key)];
-        let mut args = vec![
-            self.now_arg(),
-            ms(windows_ttl_after(quota)),
-            quota.limits().len().to_string(),
-        ];
-        for l in quota.limits() {
-            args.push(l.id().as_str().to_owned());
-            args.push(l.window().micros().to_string());
-            args.push(quota.bucket_micros(l).to_string());
-            args.push(l.charge(&cost).to_string());
-        }
-        self.call(&self.scripts.record, &keys, &args).await?;
-        Ok(())
+        let charges: Vec<u64> = quota.limits().iter().map(|l| l.charge(&cost)).collect();
+        Ok(self
+            .record_charges(key, quota, &charges, &[], Duration::ZERO)
+            .await
+            .map(|_| ())?)
     }
 
     async fn update(
