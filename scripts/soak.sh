@@ -11,7 +11,8 @@
 #
 # Binaries: --release or --debug (CI: --debug, after cargo test has built most of it);
 # by default release when a release sluice-gateway is built, else debug when a debug one
-# is, else release. Either way `cargo build` runs first (a no-op when they are fresh).
+# is, else release. Either way `cargo build` runs first (a no-op when they are fresh),
+# and a failed build fails the soak (it never runs stale binaries).
 # The bench starts its own redis-server on a free port (it must kill and restart it);
 # redis-server is installed with apt when it is missing. Every process it starts is
 # stopped on exit, also on Ctrl-C.
@@ -30,7 +31,6 @@ for a in "$@"; do
 done
 target=${CARGO_TARGET_DIR:-target}
 names=(sluice-sim sluice-gateway sluice-sidecar sluice-bench)
-have() { for n in "${names[@]}"; do [ -x "$target/$1/$n" ] || return 1; done; }
 if [ -z "$profile" ]; then
   if [ -x "$target/release/sluice-gateway" ]; then profile=release
   elif [ -x "$target/debug/sluice-gateway" ]; then profile=debug
@@ -54,9 +54,7 @@ say "building ${names[*]} ($profile)"
 flags=(-q)
 [ "$profile" = release ] && flags+=(--release)
 bin=$target/$profile
-if ! cargo build "${flags[@]}" -p sluice-sim -p sluice-gateway -p sluice-sidecar -p sluice-bench; then
-  if have "$profile"; then say "build failed; using the binaries already in $bin"; else exit 1; fi
-fi
+cargo build "${flags[@]}" -p sluice-sim -p sluice-gateway -p sluice-sidecar -p sluice-bench
 
 if ! command -v redis-server >/dev/null 2>&1; then
   as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"; else return 1; fi; }

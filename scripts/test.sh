@@ -2,7 +2,8 @@
 # The one test command: installs what the tests need (Debian packages), checks format
 # and lints, builds, and runs every test of the workspace (unit, Lua against a real
 # redis-server, Redis Cluster, multi-process, end-to-end), then the real-client tests
-# (the official OpenAI Python SDK from PyPI, in a venv under target/, and curl).
+# (the official OpenAI Python SDK from PyPI, in a venv under target/, and curl), and a
+# 75-second soak with random faults (scripts/soak.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,3 +33,6 @@ cargo test --workspace --locked
 
 echo "==> real clients (the official OpenAI Python SDK and curl against a gateway)"
 bash tests/clients/run.sh
+
+echo "==> a short soak (75 s at 1.25x the quota, Redis/gateway/sidecar faults; the full one is bash scripts/soak.sh 600)"
+bash scripts/soak.sh 75 --debug

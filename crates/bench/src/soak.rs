@@ -940,6 +940,9 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, BenchError> {
     // Redis, owned.
     let redis_dir = out.join("redis");
     std::fs::create_dir_all(&redis_dir).map_err(|e| BenchError::Io(redis_dir.clone(), e))?;
+    // Absolute: redis-server changes into `--dir` before it opens `--logfile`.
+    let redis_dir =
+        std::path::absolute(&redis_dir).map_err(|e| BenchError::Io(redis_dir.clone(), e))?;
     let mut redis = Redis {
         bin: opts.redis_server.clone(),
         port: free_port()?,
