@@ -7,10 +7,21 @@ use parking_lot::Mutex;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen,
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// A probe is out; if it never reports (its caller was cancelled), another is let
+    /// through after `lost_after`.
+    HalfOpen {
+        lost_after: Instant,
+    },
 }
+
+/// How long a probe may stay out before it counts as lost (at least this, or `open_for`).
+const PROBE_LOST_AFTER: Duration = Duration::from_secs(1);
 
 /// What the breaker says about a call about to be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,11 +55,13 @@ impl Breaker {
         let mut s = self.state.lock();
         match *s {
             State::Closed { .. } => Permit::Call,
-            State::Open { until } if Instant::now() >= until => {
-                *s = State::HalfOpen;
+            State::Open { until: t } | State::HalfOpen { lost_after: t } if Instant::now() >= t => {
+                *s = State::HalfOpen {
+                    lost_after: Instant::now() + self.open_for.max(PROBE_LOST_AFTER),
+                };
                 Permit::Probe
             }
-            State::Open { .. } | State::HalfOpen => Permit::Reject,
+            State::Open { .. } | State::HalfOpen { .. } => Permit::Reject,
         }
     }
 
@@ -75,7 +88,7 @@ impl Breaker {
                 };
                 false
             }
-            State::HalfOpen | State::Open { .. } => {
+            State::HalfOpen { .. } | State::Open { .. } => {
                 *s = State::Open { until };
                 false
             }
@@ -105,6 +118,21 @@ mod tests {
         assert!(b.success());
         assert_eq!(b.permit(), Permit::Call);
         assert!(!b.is_open());
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_is_replaced() {
+        let b = Breaker::new(1, Duration::ZERO);
+        b.failure();
+        assert_eq!(b.permit(), Permit::Probe);
+        // Its caller was cancelled: neither success nor failure comes.
+        assert_eq!(b.permit(), Permit::Reject);
+        *b.state.lock() = State::HalfOpen {
+            lost_after: Instant::now() - Duration::from_millis(1),
+        };
+        assert_eq!(b.permit(), Permit::Probe);
+        assert!(b.success());
+        assert_eq!(b.permit(), Permit::Call);
     }
 
     #[test]

@@ -17,17 +17,26 @@
 //! Redis already holds if it kept its data — is recorded into Redis before any shared
 //! decision is made, once per outage: one task hands back while the others wait for it
 //! (or, if Redis still looks down, keep deciding locally). It lands in the bucket of the
-//! latest slot granted locally (queued requests reach the provider that late). If Redis
-//! lost the account's windows (a restart without persistence: the key is missing), the
-//! record also brings what is left of the seed and a whole share for each other replica,
-//! which may still be deciding locally, unseen by Redis, until its own probe: too much
-//! for at most a window after such a restart, never too little. The local state of each
-//! account handed back is then forgotten, and the last word from Redis is lowered by
-//! what was handed back, so a later outage starts from Redis's view again instead of
-//! counting this outage's grants twice.
+//! latest slot granted locally (queued requests reach the provider that late), and
+//! Redis's queue moves up to that slot: the one charge stands for grants spread over the
+//! outage, so shared grants must come after it for every window they close to count it
+//! whole. If Redis
+//! lost the account's windows (a restart without persistence: the key is missing, or was
+//! recreated without a queue by a reconcile or outside usage recorded first, or its queue
+//! ends before the latest slot Redis gave this replica, so another replica's hand-back
+//! recreated it), the record also brings what is left of the seed and a whole share for
+//! each other replica, which may still be deciding locally, unseen by Redis, until its
+//! own probe: too much for at most a window after such a restart, never too little.
+//! (All of it lands at the latest slot this replica knew of, so Redis grants nothing that
+//! reaches the provider beside the queue it lost.) The local state of each account
+//! handed back is then forgotten, and the last word from Redis is lowered by what was
+//! handed back, so a later outage starts from Redis's view again instead of counting
+//! this outage's grants twice.
 //!
-//! Seeds land in the bucket of the latest slot Redis gave this replica on the account
-//! (queued requests reach the provider up to `max_wait` after their decision).
+//! Seeds land in the bucket of the latest slot Redis named to this replica on the
+//! account: a grant's, or the earliest slot of a refused request, which is never before
+//! Redis's queue tail (queued requests of the whole fleet reach the provider up to
+//! `max_wait` after their decision).
 //!
 //! [`OnError::Local`]: crate::OnError::Local
 
@@ -56,6 +65,11 @@ struct Seen {
     /// The latest slot Redis gave this replica on the account (µs, limiter's clock):
     /// usage Redis counted may reach the provider as late as that.
     booked_until: AtomicU64,
+    /// The latest slot Redis named to this replica on the account: a grant's, or the
+    /// earliest a refused request could have had (µs). A slot is never before Redis's
+    /// queue tail, so this is the end of the fleet's queue as Redis last said it, where
+    /// `booked_until` is only this replica's part of it.
+    named_until: AtomicU64,
 }
 
 impl Seen {
@@ -64,6 +78,7 @@ impl Seen {
             ids: budget.iter().map(|r| r.limit.clone()).collect(),
             remaining: Default::default(),
             booked_until: AtomicU64::new(0),
+            named_until: AtomicU64::new(0),
         }
     }
 
@@ -114,6 +129,9 @@ struct Back {
     seed: Vec<u64>,
     /// The latest slot, granted locally or booked in Redis (µs).
     latest: u64,
+    /// The latest slot Redis gave this replica on the account (µs, 0: none): if Redis's
+    /// queue ends before it, Redis lost the account's windows.
+    booked: u64,
 }
 
 /// Clears [`Handover::handing_back`] when dropped.
@@ -211,19 +229,20 @@ impl Handover {
 
     /// Remembers what a Redis decision said about the account it describes.
     pub(crate) fn observe(&self, candidates: &[QuotaKey], decision: &Decision) {
-        let (key, budget, wait) = match decision {
-            Decision::Granted(r) => (&r.key, &r.remaining, r.wait),
+        let (key, budget, wait, granted) = match decision {
+            Decision::Granted(r) => (&r.key, &r.remaining, r.wait, true),
             Decision::Refused(r) => match candidates.get(r.candidate) {
-                Some(k) => (k, &r.remaining, std::time::Duration::ZERO),
+                Some(k) => (k, &r.remaining, r.retry_after.unwrap_or_default(), false),
                 None => return,
             },
         };
-        // A queued slot: read the clock only then.
-        let booked = if wait.is_zero() {
+        // A slot ahead (queued, or named by a refusal): read the clock only then.
+        let named = if wait.is_zero() {
             0
         } else {
             self.local.now_micros() + duration_micros(wait)
         };
+        let booked = if granted { named } else { 0 };
         if budget.is_empty() || budget.len() > Quota::MAX_LIMITS {
             return;
         }
@@ -233,6 +252,9 @@ impl Handover {
                 && s.matches(budget)
             {
                 s.store(budget);
+                if named > 0 {
+                    s.named_until.fetch_max(named, Ordering::Relaxed);
+                }
                 if booked > 0 {
                     s.booked_until.fetch_max(booked, Ordering::Relaxed);
                 }
@@ -243,6 +265,7 @@ impl Handover {
         let s = Seen::new(budget);
         s.store(budget);
         s.booked_until.store(booked, Ordering::Relaxed);
+        s.named_until.store(named, Ordering::Relaxed);
         self.seen.write().insert(key.clone(), s);
     }
 
@@ -261,15 +284,22 @@ impl Handover {
             let seed = seed(quota, share, self.replicas, |id| {
                 last.and_then(|s| s.remaining_of(id))
             });
-            let booked = last.map_or(0, |s| s.booked_until.load(Ordering::Relaxed));
+            let booked = last.map_or(0, |s| {
+                s.booked_until
+                    .load(Ordering::Relaxed)
+                    .max(s.named_until.load(Ordering::Relaxed))
+            });
             (seed, booked)
         };
         // Whatever is left from an earlier period was handed back already.
         self.local.forget(key);
         self.granted.forget(key);
-        // At the latest slot Redis gave here: queued requests reach the provider as late
-        // as that, so the usage Redis counted stays in the provider's window until then
-        // plus a window.
+        // At the end of the fleet's queue as Redis last named it (not only this replica's
+        // latest slot): queued requests reach the provider as late as that, so the usage
+        // Redis counted stays in the provider's window until then plus a window. (Placed
+        // at this replica's own latest slot, the seed left the local window while other
+        // replicas' requests booked later were still in the provider's: the local grants
+        // it then allowed went past the limit.)
         self.local
             .record_charges(key, share, &seed, now.max(booked));
         if period.is_empty() {
@@ -398,6 +428,7 @@ impl Handover {
                 &more,
                 &[],
                 std::time::Duration::ZERO,
+                std::time::Duration::ZERO,
             )
             .await
             .is_ok()
@@ -479,12 +510,18 @@ impl Handover {
                             }
                         })
                         .collect();
+                    let booked = self
+                        .seen
+                        .read()
+                        .get(k)
+                        .map_or(0, |s| s.booked_until.load(Ordering::Relaxed));
                     Back {
                         key: k.clone(),
                         quota: e.quota.clone(),
                         given,
                         seed,
                         latest: e.latest,
+                        booked,
                     }
                 })
                 .collect()
@@ -496,15 +533,18 @@ impl Handover {
             given,
             seed,
             latest,
+            booked,
         } in &items
         {
             if given.iter().chain(seed).any(|&c| c > 0) {
                 // At the latest local slot: queued local grants reach the provider as
                 // late as that (Redis's clock may differ; the wait is relative).
-                let ahead = std::time::Duration::from_micros(
-                    latest.saturating_sub(self.local.now_micros()),
-                );
-                let recorded = store.record_charges(key, quota, given, seed, ahead).await;
+                let now = self.local.now_micros();
+                let ahead = std::time::Duration::from_micros(latest.saturating_sub(now));
+                let booked = std::time::Duration::from_micros(booked.saturating_sub(now));
+                let recorded = store
+                    .record_charges(key, quota, given, seed, ahead, booked)
+                    .await;
                 if matches!(recorded, Ok(true)) {
                     tracing::info!(account = %key, "redis had lost the account's windows; seed handed back too");
                 }

@@ -10,7 +10,7 @@ use sluice_limiter::{
 };
 use sluice_testkit::RedisServer;
 
-use crate::support::{T0, key, one, quota};
+use crate::support::{T0, key, one, quota, tokens};
 use sluice_limiter::{Limit, Quota, QuotaKey};
 
 fn options() -> RedisOptions {
@@ -419,4 +419,310 @@ async fn a_paused_redis_gets_local_usage_back_once() {
     );
     assert!(shared > 0, "Redis decides again after the hand-back");
     assert!(granted <= 20, "no burst past the limit: {granted} granted");
+}
+
+/// Redis kept its data, and this replica queued local grants ahead while it was away:
+/// the hand-back is one charge at the latest local slot, standing for grants from the
+/// outage's start to that slot, so shared grants must queue after it. Were they placed
+/// before it (Redis's own queue was empty), the windows they close would miss the
+/// local grants made earlier in the outage.
+#[tokio::test]
+async fn shared_grants_queue_after_a_hand_back_placed_ahead() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
+    let limiter = clocked(
+        &server,
+        &clock,
+        RedisOptions {
+            timeout: Duration::from_millis(200),
+            breaker_threshold: 1,
+            breaker_open_for: Duration::ZERO,
+            ..RedisOptions::default()
+        },
+    );
+    // 20 per minute, 10 per replica; Redis holds 4.
+    let q = quota(vec![
+        Limit::requests(20, Window::secs(60).unwrap()).unwrap(),
+    ]);
+    let a = key("a");
+    for _ in 0..4 {
+        assert_eq!(decide(&limiter, &a, &q, one()).await, Ok(Origin::Shared));
+    }
+    assert!(server.pause_clients(Duration::from_secs(4)));
+    assert!(decide(&limiter, &a, &q, Cost::ZERO).await.is_ok());
+    // Local: what is left of the share now, then one more queued a window ahead.
+    let (_, local_now) = drain(&limiter, &a, &q, 20).await;
+    assert!(local_now > 0, "local grants while Redis is paused");
+    let queued = limiter
+        .acquire(
+            std::slice::from_ref(&a),
+            &q,
+            one(),
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap()
+        .granted()
+        .expect("a local grant queued ahead");
+    if queued.origin != Origin::Local {
+        // The pause ended before: nothing was decided ahead locally.
+        return;
+    }
+    assert!(queued.wait > Duration::ZERO, "{queued:?}");
+    assert_eq!(server.cli(&["PING"]).trim(), "PONG");
+    // The first grant decided on Redis again (queued: a plain check with no wait would
+    // be refused, the queue being ahead).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let next = loop {
+        let r = limiter
+            .acquire(
+                std::slice::from_ref(&a),
+                &q,
+                Cost::ZERO,
+                Duration::from_secs(300),
+            )
+            .await
+            .unwrap()
+            .granted()
+            .expect("granted, queued");
+        if r.origin == Origin::Shared {
+            break r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shared decisions never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        next.slot >= queued.slot,
+        "a shared grant at {:?} before the latest local one at {:?}",
+        next.slot,
+        queued.slot
+    );
+}
+
+/// Redis restarted empty, and the reconcile of a request it granted before the restart
+/// reached it before any hand-back: the reconcile recreated the windows key (with the
+/// tokens it adds, and no queue). The hand-back must still see that Redis lost the
+/// account's windows and bring the seed and the other replica's share, not only the
+/// local grants.
+#[tokio::test]
+async fn a_reconcile_that_recreates_the_key_does_not_hide_a_restart() {
+    let mut server = RedisServer::start();
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
+    let limiter = clocked(&server, &clock, options());
+    let q = quota(vec![
+        Limit::requests(100, Window::secs(60).unwrap()).unwrap(),
+        Limit::tokens(1_000_000, Window::secs(60).unwrap()).unwrap(),
+    ]);
+    let a = key("a");
+    // Redis holds 20 requests: 80 left, 40 for this replica (its seed: 50 − 40 = 10).
+    let mut last = None;
+    for _ in 0..20 {
+        let d = limiter
+            .acquire(std::slice::from_ref(&a), &q, tokens(10), Duration::ZERO)
+            .await
+            .unwrap();
+        last = Some(d.granted().expect("granted"));
+    }
+    let last = last.unwrap();
+    assert_eq!(last.origin, Origin::Shared);
+    server.kill();
+    for _ in 0..30 {
+        assert_eq!(decide(&limiter, &a, &q, one()).await, Ok(Origin::Local));
+    }
+    clock.advance(Duration::from_secs(20));
+
+    server.restart(); // empty
+    // The request Redis granted before the restart ends first: its reconcile (more
+    // tokens than estimated) recreates the windows key. (Retried while the breaker is
+    // still open: the reconcile is idempotent.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while limiter.reconcile(&q, &last, tokens(15)).await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reconcile never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = limiter.status(&a, &q).await.unwrap();
+    assert_eq!(status.limits[0].used, 0, "the reconcile adds no request");
+    assert_eq!(status.limits[1].used, 5, "the reconcile recreated the key");
+
+    until_shared(&limiter, &a, &q).await;
+    assert_eq!(
+        used(&limiter, &a, &q).await,
+        90,
+        "the 30 local grants, the seed of 10 and the other replica's share of 50"
+    );
+    assert_eq!(
+        drain(&limiter, &a, &q, 200).await,
+        (10, 0),
+        "no burst: 100 − 30 granted locally − 10 of what Redis lost − 50 for the other"
+    );
+}
+
+/// Redis restarted empty and one replica handed back first, recreating the windows key.
+/// The other replica had a request booked more than a window ahead: its hand-back must
+/// still count Redis's windows as lost (the queue Redis now holds ends before that
+/// slot), or the shared window grants a whole limit beside the booked request.
+#[tokio::test]
+async fn a_later_hand_back_sees_that_its_booked_slots_were_lost() {
+    let mut server = RedisServer::start();
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
+    let (a_side, b_side) = (
+        clocked(&server, &clock, options()),
+        clocked(&server, &clock, options()),
+    );
+    let (q, a) = (hundred(), key("a"));
+    // B takes 70, A the last 30 (both last heard that nothing is left), then B books
+    // one more when the first bucket has left the window: 66 s ahead.
+    for _ in 0..70 {
+        assert_eq!(decide(&b_side, &a, &q, one()).await, Ok(Origin::Shared));
+    }
+    for _ in 0..30 {
+        assert_eq!(decide(&a_side, &a, &q, one()).await, Ok(Origin::Shared));
+    }
+    let booked = b_side
+        .acquire(
+            std::slice::from_ref(&a),
+            &q,
+            one(),
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
+    let booked = booked.granted().expect("booked ahead");
+    assert_eq!(booked.origin, Origin::Shared);
+    assert_eq!(booked.wait, Duration::from_secs(66));
+
+    server.kill();
+    // Both decide locally (nothing left of either share): both have usage to hand back.
+    assert!(decide(&a_side, &a, &q, one()).await.is_err());
+    assert!(decide(&b_side, &a, &q, one()).await.is_err());
+    assert!(a_side.is_degraded() && b_side.is_degraded());
+
+    server.restart(); // empty
+    // A first, then B. (B's decisions are refused for the queue it re-established, so
+    // "back" is told by the breaker: a local decision would have left it open.)
+    until_back(&a_side, &a, &q).await;
+    until_back(&b_side, &a, &q).await;
+
+    // When B's booked request reaches the provider, the provider's window holds it and
+    // whatever the fleet is granted then: at most 99 more.
+    clock.advance(booked.wait);
+    let (shared, local) = drain(&a_side, &a, &q, 200).await;
+    assert_eq!(local, 0);
+    assert!(
+        shared < 100,
+        "{shared} granted beside the request booked before the restart"
+    );
+}
+
+/// Into local mode with a request booked more than a window ahead: the seed lands in
+/// the bucket of that slot, ahead of now, and a local decision at now still counts it
+/// (the provider's window at that slot holds both), so nothing slips in before it.
+#[tokio::test]
+async fn local_decisions_count_a_seed_placed_ahead() {
+    let mut server = RedisServer::start();
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
+    let limiter = clocked(&server, &clock, options());
+    let (q, a) = (hundred(), key("a"));
+    for _ in 0..100 {
+        assert_eq!(decide(&limiter, &a, &q, one()).await, Ok(Origin::Shared));
+    }
+    let booked = limiter
+        .acquire(
+            std::slice::from_ref(&a),
+            &q,
+            one(),
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap()
+        .granted()
+        .expect("booked ahead");
+    assert_eq!(booked.wait, Duration::from_secs(66));
+    server.kill();
+    // Just before the booked slot, after the first window's usage left it.
+    clock.advance(Duration::from_secs(62));
+    assert_eq!(
+        drain(&limiter, &a, &q, 100).await,
+        (0, 0),
+        "the seed (the whole share: nothing was left) is ahead of now, and counted"
+    );
+    // One window after the booked slot's bucket, the share is whole again.
+    clock.advance(Duration::from_secs(4 + 66));
+    assert_eq!(drain(&limiter, &a, &q, 100).await, (0, 50));
+}
+
+/// Into local mode while the fleet's queue reaches further ahead than anything this
+/// replica booked: B filled the window and booked a whole limit more, a window ahead; A
+/// (which booked nothing ahead) was last refused. A's seed must stay in its local window
+/// until B's booked requests have left the provider's, or A grants its share beside them.
+#[tokio::test]
+async fn the_seed_stays_until_the_fleets_queue_has_passed() {
+    let mut server = RedisServer::start();
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
+    let (a_side, b_side) = (
+        clocked(&server, &clock, options()),
+        clocked(&server, &clock, options()),
+    );
+    let (q, a) = (hundred(), key("a"));
+    let ahead = Duration::from_secs(70);
+    let book = async |l: &Limiter, max_wait: Duration| {
+        l.acquire(std::slice::from_ref(&a), &q, one(), max_wait)
+            .await
+            .unwrap()
+    };
+    for _ in 0..100 {
+        assert_eq!(decide(&b_side, &a, &q, one()).await, Ok(Origin::Shared));
+    }
+    // 100 more, when the first bucket has left the window: 66 s ahead.
+    for _ in 0..100 {
+        let r = book(&b_side, ahead).await.granted().expect("booked ahead");
+        assert_eq!(r.wait, Duration::from_secs(66));
+    }
+    assert!(matches!(
+        book(&a_side, ahead).await,
+        Decision::Refused(r) if matches!(r.reason, RefusalReason::Limit(_))
+    ));
+
+    server.kill();
+    // Whatever A grants locally within 70 s lands in a provider window that already
+    // holds B's 100 booked requests.
+    let mut local = 0;
+    for _ in 0..60 {
+        match book(&a_side, ahead).await {
+            Decision::Granted(r) => {
+                assert_eq!(r.origin, Origin::Local);
+                local += 1;
+            }
+            Decision::Refused(_) => break,
+        }
+    }
+    assert!(a_side.is_degraded());
+    assert_eq!(
+        local, 0,
+        "{local} local grants beside a full window booked ahead"
+    );
+}
+
+/// Makes read-only checks until one leaves the breaker closed: Redis answered and the
+/// local usage was handed back (wall-clock bound: a hang becomes a failure).
+async fn until_back(l: &Limiter, k: &QuotaKey, q: &Quota) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let d = decide(l, k, q, Cost::ZERO).await;
+        if !l.is_degraded() {
+            assert_ne!(d, Ok(Origin::Local));
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shared decisions never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -155,10 +155,13 @@ impl RedisStore {
     }
 
     /// Adds per-limit `charges` (in `quota`'s limit order) to the account's buckets of
-    /// `ahead` from now (Redis's now), unchecked (`sluice_record_v2`), plus `if_fresh`
-    /// when Redis holds no windows for the account. Limits charged 0 are not touched,
+    /// `ahead` from now (Redis's now), unchecked (`sluice_record_v4`), plus `if_fresh`
+    /// when Redis lost the account's windows: the key is missing or has no queue tail
+    /// (a reconcile after a restart recreates it without one), or its tail is before
+    /// `booked` from now, a slot this replica knows Redis gave it (less the client
+    /// timeout: the reply came at most that late). Limits charged 0 are not touched,
     /// and the windows key's TTL is only ever lengthened, to `quota`'s longest window
-    /// past the charge. Returns true when the account's windows did not exist.
+    /// past the charge. Returns true when the account's windows were lost.
     pub(crate) async fn record_charges(
         &self,
         key: &QuotaKey,
@@ -166,12 +169,14 @@ impl RedisStore {
         charges: &[u64],
         if_fresh: &[u64],
         ahead: Duration,
+        booked: Duration,
     ) -> Result<bool, StoreError> {
         let keys = [self.key("w", key)];
-        let mut args = Vec::with_capacity(4 + 5 * quota.limits().len());
+        let mut args = Vec::with_capacity(5 + 5 * quota.limits().len());
         args.push(self.now_arg());
         args.push(ms(windows_ttl_after(quota)));
         args.push(duration_micros(ahead).to_string());
+        args.push(duration_micros(booked.saturating_sub(self.options.timeout)).to_string());
         args.push(quota.limits().len().to_string());
         for (i, l) in quota.limits().iter().enumerate() {
             args.push(l.id().as_str().to_owned());
@@ -544,7 +549,7 @@ impl Store for RedisStore {
     ) -> Result<(), LimitError> {
         let charges: Vec<u64> = quota.limits().iter().map(|l| l.charge(&cost)).collect();
         Ok(self
-            .record_charges(key, quota, &charges, &[], Duration::ZERO)
+            .record_charges(key, quota, &charges, &[], Duration::ZERO, Duration::ZERO)
             .await
             .map(|_| ())?)
     }

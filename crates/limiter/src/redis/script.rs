@@ -37,7 +37,7 @@ impl Scripts {
         Self {
             acquire: script!("sluice_acquire_v1", "acquire.lua"),
             reconcile: script!("sluice_reconcile_v1", "reconcile.lua"),
-            record: script!("sluice_record_v2", "record.lua"),
+            record: script!("sluice_record_v4", "record.lua"),
             update: script!("sluice_update_v1", "update.lua"),
             status: script!("sluice_status_v1", "status.lua"),
         }
