@@ -203,6 +203,21 @@ impl Outage {
     }
 }
 
+/// After an outage: some decisions were degraded, every gateway decides through Redis
+/// again, and the simulator refused nothing.
+async fn recovered_with_nothing_refused(o: &Outage, model: &str) {
+    let c = patient_client();
+    assert!(degraded_total(&c, &o.gateways).await > 0.0);
+    shared_again(&c, &o.gateways, &o.redis, model).await;
+    let r = report(&o.sim, model);
+    assert_eq!(
+        r.refused_total(),
+        0,
+        "the simulator refused: {:?}",
+        r.refused
+    );
+}
+
 /// Three gateways under `policy`; 10 requests/s for 7 s (twice the quota of 10 per
 /// 2 s), Redis killed at 2 s and restarted at 4.5 s. The simulator allows
 /// `sim_requests` per 2 s.
@@ -280,16 +295,7 @@ async fn redis_killed_under_load_fail_closed_refuses_honestly_and_sends_nothing_
         "the simulator accepted {} by the restart, but only {served_before} requests were granted before Redis died",
         o.accepted_at_restart
     );
-    let c = patient_client();
-    assert!(degraded_total(&c, &o.gateways).await > 0.0);
-    shared_again(&c, &o.gateways, &o.redis, model).await;
-    let r = report(&o.sim, model);
-    assert_eq!(
-        r.refused_total(),
-        0,
-        "the simulator refused: {:?}",
-        r.refused
-    );
+    recovered_with_nothing_refused(&o, model).await;
     let served = o.records.iter().filter(|r| r.answer.status == 200).count() as u64;
     assert!(
         served >= 5,
@@ -317,16 +323,7 @@ async fn redis_killed_under_load_fail_open_keeps_serving_unmetered() {
         refused.is_empty(),
         "fail_open refused during the outage: {refused:?}"
     );
-    let c = patient_client();
-    assert!(degraded_total(&c, &o.gateways).await > 0.0);
-    shared_again(&c, &o.gateways, &o.redis, model).await;
-    let r = report(&o.sim, model);
-    assert_eq!(
-        r.refused_total(),
-        0,
-        "the simulator refused: {:?}",
-        r.refused
-    );
+    recovered_with_nothing_refused(&o, model).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_limiter::{
-    Cost, Decision, InProcessStore, Limiter, ManualClock, OnError, Origin, RedisOptions,
-    RefusalReason, StateChange, Store, Timestamp, Window,
+    Cost, Decision, InProcessStore, Limit, Limiter, ManualClock, OnError, Origin, Quota, QuotaKey,
+    RedisOptions, RefusalReason, StateChange, Store, Timestamp, Window,
 };
 use sluice_testkit::RedisServer;
 
 use crate::support::{T0, key, one, quota, tokens};
-use sluice_limiter::{Limit, Quota, QuotaKey};
 
 fn options() -> RedisOptions {
     RedisOptions {
@@ -354,30 +353,42 @@ async fn local_usage_is_handed_back_to_a_restarted_redis() {
     assert_eq!(used(&limiter, &a, &q).await, 0);
 }
 
-/// Redis paused (it keeps its data): the seed is not handed back (Redis has it), the
-/// local grants are, exactly once, although 64 acquires race at recovery.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_redis_gets_local_usage_back_once() {
-    let server = RedisServer::start();
-    let clock = ManualClock::new(Timestamp::from_micros(T0));
-    let limiter = Arc::new(clocked(
-        &server,
-        &clock,
+/// A limiter for pause tests: a 200 ms timeout, and a breaker that opens at the first
+/// failure and probes at once.
+fn pausable(server: &RedisServer, clock: &ManualClock) -> Limiter {
+    clocked(
+        server,
+        clock,
         RedisOptions {
             timeout: Duration::from_millis(200),
             breaker_threshold: 1,
             breaker_open_for: Duration::ZERO,
             ..RedisOptions::default()
         },
-    ));
-    // 20 per minute, 10 per replica; Redis holds 8.
+    )
+}
+
+/// 20 requests per minute (10 per replica) on account `a`, of which Redis holds `held`.
+async fn twenty_with_shared(limiter: &Limiter, held: u32) -> (Quota, QuotaKey) {
     let q = quota(vec![
         Limit::requests(20, Window::secs(60).unwrap()).unwrap(),
     ]);
     let a = key("a");
-    for _ in 0..8 {
-        assert_eq!(decide(&limiter, &a, &q, one()).await, Ok(Origin::Shared));
+    for _ in 0..held {
+        assert_eq!(decide(limiter, &a, &q, one()).await, Ok(Origin::Shared));
     }
+    (q, a)
+}
+
+/// Redis paused (it keeps its data): the seed is not handed back (Redis has it), the
+/// local grants are, exactly once, although 64 acquires race at recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_redis_gets_local_usage_back_once() {
+    let server = RedisServer::start();
+    let clock = ManualClock::new(Timestamp::from_micros(T0));
+    let limiter = Arc::new(pausable(&server, &clock));
+    // 20 per minute, 10 per replica; Redis holds 8.
+    let (q, a) = twenty_with_shared(&limiter, 8).await;
     // Redis 7.0 queues even `CLIENT UNPAUSE` behind `CLIENT PAUSE … ALL`: the pause runs
     // its course, long enough for the few local decisions below.
     assert!(server.pause_clients(Duration::from_secs(6)));
@@ -430,24 +441,9 @@ async fn a_paused_redis_gets_local_usage_back_once() {
 async fn shared_grants_queue_after_a_hand_back_placed_ahead() {
     let server = RedisServer::start();
     let clock = ManualClock::new(Timestamp::from_micros(T0));
-    let limiter = clocked(
-        &server,
-        &clock,
-        RedisOptions {
-            timeout: Duration::from_millis(200),
-            breaker_threshold: 1,
-            breaker_open_for: Duration::ZERO,
-            ..RedisOptions::default()
-        },
-    );
+    let limiter = pausable(&server, &clock);
     // 20 per minute, 10 per replica; Redis holds 4.
-    let q = quota(vec![
-        Limit::requests(20, Window::secs(60).unwrap()).unwrap(),
-    ]);
-    let a = key("a");
-    for _ in 0..4 {
-        assert_eq!(decide(&limiter, &a, &q, one()).await, Ok(Origin::Shared));
-    }
+    let (q, a) = twenty_with_shared(&limiter, 4).await;
     assert!(server.pause_clients(Duration::from_secs(4)));
     assert!(decide(&limiter, &a, &q, Cost::ZERO).await.is_ok());
     // Local: what is left of the share now, then one more queued a window ahead.
