@@ -100,12 +100,11 @@ fn secrets_written_in_file(root: &toml::Value, expanded: &[String]) -> Vec<Strin
             found.push(path);
         }
     };
-    let list = |v: &toml::Value, k: &str| {
+    fn list<'a>(v: &'a toml::Value, k: &str) -> &'a [toml::Value] {
         v.get(k)
             .and_then(toml::Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-    };
+            .map_or(&[], Vec::as_slice)
+    }
     for (i, upstream) in list(root, "upstreams").iter().enumerate() {
         for (k, key) in list(upstream, "keys").iter().enumerate() {
             check(format!("upstreams[{i}].keys[{k}]"), Some(key));

@@ -255,6 +255,23 @@ async fn drain(l: &Limiter, k: &QuotaKey, q: &Quota, cap: u64) -> (u64, u64) {
     (shared, local)
 }
 
+/// Acquires `cost` on `k`, waiting up to `max_wait` for a slot; the grant (`what` names
+/// it when it is refused).
+async fn granted(
+    l: &Limiter,
+    k: &QuotaKey,
+    q: &Quota,
+    cost: Cost,
+    max_wait: Duration,
+    what: &str,
+) -> sluice_limiter::Reservation {
+    l.acquire(std::slice::from_ref(k), q, cost, max_wait)
+        .await
+        .unwrap()
+        .granted()
+        .unwrap_or_else(|| panic!("{what}: refused"))
+}
+
 async fn used(l: &Limiter, k: &QuotaKey, q: &Quota) -> u64 {
     l.status(k, q).await.unwrap().limits[0].used
 }
@@ -449,17 +466,15 @@ async fn shared_grants_queue_after_a_hand_back_placed_ahead() {
     // Local: what is left of the share now, then one more queued a window ahead.
     let (_, local_now) = drain(&limiter, &a, &q, 20).await;
     assert!(local_now > 0, "local grants while Redis is paused");
-    let queued = limiter
-        .acquire(
-            std::slice::from_ref(&a),
-            &q,
-            one(),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap()
-        .granted()
-        .expect("a local grant queued ahead");
+    let queued = granted(
+        &limiter,
+        &a,
+        &q,
+        one(),
+        Duration::from_secs(120),
+        "a local grant queued ahead",
+    )
+    .await;
     if queued.origin != Origin::Local {
         // The pause ended before: nothing was decided ahead locally.
         return;
@@ -470,17 +485,15 @@ async fn shared_grants_queue_after_a_hand_back_placed_ahead() {
     // be refused, the queue being ahead).
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     let next = loop {
-        let r = limiter
-            .acquire(
-                std::slice::from_ref(&a),
-                &q,
-                Cost::ZERO,
-                Duration::from_secs(300),
-            )
-            .await
-            .unwrap()
-            .granted()
-            .expect("granted, queued");
+        let r = granted(
+            &limiter,
+            &a,
+            &q,
+            Cost::ZERO,
+            Duration::from_secs(300),
+            "granted, queued",
+        )
+        .await;
         if r.origin == Origin::Shared {
             break r;
         }
@@ -580,16 +593,15 @@ async fn a_later_hand_back_sees_that_its_booked_slots_were_lost() {
     for _ in 0..30 {
         assert_eq!(decide(&a_side, &a, &q, one()).await, Ok(Origin::Shared));
     }
-    let booked = b_side
-        .acquire(
-            std::slice::from_ref(&a),
-            &q,
-            one(),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap();
-    let booked = booked.granted().expect("booked ahead");
+    let booked = granted(
+        &b_side,
+        &a,
+        &q,
+        one(),
+        Duration::from_secs(120),
+        "booked ahead",
+    )
+    .await;
     assert_eq!(booked.origin, Origin::Shared);
     assert_eq!(booked.wait, Duration::from_secs(66));
 
@@ -628,17 +640,15 @@ async fn local_decisions_count_a_seed_placed_ahead() {
     for _ in 0..100 {
         assert_eq!(decide(&limiter, &a, &q, one()).await, Ok(Origin::Shared));
     }
-    let booked = limiter
-        .acquire(
-            std::slice::from_ref(&a),
-            &q,
-            one(),
-            Duration::from_secs(120),
-        )
-        .await
-        .unwrap()
-        .granted()
-        .expect("booked ahead");
+    let booked = granted(
+        &limiter,
+        &a,
+        &q,
+        one(),
+        Duration::from_secs(120),
+        "booked ahead",
+    )
+    .await;
     assert_eq!(booked.wait, Duration::from_secs(66));
     server.kill();
     // Just before the booked slot, after the first window's usage left it.
