@@ -14,6 +14,7 @@ simulator's GET /stats that:
 Prints one summary block; exits 1 when a check fails.
 """
 
+import os
 import argparse
 import http.client
 import json
@@ -96,6 +97,8 @@ def main():
     p.add_argument("--max-in-flight", type=int, default=200)
     p.add_argument("--kill-at", type=float, default=24)
     p.add_argument("--kill-container", default="")
+    p.add_argument("--admin-key", default=os.environ.get("SLUICE_ADMIN_KEY", "sluice-demo-admin-key"),
+                   help="the admin key /metrics answers off loopback")
     p.add_argument("--gateway-metrics", nargs="*", default=[],
                    help="containers whose /metrics must show served requests")
     p.add_argument("--min-utilization", type=float, default=0.95)
@@ -201,7 +204,8 @@ def main():
     # 4. Every surviving gateway served.
     served = {}
     for c in a.gateway_metrics:
-        out = subprocess.run(["docker", "exec", c, "curl", "-fsS", "http://127.0.0.1:8080/metrics"],
+        out = subprocess.run(["docker", "exec", c, "curl", "-fsS", "-H", f"Authorization: Bearer {a.admin_key}",
+                              "http://127.0.0.1:8080/metrics"],
                              capture_output=True, text=True)
         total = 0
         for line in out.stdout.splitlines():

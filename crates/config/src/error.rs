@@ -117,4 +117,22 @@ pub enum ConfigError {
         /// The configured address.
         listen: String,
     },
+    /// The sidecar would listen beyond this machine with no tenant keys.
+    #[error(
+        "sidecar.listen: {listen} is not a loopback address and no [[tenants]] are configured, so anyone who can reach it could acquire the whole capacity, refund usage or report accounts dead; add [[tenants]] with keys, listen on 127.0.0.1, or set sidecar.insecure_allow_unauthenticated = true"
+    )]
+    SidecarUnauthenticated {
+        /// The configured address.
+        listen: String,
+    },
+    /// An admin listener off loopback without the admin key.
+    #[error(
+        "{path}: {listen} is not a loopback address and no sidecar.admin_key is configured, so anyone who can reach it could read metrics (tenants, spend, account headroom) and use the admin endpoints; set sidecar.admin_key (or admin_key_sha256), or listen on 127.0.0.1"
+    )]
+    AdminUnauthenticated {
+        /// `server.admin_listen` or `sidecar.admin_listen`.
+        path: &'static str,
+        /// The configured address.
+        listen: String,
+    },
 }

@@ -116,6 +116,8 @@ fn secrets_written_in_file(root: &toml::Value, expanded: &[String]) -> Vec<Strin
     if let Some(sidecar) = root.get("sidecar") {
         let key = sidecar.get("admin_key").filter(|k| k.as_str() != Some(""));
         check("sidecar.admin_key".to_owned(), key);
+        let ticket = sidecar.get("ticket_key").filter(|k| k.as_str() != Some(""));
+        check("sidecar.ticket_key".to_owned(), ticket);
     }
     let redis_url = root.get("store").and_then(|s| s.get("redis_url"));
     let has_password = redis_url

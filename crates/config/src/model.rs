@@ -42,7 +42,11 @@ impl Config {
     ///
     /// Loading does not check this (the same file configures the sidecar, which has its
     /// own `listen`); the gateway calls it before it binds.
+    ///
+    /// Also refuses a non-loopback `server.admin_listen` without `[sidecar] admin_key`:
+    /// metrics and the full quotas view name tenants, spend and account headroom.
     pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        self.check_admin_listen("server.admin_listen", self.server.admin_listen)?;
         let listen = self.server.listen;
         if listen.ip().is_loopback()
             || !self.tenants.is_empty()
@@ -53,6 +57,42 @@ impl Config {
         Err(ConfigError::Unauthenticated {
             listen: listen.to_string(),
         })
+    }
+
+    /// The sidecar's twin of [`Config::check_exposure`]: refuses a non-loopback
+    /// `sidecar.listen` when no `[[tenants]]` are configured (anyone could acquire the
+    /// whole capacity or report accounts dead) unless
+    /// `sidecar.insecure_allow_unauthenticated = true`, and a non-loopback
+    /// `sidecar.admin_listen` without `sidecar.admin_key`. The sidecar calls it before it
+    /// binds.
+    pub fn check_sidecar_exposure(&self) -> Result<(), ConfigError> {
+        self.check_admin_listen("sidecar.admin_listen", self.sidecar.admin_listen)?;
+        let listen = self.sidecar.listen;
+        if listen.ip().is_loopback()
+            || !self.tenants.is_empty()
+            || self.sidecar.insecure_allow_unauthenticated
+        {
+            return Ok(());
+        }
+        Err(ConfigError::SidecarUnauthenticated {
+            listen: listen.to_string(),
+        })
+    }
+
+    fn check_admin_listen(
+        &self,
+        path: &'static str,
+        admin_listen: Option<SocketAddr>,
+    ) -> Result<(), ConfigError> {
+        match admin_listen {
+            Some(a) if !a.ip().is_loopback() && self.sidecar.admin_key.is_none() => {
+                Err(ConfigError::AdminUnauthenticated {
+                    path,
+                    listen: a.to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The model called `name`.
@@ -88,6 +128,10 @@ pub struct Server {
     /// Serve anyone on a non-loopback address when no `[[tenants]]` are configured
     /// (`insecure_allow_unauthenticated`, default `false`): see [`Config::check_exposure`].
     pub insecure_allow_unauthenticated: bool,
+    /// The operational listener (`admin_listen`, default none): `/healthz`, `/readyz`,
+    /// `/metrics`, the full `/v1/quotas` and `/v1/admin/...`. Off loopback it requires
+    /// `[sidecar] admin_key` (see [`Config::check_exposure`]).
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// What to do when Redis cannot be reached.
@@ -160,6 +204,11 @@ pub struct Upstream {
     pub keys: Vec<Secret>,
     /// `api_version` (Azure).
     pub api_version: Option<String>,
+    /// `passthrough` (default none): extra `/v1/...` paths the gateway forwards as is
+    /// on an account of this upstream, beyond the few its dialect defines (e.g.
+    /// `["/v1/files", "/v1/batches/*"]`; `*` is exactly one segment). Validated at
+    /// load: under `/v1/`, no empty, dot or percent-encoded segment.
+    pub passthrough: Vec<String>,
 }
 
 /// What a limit counts.
@@ -297,6 +346,20 @@ pub struct Sidecar {
     /// `admin_key` (hashed at load) or `admin_key_sha256`; without either the admin
     /// endpoints are off.
     pub admin_key: Option<KeyDigest>,
+    /// The sidecar's operational listener (`admin_listen`, default none): `/healthz`,
+    /// `/readyz`, `/metrics`, the full `/v1/quotas` and `/v1/admin/...`. Off loopback it
+    /// requires `admin_key` (see [`Config::check_sidecar_exposure`]).
+    pub admin_listen: Option<SocketAddr>,
+    /// The key that signs the reservations `POST /v1/acquire` hands out (`ticket_key`,
+    /// at least 32 characters, a secret: write it as `${VAR}` or `${file:/path}`). Sidecars
+    /// that share it accept each other's tickets; without it each sidecar signs with a
+    /// random key of its own, and a ticket is valid only at the sidecar that issued it.
+    pub ticket_key: Option<Secret>,
+    /// Serve `POST /v1/acquire`, `/v1/report` and the forward proxy to anyone on a
+    /// non-loopback `listen` when no `[[tenants]]` are configured
+    /// (`insecure_allow_unauthenticated`, default `false`): see
+    /// [`Config::check_sidecar_exposure`].
+    pub insecure_allow_unauthenticated: bool,
     /// `consumer_group` (default `sluice-sidecar`): one group per fleet.
     pub consumer_group: String,
     /// `consumer_name`: this sidecar's unique name in the group (default: host name and pid).
@@ -337,6 +400,9 @@ impl Default for Sidecar {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             admin_key: None,
+            admin_listen: None,
+            ticket_key: None,
+            insecure_allow_unauthenticated: false,
             consumer_group: "sluice-sidecar".to_owned(),
             consumer_name: None,
             claim_after: Duration::from_secs(10),

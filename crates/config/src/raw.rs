@@ -104,6 +104,7 @@ pub(crate) struct RawServer {
     pub(crate) body_timeout: Option<Dur>,
     pub(crate) max_connections: Option<Num<u32>>,
     pub(crate) insecure_allow_unauthenticated: Option<bool>,
+    pub(crate) admin_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +126,7 @@ pub(crate) struct RawUpstream {
     pub(crate) dialect: Option<crate::Dialect>,
     pub(crate) keys: Vec<String>,
     pub(crate) api_version: Option<String>,
+    pub(crate) passthrough: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +198,9 @@ pub(crate) struct RawSidecar {
     pub(crate) listen: Option<String>,
     pub(crate) admin_key: Option<String>,
     pub(crate) admin_key_sha256: Option<String>,
+    pub(crate) admin_listen: Option<String>,
+    pub(crate) ticket_key: Option<String>,
+    pub(crate) insecure_allow_unauthenticated: Option<bool>,
     pub(crate) consumer_group: Option<String>,
     pub(crate) consumer_name: Option<String>,
     pub(crate) claim_after: Option<Dur>,

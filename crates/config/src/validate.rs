@@ -51,6 +51,25 @@ fn bearer_digest(
     }
 }
 
+/// An optional listen address at `path`.
+fn address(path: &str, text: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    text.filter(|t| !t.is_empty())
+        .map(|t| {
+            t.parse().map_err(|_| {
+                invalid(
+                    path,
+                    format!("{t:?}"),
+                    "an address such as \"127.0.0.1:9090\" or \"0.0.0.0:9090\"",
+                )
+            })
+        })
+        .transpose()
+}
+
+/// The smallest `sidecar.ticket_key`: 32 characters (a 256-bit HMAC key written in hex
+/// is 64).
+const TICKET_KEY_MIN: usize = 32;
+
 fn nz32(path: &str, v: Option<Num<u32>>, default: u32) -> Result<NonZeroU32, ConfigError> {
     let v = v.map_or(default, |n| n.0);
     NonZeroU32::new(v).ok_or_else(|| invalid(path, v, "a whole number of at least 1"))
@@ -86,6 +105,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             .map_or(Duration::from_secs(30), |d| d.0),
         max_connections: nz32("server.max_connections", raw.server.max_connections, 1024)?,
         insecure_allow_unauthenticated: raw.server.insecure_allow_unauthenticated.unwrap_or(false),
+        admin_listen: address("server.admin_listen", raw.server.admin_listen.as_deref())?,
     };
     for (path, d) in [
         ("server.header_timeout", server.header_timeout),
@@ -180,6 +200,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             dialect: u.dialect.unwrap_or(Dialect::Openai),
             keys: u.keys.into_iter().map(Secret::new).collect(),
             api_version: u.api_version,
+            passthrough: passthrough_list(&path, u.passthrough.unwrap_or_default())?,
         });
     }
 
@@ -275,6 +296,20 @@ fn sidecar(raw: crate::raw::RawSidecar) -> Result<Sidecar, ConfigError> {
         raw.admin_key_sha256.as_deref().filter(|k| !k.is_empty()),
         16,
     )?;
+    let admin_listen = address("sidecar.admin_listen", raw.admin_listen.as_deref())?;
+    let ticket_key = match raw.ticket_key.filter(|k| !k.is_empty()) {
+        None => None,
+        Some(k) if k.chars().count() < TICKET_KEY_MIN => {
+            return Err(invalid(
+                "sidecar.ticket_key",
+                format!("a key of {} characters", k.chars().count()),
+                &format!(
+                    "a key of at least {TICKET_KEY_MIN} characters (e.g. `openssl rand -hex 32`)"
+                ),
+            ));
+        }
+        Some(k) => Some(Secret::new(k)),
+    };
     let fraction = |path: &str, v: Option<f64>, default: f64, lo: f64, hi: f64| {
         let v = v.unwrap_or(default);
         if v.is_finite() && v >= lo && v <= hi {
@@ -299,6 +334,9 @@ fn sidecar(raw: crate::raw::RawSidecar) -> Result<Sidecar, ConfigError> {
     Ok(Sidecar {
         listen,
         admin_key,
+        admin_listen,
+        ticket_key,
+        insecure_allow_unauthenticated: raw.insecure_allow_unauthenticated.unwrap_or(false),
         consumer_group: group,
         consumer_name: raw.consumer_name,
         claim_after: positive("sidecar.claim_after", raw.claim_after, d.claim_after)?,
@@ -577,4 +615,28 @@ fn auto_tokenizer(model: &str) -> Tokenizer {
     } else {
         Tokenizer::Heuristic
     }
+}
+
+/// `upstreams[i].passthrough`: each entry a path under `/v1/` whose segments are `*`
+/// or made of unreserved characters and sub-delimiters; no empty, `.`/`..` or
+/// percent-encoded segment, no query.
+fn passthrough_list(path: &str, list: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    let expected = "a path under /v1/ whose segments are `*` or made of letters, digits and -._~!$&'()*+,;=:@ (no empty, . or .. segment, no %-encoding, no query), e.g. \"/v1/batches/*\"";
+    for (j, entry) in list.iter().enumerate() {
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b);
+        let ok = entry.strip_prefix("/v1/").is_some_and(|rest| {
+            rest.split('/').all(|seg| {
+                seg == "*"
+                    || (!seg.is_empty() && seg != "." && seg != ".." && seg.bytes().all(plain))
+            })
+        });
+        if !ok {
+            return Err(invalid(
+                format!("{path}.passthrough[{j}]"),
+                format!("{entry:?}"),
+                expected,
+            ));
+        }
+    }
+    Ok(list)
 }

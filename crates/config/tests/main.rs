@@ -1,4 +1,5 @@
 //! Integration tests of `sluice-config`: one module per concern.
 
 mod load;
+mod passthrough;
 mod security;

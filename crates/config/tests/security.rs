@@ -244,3 +244,145 @@ fn secrets_written_out_in_the_file_are_listed_by_path() {
     .unwrap();
     assert_eq!(c.secrets_in_file, ["upstreams[0].keys[0]"]);
 }
+
+/// `[sidecar]` with `lines`, plus `extra` after it.
+fn load_sidecar(lines: &str, extra: &str) -> Result<sluice_config::Config, ConfigError> {
+    load("", &format!("\n[sidecar]\n{lines}\n{extra}"))
+}
+
+#[test]
+fn a_public_sidecar_without_tenants_is_refused_naming_the_key_and_the_opt_out() {
+    let c = load_sidecar("listen = \"0.0.0.0:8081\"", "").expect("loading does not check exposure");
+    c.check_exposure()
+        .expect("the gateway's own listener is loopback");
+    let e = c.check_sidecar_exposure().unwrap_err();
+    assert!(
+        matches!(e, ConfigError::SidecarUnauthenticated { .. }),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.starts_with("sidecar.listen: 0.0.0.0:8081 is not a loopback address")
+            && text.contains("[[tenants]]")
+            && text.contains("sidecar.insecure_allow_unauthenticated = true"),
+        "{text}"
+    );
+    load_sidecar("listen = \"[::]:8081\"", "")
+        .unwrap()
+        .check_sidecar_exposure()
+        .unwrap_err();
+    load_sidecar("listen = \"0.0.0.0:8081\"", TENANT)
+        .unwrap()
+        .check_sidecar_exposure()
+        .expect("tenants make callers authenticate");
+    let c = load_sidecar(
+        "listen = \"0.0.0.0:8081\"\ninsecure_allow_unauthenticated = true",
+        "",
+    )
+    .unwrap();
+    assert!(c.sidecar.insecure_allow_unauthenticated);
+    c.check_sidecar_exposure().expect("the operator said so");
+    let c = load_sidecar("", "").unwrap();
+    assert!(!c.sidecar.insecure_allow_unauthenticated);
+    c.check_sidecar_exposure().expect("loopback by default");
+}
+
+#[test]
+fn admin_listeners_off_loopback_need_the_admin_key() {
+    const KEY: &str = "admin_key = \"admin-key-0123456789\"";
+    // Gateway.
+    let c = load("admin_listen = \"127.0.0.1:9090\"", "").unwrap();
+    assert_eq!(
+        c.server.admin_listen,
+        Some("127.0.0.1:9090".parse().unwrap())
+    );
+    c.check_exposure().expect("loopback admin listener");
+    let c = load("admin_listen = \"0.0.0.0:9090\"", TENANT).unwrap();
+    let e = c.check_exposure().unwrap_err();
+    assert!(
+        matches!(e, ConfigError::AdminUnauthenticated { .. }),
+        "{e:?}"
+    );
+    let text = e.to_string();
+    assert!(
+        text.starts_with("server.admin_listen: 0.0.0.0:9090 is not a loopback address")
+            && text.contains("sidecar.admin_key"),
+        "{text}"
+    );
+    load(
+        "admin_listen = \"0.0.0.0:9090\"",
+        &format!("{TENANT}\n[sidecar]\n{KEY}"),
+    )
+    .unwrap()
+    .check_exposure()
+    .expect("the admin key guards it");
+    // Sidecar.
+    let c = load_sidecar("admin_listen = \"0.0.0.0:9091\"", "").unwrap();
+    let text = c.check_sidecar_exposure().unwrap_err().to_string();
+    assert!(
+        text.starts_with("sidecar.admin_listen: 0.0.0.0:9091"),
+        "{text}"
+    );
+    load_sidecar(&format!("admin_listen = \"0.0.0.0:9091\"\n{KEY}"), "")
+        .unwrap()
+        .check_sidecar_exposure()
+        .expect("the admin key guards it");
+    assert_eq!(load("", "").unwrap().server.admin_listen, None);
+    assert_eq!(load("", "").unwrap().sidecar.admin_listen, None);
+    // Not an address.
+    for (text, path) in [
+        (
+            load("admin_listen = \"localhost\"", ""),
+            "server.admin_listen",
+        ),
+        (
+            load_sidecar("admin_listen = \"9091\"", ""),
+            "sidecar.admin_listen",
+        ),
+    ] {
+        let e = text.unwrap_err().to_string();
+        assert!(e.contains(path) && e.contains("an address such as"), "{e}");
+    }
+}
+
+#[test]
+fn the_ticket_key_is_a_secret_of_at_least_32_characters() {
+    let env: HashMap<String, String> = [("TICKET_KEY".to_owned(), "t".repeat(40))].into();
+    let text = format!("{BASE}\n[sidecar]\nticket_key = \"${{TICKET_KEY}}\"\n");
+    let c = from_str(&text, &[], &env).unwrap();
+    let key = c.sidecar.ticket_key.as_ref().expect("configured");
+    assert_eq!(key.expose(), "t".repeat(40));
+    assert_eq!(format!("{key} {key:?}"), "***** *****");
+    assert!(!format!("{c:?}").contains(&"t".repeat(40)));
+    assert_eq!(
+        c.secrets_in_file,
+        ["upstreams[0].keys[0]"],
+        "from the environment: not listed"
+    );
+    // Written out in the file: accepted, and reported.
+    let c = load_sidecar(&format!("ticket_key = \"{}\"", "x".repeat(32)), "").unwrap();
+    assert_eq!(
+        c.secrets_in_file,
+        ["upstreams[0].keys[0]", "sidecar.ticket_key"]
+    );
+    // Too short: the error names the key and the length, never the value.
+    let e = load_sidecar("ticket_key = \"short-ticket-key\"", "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sidecar.ticket_key")
+            && e.contains("a key of 16 characters")
+            && e.contains("at least 32 characters")
+            && !e.contains("short-ticket-key"),
+        "{e}"
+    );
+    // Unset or empty: none (a random key per process).
+    assert!(load_sidecar("", "").unwrap().sidecar.ticket_key.is_none());
+    assert!(
+        load_sidecar("ticket_key = \"\"", "")
+            .unwrap()
+            .sidecar
+            .ticket_key
+            .is_none()
+    );
+}

@@ -66,6 +66,11 @@ pub(crate) enum ApiError {
     Busy,
     /// The model is not configured.
     ModelNotFound(String),
+    /// A pass-through path that neither the dialect nor the upstream's `passthrough`
+    /// list defines (404, never forwarded).
+    UnknownUrl { method: String, path: String },
+    /// A route that exists, asked with a method it does not serve (405).
+    MethodNotAllowed { method: String, path: String },
     /// The request can never fit a limit.
     TooLarge {
         model: String,
@@ -94,6 +99,8 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "too_large",
             ApiError::Busy => "busy",
             ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::UnknownUrl { .. } => "unknown_url",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::TooLarge { .. } => "too_large",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::AccountsDisabled { .. } => "accounts_disabled",
@@ -236,6 +243,20 @@ impl IntoResponse for ApiError {
                 "invalid_request_error",
                 Some("model"),
                 Some("model_not_found"),
+            ),
+            ApiError::MethodNotAllowed { method, path } => body(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("Invalid method for this URL ({method} {path})."),
+                "invalid_request_error",
+                None,
+                Some("method_not_allowed"),
+            ),
+            ApiError::UnknownUrl { method, path } => body(
+                StatusCode::NOT_FOUND,
+                format!("Invalid URL ({method} {path}): this gateway passes through only the paths the upstream's dialect defines and those listed in its `passthrough`."),
+                "invalid_request_error",
+                None,
+                Some("unknown_url"),
             ),
             ApiError::TooLarge { model, limit, capacity, cost } => body(
                 StatusCode::PAYLOAD_TOO_LARGE,

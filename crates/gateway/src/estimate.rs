@@ -22,49 +22,166 @@ fn is_cjk(c: char) -> bool {
         | 0xF900..=0xFAFF | 0xFE30..=0xFE4F | 0xFF00..=0xFFEF | 0x20000..=0x3FFFF)
 }
 
-/// Tokens of `text`: tiktoken for OpenAI families, else CJK characters one each plus
-/// other characters four per token, rounded up.
-pub(crate) fn text_tokens(text: &str, tokenizer: Tokenizer) -> u64 {
-    match tokenizer {
-        Tokenizer::O200k => tiktoken_rs::o200k_base_singleton()
-            .encode_ordinary(text)
-            .len() as u64,
-        Tokenizer::Cl100k => tiktoken_rs::cl100k_base_singleton()
-            .encode_ordinary(text)
-            .len() as u64,
-        Tokenizer::Heuristic | Tokenizer::Auto => {
-            if text.is_ascii() {
-                return (text.len() as u64).div_ceil(4);
-            }
-            let (mut cjk, mut other) = (0u64, 0u64);
-            for c in text.chars() {
-                if is_cjk(c) {
-                    cjk += 1;
-                } else {
-                    other += 1;
-                }
-            }
-            cjk + other.div_ceil(4)
+/// The longest run of whitespace or of non-whitespace handed to tiktoken as one piece.
+///
+/// tiktoken's byte-pair merge is quadratic in the length of one pre-tokenized piece (a
+/// run of letters, of punctuation, of whitespace): a 400 KB word kept a worker busy for
+/// 85 s. Longer runs are cut every `MAX_RUN_BYTES` (at a character boundary) and their
+/// parts counted apart, which bounds the work per byte. Cutting a run never lowers the
+/// count in practice (the merges that cross a cut are lost, each part starts afresh),
+/// so the estimate stays high-leaning; no real word is this long.
+pub(crate) const MAX_RUN_BYTES: usize = 64;
+
+/// The text of one request tokenized by tiktoken; past it every further byte counts as
+/// one token, a hard upper bound (a token is at least one byte). 1 MiB is about 260k
+/// tokens of English, twice the context window of gpt-4o: a prompt this long cannot be
+/// served by most OpenAI models anyway, and the bound keeps the estimate of a 16 MiB body
+/// to a fraction of a second.
+pub(crate) const TIKTOKEN_MAX_BYTES: usize = 1 << 20;
+
+/// Segments handed to tiktoken at once end at the first word boundary past this length.
+const SEGMENT_BYTES: usize = 16 << 10;
+
+/// Text past which a request's estimate runs on a blocking thread (`block_in_place`)
+/// instead of inline on an async worker: below it the estimate takes well under a
+/// millisecond and stays on the hot path.
+pub(crate) const INLINE_MAX_BYTES: usize = 64 << 10;
+
+/// The request-wide state of one estimate: the tokenizer and the tiktoken budget left.
+struct Counter {
+    tokenizer: Tokenizer,
+    tiktoken_left: usize,
+}
+
+impl Counter {
+    fn new(tokenizer: Tokenizer) -> Self {
+        Self {
+            tokenizer,
+            tiktoken_left: TIKTOKEN_MAX_BYTES,
         }
+    }
+
+    fn text(&mut self, text: &str) -> u64 {
+        let bpe = match self.tokenizer {
+            Tokenizer::O200k => tiktoken_rs::o200k_base_singleton(),
+            Tokenizer::Cl100k => tiktoken_rs::cl100k_base_singleton(),
+            Tokenizer::Heuristic | Tokenizer::Auto => return heuristic_tokens(text),
+        };
+        let budget = floor_char_boundary(text, self.tiktoken_left.min(text.len()));
+        self.tiktoken_left -= budget;
+        let (counted, rest) = text.split_at(budget);
+        let mut total = rest.len() as u64;
+        for segment in segments(counted) {
+            total += bpe.encode_ordinary(segment).len() as u64;
+        }
+        total
     }
 }
 
-fn content_tokens(content: &Value, tokenizer: Tokenizer) -> u64 {
+/// The largest character boundary of `text` at or below `at`.
+fn floor_char_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+/// `text` cut into the segments tiktoken counts apart: no run of whitespace or of
+/// non-whitespace longer than [`MAX_RUN_BYTES`] in one segment, and segments of about
+/// [`SEGMENT_BYTES`], ended before a whitespace that follows a word (where tiktoken's own
+/// pre-tokenizer splits: `" word"` stays whole).
+fn segments(text: &str) -> impl Iterator<Item = &str> {
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    std::iter::from_fn(move || {
+        if start >= bytes.len() {
+            return None;
+        }
+        let mut run = 0usize;
+        let mut prev_space: Option<bool> = None;
+        let mut i = start;
+        while i < bytes.len() {
+            let b = bytes[i];
+            // A UTF-8 continuation byte belongs to the character before it.
+            if b & 0xC0 == 0x80 {
+                run += 1;
+                i += 1;
+                continue;
+            }
+            let space = b.is_ascii_whitespace();
+            if prev_space == Some(space) {
+                if run >= MAX_RUN_BYTES {
+                    break;
+                }
+            } else {
+                if space && prev_space == Some(false) && i - start >= SEGMENT_BYTES {
+                    break;
+                }
+                run = 0;
+            }
+            prev_space = Some(space);
+            run += 1;
+            i += 1;
+        }
+        let segment = &text[start..i];
+        start = i;
+        Some(segment)
+    })
+}
+
+/// The heuristic: CJK characters one token each, other characters four per token,
+/// rounded up.
+fn heuristic_tokens(text: &str) -> u64 {
+    if text.is_ascii() {
+        return (text.len() as u64).div_ceil(4);
+    }
+    let (mut cjk, mut other) = (0u64, 0u64);
+    for c in text.chars() {
+        if is_cjk(c) {
+            cjk += 1;
+        } else {
+            other += 1;
+        }
+    }
+    cjk + other.div_ceil(4)
+}
+
+/// Tokens of `text`: tiktoken for OpenAI families (in bounded pieces, see
+/// [`MAX_RUN_BYTES`] and [`TIKTOKEN_MAX_BYTES`]), else CJK characters one each plus other
+/// characters four per token, rounded up.
+#[cfg(test)]
+fn text_tokens(text: &str, tokenizer: Tokenizer) -> u64 {
+    Counter::new(tokenizer).text(text)
+}
+
+/// The exact count of tiktoken on `text` in one call, quadratic in the longest word: the
+/// reference the bounded count is checked against (tests and the benchmark).
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) fn tiktoken_exact(text: &str, tokenizer: Tokenizer) -> Option<u64> {
+    let bpe = match tokenizer {
+        Tokenizer::O200k => tiktoken_rs::o200k_base_singleton(),
+        Tokenizer::Cl100k => tiktoken_rs::cl100k_base_singleton(),
+        Tokenizer::Heuristic | Tokenizer::Auto => return None,
+    };
+    Some(bpe.encode_ordinary(text).len() as u64)
+}
+
+fn content_tokens(content: &Value, counter: &mut Counter) -> u64 {
     match content {
-        Value::String(s) => text_tokens(s, tokenizer),
+        Value::String(s) => counter.text(s),
         Value::Array(parts) => parts
             .iter()
             .map(|p| match p {
-                Value::String(s) => text_tokens(s, tokenizer),
+                Value::String(s) => counter.text(s),
                 Value::Number(_) => 1,
                 _ => match p.get("text").and_then(Value::as_str) {
-                    Some(t) => text_tokens(t, tokenizer),
+                    Some(t) => counter.text(t),
                     None => NON_TEXT_PART,
                 },
             })
             .sum(),
         Value::Null => 0,
-        other => text_tokens(&other.to_string(), tokenizer),
+        other => counter.text(&other.to_string()),
     }
 }
 
@@ -80,7 +197,10 @@ pub(crate) enum Endpoint {
 }
 
 /// The prompt tokens of a request body, before any learned correction.
+///
+/// Linear in the body: see [`MAX_RUN_BYTES`] and [`TIKTOKEN_MAX_BYTES`].
 pub(crate) fn prompt_tokens(endpoint: Endpoint, body: &Value, tokenizer: Tokenizer) -> u64 {
+    let mut counter = Counter::new(tokenizer);
     match endpoint {
         Endpoint::Chat => {
             let mut total = REPLY_PRIMING;
@@ -92,28 +212,48 @@ pub(crate) fn prompt_tokens(endpoint: Endpoint, body: &Value, tokenizer: Tokeniz
             {
                 total += PER_MESSAGE;
                 if let Some(c) = m.get("content") {
-                    total += content_tokens(c, tokenizer);
+                    total += content_tokens(c, &mut counter);
                 }
                 if m.get("name").is_some() {
                     total += 1;
                 }
                 if let Some(calls) = m.get("tool_calls") {
-                    total += text_tokens(&calls.to_string(), tokenizer);
+                    total += counter.text(&calls.to_string());
                 }
             }
             for key in ["tools", "functions", "response_format"] {
                 if let Some(v) = body.get(key) {
-                    total += text_tokens(&v.to_string(), tokenizer);
+                    total += counter.text(&v.to_string());
                 }
             }
             total
         }
         Endpoint::Completions => body
             .get("prompt")
-            .map_or(0, |p| content_tokens(p, tokenizer)),
+            .map_or(0, |p| content_tokens(p, &mut counter)),
         Endpoint::Embeddings => body
             .get("input")
-            .map_or(0, |p| content_tokens(p, tokenizer)),
+            .map_or(0, |p| content_tokens(p, &mut counter)),
+    }
+}
+
+/// [`prompt_tokens`] for a request of `body_len` bytes, off the async workers when the
+/// body is larger than [`INLINE_MAX_BYTES`] (`block_in_place`: the worker's other tasks
+/// move to another thread meanwhile, so `/healthz` and other requests keep being
+/// answered). A small request is estimated inline, as it is on the hot path; so is any
+/// request on a current-thread runtime, where there is no other worker to hand over to.
+pub(crate) fn prompt_tokens_bounded(
+    endpoint: Endpoint,
+    body: &Value,
+    tokenizer: Tokenizer,
+    body_len: usize,
+) -> u64 {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if body_len > INLINE_MAX_BYTES && multi_thread {
+        tokio::task::block_in_place(|| prompt_tokens(endpoint, body, tokenizer))
+    } else {
+        prompt_tokens(endpoint, body, tokenizer)
     }
 }
 
@@ -230,6 +370,182 @@ mod tests {
         let n = text_tokens("hello world", Tokenizer::O200k);
         assert_eq!(n, 2);
         assert_eq!(text_tokens("hello world", Tokenizer::Cl100k), 2);
+    }
+
+    /// English prose with some numbers, code and punctuation: what prompts look like.
+    fn english(bytes: usize) -> String {
+        let words = [
+            "The",
+            "gateway",
+            "estimates",
+            "each",
+            "request's",
+            "cost",
+            "before",
+            "asking",
+            "the",
+            "limiter",
+            "for",
+            "a",
+            "slot;",
+            "internationalization,",
+            "2026-12-02",
+            "fn main() { println!(\"hi\"); }",
+            "https://example.com/a/b?c=d",
+            "\n\n",
+            "—",
+            "naïve",
+            "café",
+            "1234567",
+            "    indented",
+            "x_y_z",
+            "(parenthesised)",
+        ];
+        let mut s = String::new();
+        let mut i = 0usize;
+        while s.len() < bytes {
+            s.push_str(words[(i * 7 + i / 3) % words.len()]);
+            s.push(' ');
+            i += 1;
+        }
+        s
+    }
+
+    fn cjk(chars: usize) -> String {
+        let text = "速率限制协调器在多个副本之间共享同一个提供商的配额，每个请求先估算成本，再向限制器申请时隙。トークンの見積もりは高めに。한국어 텍스트도 있습니다. ";
+        text.chars().cycle().take(chars).collect()
+    }
+
+    fn random_letters(bytes: usize, seed: u64) -> String {
+        let mut x = seed | 1;
+        (0..bytes)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (b'a' + (x % 26) as u8) as char
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bounded_count_is_exact_or_above_on_normal_text() {
+        for tokenizer in [Tokenizer::O200k, Tokenizer::Cl100k] {
+            for text in [english(200_000), cjk(60_000), english(3_000), cjk(500)] {
+                let exact = tiktoken_exact(&text, tokenizer).unwrap();
+                let bounded = text_tokens(&text, tokenizer);
+                assert!(bounded >= exact, "{tokenizer:?}: {bounded} < exact {exact}");
+                // Close to exact: cutting only touches runs longer than MAX_RUN_BYTES.
+                assert!(
+                    bounded as f64 <= exact as f64 * 1.10,
+                    "{tokenizer:?}: {bounded} vs exact {exact}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bounded_count_is_exact_or_above_on_adversarial_text() {
+        let texts = [
+            "a".repeat(6_000),
+            random_letters(6_000, 7),
+            "!".repeat(3_000),
+            " ".repeat(3_000),
+            "\n".repeat(3_000),
+            "7".repeat(3_000),
+            "你".repeat(2_000),
+            format!("{} {}", "b".repeat(3_000), random_letters(3_000, 9)),
+        ];
+        for tokenizer in [Tokenizer::O200k, Tokenizer::Cl100k] {
+            for text in &texts {
+                let exact = tiktoken_exact(text, tokenizer).unwrap();
+                let bounded = text_tokens(text, tokenizer);
+                assert!(
+                    bounded >= exact,
+                    "{tokenizer:?} on {:?}…: {bounded} < exact {exact}",
+                    &text[..8]
+                );
+                assert!(bounded <= text.len() as u64, "at most one token a byte");
+            }
+        }
+    }
+
+    #[test]
+    fn segments_cover_the_text_and_bound_every_run() {
+        let texts = [
+            english(100_000),
+            cjk(20_000),
+            "a".repeat(10_000),
+            "é".repeat(5_000),
+            format!("{}{}{}", " ".repeat(500), "x".repeat(500), "\t".repeat(500)),
+            String::new(),
+        ];
+        for text in &texts {
+            let parts: Vec<&str> = segments(text).collect();
+            assert_eq!(parts.concat(), *text, "nothing lost or reordered");
+            for p in &parts {
+                assert!(!p.is_empty());
+                assert!(p.len() <= SEGMENT_BYTES + MAX_RUN_BYTES + 4, "{}", p.len());
+                let mut run = 0usize;
+                let mut prev = None;
+                for c in p.chars() {
+                    let space = c.is_ascii_whitespace();
+                    run = if prev == Some(space) {
+                        run + c.len_utf8()
+                    } else {
+                        c.len_utf8()
+                    };
+                    prev = Some(space);
+                    assert!(run <= MAX_RUN_BYTES + 3, "a run of {run} bytes");
+                }
+            }
+        }
+        // Normal text is cut only at word boundaries, and rarely.
+        let text = english(100_000);
+        let parts: Vec<&str> = segments(&text).collect();
+        assert!(parts.len() < 20, "{} segments", parts.len());
+        assert!(parts[1..].iter().all(|p| p.starts_with(' ')));
+    }
+
+    #[test]
+    fn past_the_tiktoken_budget_every_byte_counts_as_a_token() {
+        let text = "a".repeat(TIKTOKEN_MAX_BYTES + 10_000);
+        let n = text_tokens(&text, Tokenizer::O200k);
+        assert!(n >= 10_000, "{n}");
+        assert!(n <= text.len() as u64);
+        // The budget is per request: a second message past it is counted by its bytes.
+        let body = json!({"messages":[
+            {"role":"user","content": "a".repeat(TIKTOKEN_MAX_BYTES)},
+            {"role":"user","content": "hello world"},
+        ]});
+        let n = prompt_tokens(Endpoint::Chat, &body, Tokenizer::O200k);
+        let first = text_tokens(&"a".repeat(TIKTOKEN_MAX_BYTES), Tokenizer::O200k);
+        assert_eq!(n, 3 + 3 + first + 3 + "hello world".len() as u64);
+        // A split in the middle of a character does not panic.
+        let text = "é".repeat(TIKTOKEN_MAX_BYTES / 2 + 3);
+        assert!(text_tokens(&text, Tokenizer::Cl100k) > 0);
+    }
+
+    #[test]
+    fn the_inline_and_blocking_paths_agree() {
+        let body = json!({"messages":[{"role":"user","content": english(100_000)}]});
+        let inline = prompt_tokens(Endpoint::Chat, &body, Tokenizer::O200k);
+        assert_eq!(
+            prompt_tokens_bounded(Endpoint::Chat, &body, Tokenizer::O200k, 10),
+            inline
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let off = rt.block_on(async {
+            tokio::spawn(async move {
+                prompt_tokens_bounded(Endpoint::Chat, &body, Tokenizer::O200k, 1 << 20)
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(off, inline);
     }
 
     #[test]

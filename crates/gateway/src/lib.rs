@@ -17,6 +17,7 @@ mod error;
 mod estimate;
 mod fair;
 mod observe;
+mod paths;
 mod proxy;
 mod request;
 mod routes;
@@ -39,6 +40,10 @@ pub use telemetry::{Telemetry, init_logs};
 /// Each connection is HTTP/1.1 with `server.header_timeout` to send a request's headers
 /// (a client that stalls is disconnected); bodies are read under `server.body_timeout`
 /// and requests in flight are bounded by `server.max_connections` (see the router).
+///
+/// `/metrics` on `listener` is open only when it is a loopback address (else it needs
+/// the admin key); `server.admin_listen`, when set, is bound here and serves the
+/// operational routes ([`Gateway::admin_router`]) until shutdown.
 pub async fn serve(
     gateway: Gateway,
     listener: tokio::net::TcpListener,
@@ -58,7 +63,19 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(server.header_timeout)
         .keep_alive(true);
-    let app = gateway.router();
+    let app = gateway.router_on(listener.local_addr()?);
+    let mut admin_task = None;
+    if let Some(admin) = server.admin_listen {
+        let admin_listener = tokio::net::TcpListener::bind(admin).await?;
+        let addr = admin_listener.local_addr()?;
+        tracing::info!(%addr, "admin listener");
+        let admin_app = gateway.admin_router(addr.ip().is_loopback());
+        admin_task = Some(tokio::spawn(async move {
+            if let Err(e) = axum::serve(admin_listener, admin_app).await {
+                tracing::warn!(error = %e, "admin listener failed");
+            }
+        }));
+    }
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -86,6 +103,9 @@ pub async fn serve(
         });
     }
     drop(listener);
+    if let Some(t) = admin_task {
+        t.abort();
+    }
     tracing::info!(
         grace_s = grace.as_secs_f64(),
         "shutting down: draining in-flight requests"

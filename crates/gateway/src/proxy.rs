@@ -10,14 +10,15 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
 use sluice_limiter::{
-    Cost, Decision, LimitError, LimitId, RefusalReason, Remaining, Reservation, StateChange, Store,
+    Cost, Decision, LimitError, LimitId, RefusalReason, ReleaseOutcome, Remaining, Reservation,
+    StateChange, Store,
 };
 use sluice_provider::{ErrorClass, classify};
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use crate::error::{ApiError, RateLimited, ratelimit_headers};
-use crate::estimate::{Endpoint, output_tokens, prompt_tokens};
+use crate::estimate::{Endpoint, output_tokens, prompt_tokens_bounded};
 use crate::request;
 use crate::state::{Gateway, Inner, ModelState};
 use crate::stream::{SseRelay, settle_traced};
@@ -285,7 +286,7 @@ async fn serve(
         } else {
             body.clone()
         };
-        let raw_prompt = prompt_tokens(endpoint, &json, model.cfg.tokenizer);
+        let raw_prompt = prompt_tokens_bounded(endpoint, &json, model.cfg.tokenizer, body.len());
         let cost = Cost::request(
             model.learner.correct(raw_prompt),
             output_tokens(endpoint, &json, model.cfg.output_estimate),
@@ -414,9 +415,13 @@ async fn serve(
             );
             metrics::histogram!("sluice_queue_wait_seconds", "model" => model.cfg.name.clone())
                 .record(res.wait.as_secs_f64());
-            if !res.wait.is_zero() {
-                tokio::time::sleep(res.wait).await;
+            // Until the request is sent, a client that goes away (hyper drops this
+            // future) gives the slot back for a later waiter.
+            let waiting = AbandonedWait::new(gw, mi, res);
+            if !waiting.wait().is_zero() {
+                tokio::time::sleep(waiting.wait()).await;
             }
+            let res = waiting.sent();
             drop(permit);
             if !queue_span.is_disabled() {
                 queue_span.record("outcome", "slot");
@@ -563,6 +568,35 @@ async fn serve(
                     status.as_u16(),
                     account.name
                 );
+                // Issue #12: one answer never takes the last live account out of
+                // rotation. In-band, the last one is only cooled down and the refusal
+                // passed on without a retry; the recalibrator (embedded, or the
+                // sidecar's) disables it when a second refusal from another answer
+                // corroborates it (`sluice_recalibrate::Corroboration`).
+                if sluice_recalibrate::is_last_live(&inner.limiter, &model.keys, &model.quota, &key)
+                    .await
+                {
+                    metrics::counter!("sluice_accounts_suspected_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => c.class.as_str()).increment(1);
+                    tracing::warn!(model = %model.cfg.name, account = %account.name, reason = %reason, "last live account refused: kept in rotation until a second refusal corroborates it");
+                    if let Err(e) = inner
+                        .limiter
+                        .update(
+                            &key,
+                            &model.quota,
+                            StateChange::Cooldown(inner.config.sidecar.default_cooldown),
+                        )
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cooldown not recorded");
+                    }
+                    return Ok(Done {
+                        tenant: Some(tenant),
+                        response: passed,
+                        model: model.cfg.name.clone(),
+                        account: account.name.clone(),
+                        outcome: "upstream_error",
+                    });
+                }
                 metrics::counter!("sluice_accounts_disabled_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => c.class.as_str()).increment(1);
                 tracing::error!(model = %model.cfg.name, account = %account.name, reason = %reason, "account disabled until an operator clears it");
                 disable_everywhere(gw, &model.cfg.upstream, account.name.as_str(), &key, reason)
@@ -922,7 +956,14 @@ async fn success(
 }
 
 /// Any other `/v1/*` request: passed through on an account of the model it names (or
-/// the first model), counted as one request.
+/// the first model), counted as one request, when its path is safe and defined.
+///
+/// The raw request target is checked before anything is decoded or read
+/// ([`paths::check_shape`]): a dot segment (raw or percent-encoded), an encoded slash
+/// or backslash, a backslash, NUL, an empty segment or any `%` escape is a 400; a path
+/// that neither the upstream's dialect ([`paths::dialect_paths`]) nor its configured
+/// `passthrough` defines is a 404. Neither is ever sent upstream, so no path can leave
+/// the upstream's `base_url` with an account's key.
 pub(crate) async fn other(
     gw: Gateway,
     method: Method,
@@ -931,6 +972,14 @@ pub(crate) async fn other(
     body: Body,
 ) -> Response {
     let inner = &*gw.inner;
+    if let Err(why) = crate::paths::check_shape(uri.path()) {
+        return ApiError::BadRequest {
+            message: format!("Invalid URL: {why}; nothing was forwarded."),
+            param: None,
+            code: "invalid_path",
+        }
+        .into_response();
+    }
     let Some(tenant) = inner.tenant(bearer(&headers)) else {
         return ApiError::Unauthorized.into_response();
     };
@@ -958,6 +1007,14 @@ pub(crate) async fn other(
         return ApiError::ModelNotFound("(none configured)".into()).into_response();
     };
     let model = &inner.models[mi];
+    let upstream = &inner.config.upstreams[model.cfg.upstream_index];
+    if !crate::paths::allowed(upstream.dialect, &upstream.passthrough, uri.path()) {
+        return ApiError::UnknownUrl {
+            method: method.to_string(),
+            path: uri.path().chars().take(200).collect(),
+        }
+        .into_response();
+    }
     let max_wait = header_wait
         .unwrap_or(inner.config.queue.max_wait)
         .min(inner.config.queue.max_wait);
@@ -995,7 +1052,11 @@ pub(crate) async fn other(
             .into_response();
         }
     };
-    tokio::time::sleep(res.wait).await;
+    let waiting = AbandonedWait::new(&gw, mi, res);
+    if !waiting.wait().is_zero() {
+        tokio::time::sleep(waiting.wait()).await;
+    }
+    let res = waiting.sent();
     let account = &model.accounts[res.candidate];
     let suffix = uri.path().strip_prefix("/v1").unwrap_or(uri.path());
     let mut url = format!("{}{}", model.base_url, suffix);
@@ -1035,5 +1096,66 @@ pub(crate) async fn other(
             timeout: e.is_timeout(),
         }
         .into_response(),
+    }
+}
+
+/// A reservation waiting for its slot: dropped before [`sent`](Self::sent) (the client
+/// went away and hyper dropped the handler), it releases the reservation in the
+/// background, so that the slot can serve a later waiter (`Store::release`).
+struct AbandonedWait {
+    gw: Gateway,
+    model: usize,
+    reservation: Option<Reservation>,
+}
+
+impl AbandonedWait {
+    fn new(gw: &Gateway, model: usize, reservation: Reservation) -> Self {
+        Self {
+            gw: gw.clone(),
+            model,
+            reservation: Some(reservation),
+        }
+    }
+
+    /// How long until the slot.
+    fn wait(&self) -> Duration {
+        self.reservation.as_ref().map_or(Duration::ZERO, |r| r.wait)
+    }
+
+    /// The slot has come and the request goes upstream: the reservation is used.
+    fn sent(mut self) -> Reservation {
+        self.reservation.take().expect("taken only here")
+    }
+}
+
+impl Drop for AbandonedWait {
+    fn drop(&mut self) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let gw = self.gw.clone();
+        let mi = self.model;
+        runtime.spawn(async move {
+            let m = &gw.inner.models[mi];
+            match gw.inner.limiter.release(&m.quota, &reservation).await {
+                Ok(outcome) => {
+                    let outcome = match outcome {
+                        ReleaseOutcome::Reusable => "reusable",
+                        ReleaseOutcome::Passed => "passed",
+                        ReleaseOutcome::AlreadySettled => "settled",
+                        _ => "dropped",
+                    };
+                    metrics::counter!("sluice_reservations_released_total", "model" => m.cfg.name.clone(), "outcome" => outcome)
+                        .increment(1);
+                    tracing::debug!(model = %m.cfg.name, account = %m.accounts[reservation.candidate].name, outcome, "client went away while queued; slot released");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, model = %m.cfg.name, "releasing an abandoned slot failed; it ages out");
+                }
+            }
+        });
     }
 }

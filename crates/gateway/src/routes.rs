@@ -22,15 +22,88 @@ use crate::state::Gateway;
 
 impl Gateway {
     /// The router, ready to serve (or to test with `oneshot`): [`api_router`](Self::api_router)
-    /// plus `/healthz`, `/readyz` and `/metrics`.
+    /// plus `/healthz`, `/readyz` and `/metrics`, as served on `server.listen`: `/metrics`
+    /// is open only when that address is loopback (see [`router_on`](Self::router_on)).
     pub fn router(&self) -> Router {
+        self.router_on(self.inner.config.server.listen)
+    }
+
+    /// The public router as served on `addr`: `/metrics` is served to anyone when `addr`
+    /// is a loopback address, else only to a caller presenting the admin key
+    /// (`Authorization: Bearer <admin_key>`); others get an OpenAI-shaped 401 (404 when
+    /// no admin key is configured).
+    pub fn router_on(&self, addr: std::net::SocketAddr) -> Router {
+        let open = addr.ip().is_loopback();
         self.api_router().merge(
             Router::new()
                 .route("/healthz", get(|| async { "ok" }))
                 .route("/readyz", get(readyz))
-                .route("/metrics", get(metrics))
+                .route(
+                    "/metrics",
+                    get(move |g: State<Gateway>, h: HeaderMap| async move { metrics(g, h, open) }),
+                )
                 .with_state(self.clone()),
         )
+        // Unknown paths and methods: OpenAI-shaped 404 and 405 (issue #12).
+        .fallback(crate::paths::unknown_route)
+        .method_not_allowed_fallback(crate::paths::method_not_allowed)
+    }
+
+    /// The admin listener's router (`[server] admin_listen`): `/healthz`, `/readyz` and
+    /// [`admin_routes`](Self::admin_routes).
+    pub fn admin_router(&self, open: bool) -> Router {
+        self.admin_routes(open).merge(
+            Router::new()
+                .route("/healthz", get(|| async { "ok" }))
+                .route("/readyz", get(readyz))
+                .route(
+                    "/metrics",
+                    get(move |g: State<Gateway>, h: HeaderMap| async move { metrics(g, h, open) }),
+                )
+                .with_state(self.clone()),
+        )
+    }
+
+    /// The operational routes of an admin listener besides health and metrics: the full
+    /// `GET /v1/quotas` (unredacted; to anyone when `open`, the listener being loopback,
+    /// else to the admin key) and `POST /v1/admin/accounts/{upstream}/{account}/enable`
+    /// (always behind the admin key). The sidecar serves them on its own admin listener.
+    pub fn admin_routes(&self, open: bool) -> Router {
+        Router::new()
+            .route(
+                "/v1/quotas",
+                get(move |g: State<Gateway>, h: HeaderMap| async move {
+                    admin_quotas(g, h, open).await
+                }),
+            )
+            .route(
+                "/v1/admin/accounts/{upstream}/{account}/enable",
+                post(enable),
+            )
+            .with_state(self.clone())
+    }
+
+    /// Whether a caller may read `/metrics`: always when `open` (a loopback listener),
+    /// else only with the admin key. `None` serves it; `Some` is the OpenAI-shaped
+    /// refusal to answer: 401 when an admin key is configured, 404 when none is (metrics
+    /// are then served only on loopback).
+    pub fn metrics_refusal(&self, headers: &HeaderMap, open: bool) -> Option<Response> {
+        if open || self.is_admin(bearer_token(headers)) {
+            return None;
+        }
+        Some(if self.inner.admin_digest.is_none() {
+            admin_error(
+                StatusCode::NOT_FOUND,
+                "Metrics are served on a loopback listener or admin_listen; this listener is not loopback and no admin_key is configured.",
+                "metrics_not_exposed",
+            )
+        } else {
+            admin_error(
+                StatusCode::UNAUTHORIZED,
+                "Metrics on this listener need the admin key as Authorization: Bearer <admin_key>.",
+                "invalid_api_key",
+            )
+        })
     }
 
     /// The API without the operational routes: the OpenAI-compatible proxy,
@@ -138,6 +211,19 @@ async fn quotas(State(g): State<Gateway>, headers: HeaderMap) -> Response {
     axum::Json(report).into_response()
 }
 
+/// `GET /v1/quotas` on an admin listener: the full view, to anyone when `open`, else to
+/// the admin key.
+async fn admin_quotas(g: State<Gateway>, headers: HeaderMap, open: bool) -> Response {
+    if !open && !g.is_admin(bearer_token(&headers)) {
+        return admin_error(
+            StatusCode::UNAUTHORIZED,
+            "Invalid admin key.",
+            "invalid_api_key",
+        );
+    }
+    axum::Json(sluice_recalibrate::report(&g.inner.catalog, &g.inner.limiter).await).into_response()
+}
+
 fn admin_error(status: StatusCode, message: &str, code: &str) -> Response {
     (
         status,
@@ -231,7 +317,10 @@ async fn readyz(State(g): State<Gateway>) -> Response {
     }
 }
 
-async fn metrics(State(g): State<Gateway>) -> Response {
+fn metrics(State(g): State<Gateway>, headers: HeaderMap, open: bool) -> Response {
+    if let Some(refused) = g.metrics_refusal(&headers, open) {
+        return refused;
+    }
     match &g.inner.metrics {
         Some(h) => (
             [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],

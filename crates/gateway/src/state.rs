@@ -268,6 +268,14 @@ impl Gateway {
         want.matches(&KeyDigest::of(token))
     }
 
+    /// The name of the tenant a bearer token belongs to (constant time over SHA-256
+    /// digests): `Some("default")` for anyone when no `[[tenants]]` are configured,
+    /// `None` for a missing or unknown key. The sidecar authenticates its own routes
+    /// with it.
+    pub fn tenant_for(&self, token: Option<&str>) -> Option<&str> {
+        self.inner.tenant(token).map(|i| self.inner.tenant_name(i))
+    }
+
     /// Sends one minimal request (`max_tokens: 1`) on `account` of `model` through the
     /// gateway's upstream client, bypassing the limiter, and records it as usage:
     /// the probe of a disabled account. Returns the upstream status and body.

@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `sluice_requests_total` | counter | model, tenant, account, outcome |
 //! | `sluice_queue_wait_seconds` | histogram | model |
+//! | `sluice_reservations_released_total` | counter | model, outcome (reusable/passed/settled/dropped): slots given back by clients that went away while queued |
 //! | `sluice_limiter_seconds` | histogram | op |
 //! | `sluice_upstream_errors_total` | counter | model, account, reason |
 //! | `sluice_tokens_total` | counter | model, tenant, kind (input/output), source (estimated/actual) |

@@ -5,12 +5,17 @@
 mod stub;
 mod support;
 
+mod abandoned_waits;
+mod admin_listener;
 mod bad_input;
+mod bounded_cost;
 mod e2e_fleet;
 mod faults;
 mod flow;
+mod http_fuzz;
 mod routes;
 mod safe_defaults;
 mod secrets;
 mod slow_clients;
 mod traces;
+mod upstream_text;

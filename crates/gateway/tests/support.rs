@@ -59,6 +59,11 @@ impl GatewayProcess {
         Self { service, url }
     }
 
+    /// The process id (for its CPU time in `/proc`).
+    pub(crate) fn pid(&self) -> u32 {
+        self.service.pid()
+    }
+
     /// Kills the process (SIGKILL: no drain, nothing flushed) and waits for it to exit.
     pub(crate) fn kill(&mut self) {
         self.service.kill();

@@ -17,6 +17,11 @@
 --   {2, c, reason}                                                       every candidate disabled
 --   {3, i, capacity, charge}                          limit i can never hold the charge
 --   binding: 0 now, 1 queue (earlier slots), 2 cooldown, 3 pacing, 10 + i limit i.
+-- Released slots: a candidate may instead take the earliest hole (field `holes`, written
+-- by release.lua) not before now nor its cooldown, no later than its tail slot, whose
+-- charge covers the cost in every limit; taking it removes the hole and writes no charge,
+-- tail or tat (the hole's charge, already in the buckets, is inherited), so no window's
+-- total grows. KEYS, ARGV and the reply are unchanged: an older acquire ignores holes.
 -- Invariants: read all, check all, then write: a refusal charges nothing (it may drop
 -- expired buckets). Pacing is GCRA whose burst tolerance serves only arrivals with
 -- nobody queued ahead (tail <= now); queued slots are at least one interval apart. A slot is never before the account's tail, so the only window a
@@ -35,7 +40,9 @@ local unchosen = {}
 
 -- The earliest t >= from at which `charge` fits limit row r of windows hash h.
 local function fit(h, r, eff, total, charge, from)
-  if total + charge <= eff then
+  -- charge <= eff - total, not total + charge <= eff: a difference of two amounts up to
+  -- MAX_CHARGE is exact where their sum may round (common.lua).
+  if charge <= eff - total then
     return from
   end
   local lo = kmin_of(from, r.window, r.bucket)
@@ -49,7 +56,7 @@ local function fit(h, r, eff, total, charge, from)
   for i = 1, #names do
     used = used + (tonumber(vals[i]) or 0)
   end
-  local needed = used + charge - eff
+  local needed = charge - (eff - used)
   if needed <= 0 then
     return from
   end
@@ -75,6 +82,30 @@ for i, r in ipairs(rows) do
   r.know = math.floor(now / r.bucket)
   r.ft, r.fo, r.fk = r.id .. ':t', r.id .. ':o', r.id .. ':' .. int(r.know)
   wfields[3 * i + 1], wfields[3 * i + 2], wfields[3 * i + 3] = r.ft, r.fo, r.fk
+end
+wfields[#wfields + 1] = 'holes'
+local holes_at = #wfields
+local charges_any = false
+for _, r in ipairs(rows) do
+  if r.charge > 0 then charges_any = true end
+end
+
+-- Released slots (release.lua) still ahead of now, parsed from the `holes` field.
+local function parse_holes(raw)
+  local out = {}
+  if not raw then return out end
+  for entry in string.gmatch(raw, '[^;]+') do
+    local at, rest = string.match(entry, '^(%d+)@(.*)$')
+    local at_us = tonumber(at)
+    if at_us ~= nil and at_us >= now then
+      local charges = {}
+      for id, v in string.gmatch(rest, '([^=,]+)=(%d+)') do
+        charges[id] = tonumber(v)
+      end
+      out[#out + 1] = { slot = at_us, charges = charges, text = entry }
+    end
+  end
+  return out
 end
 
 local best = nil
@@ -135,9 +166,26 @@ for c = 1, candidates do
         end
       end
       headroom = headroom or math.huge
+      -- A released slot no later than the tail's, not before now nor the cooldown,
+      -- whose charge covers the cost in every limit: taken as it is (window.rs).
+      local holes, hole = nil, nil
+      if charges_any and not read_only then
+        holes = parse_holes(w[holes_at])
+        for j, hl in ipairs(holes) do
+          local covers = true
+          for _, r in ipairs(rows) do
+            if (hl.charges[r.id] or 0) < r.charge then covers = false end
+          end
+          if covers and hl.slot >= math.max(now, cool) and (hl.slot < slot or (hole == nil and hl.slot == slot)) then
+            slot, hole = hl.slot, j
+            if hl.slot > now then binding = 1 else binding = 0 end
+          end
+        end
+      end
       local plan = { c = c, slot = slot, binding = binding, headroom = headroom, eff = eff,
                      total = total, oldest = oldest, evicted = evicted, t = t, tat = tat,
-                     tail = tail, h = h, exp = exp, current = current }
+                     tail = tail, h = h, exp = exp, current = current,
+                     holes = holes, hole = hole }
       if best == nil or slot < best.slot or (slot == best.slot and headroom > best.headroom) then
         if best ~= nil then
           table.insert(unchosen, best)
@@ -181,7 +229,20 @@ end
 if wait > max_wait then
   reply = { 0, best.c, wait, best.binding }
 else
-  if not read_only then
+  if best.hole ~= nil then
+    -- Taking a hole: its charge is in the buckets already, its slot at or before the
+    -- tail and paced when booked; only the hole goes (and any eviction is kept).
+    keep_eviction(best)
+    local texts = {}
+    for j, hl in ipairs(best.holes) do
+      if j ~= best.hole then texts[#texts + 1] = hl.text end
+    end
+    if #texts > 0 then
+      redis.call('HSET', best.h, 'holes', table.concat(texts, ';'))
+    else
+      redis.call('HDEL', best.h, 'holes')
+    end
+  elseif not read_only then
     local h = best.h
     local tail = math.max(best.tail, best.slot)
     local tat = best.tat

@@ -3,7 +3,8 @@
 -- Key schema (one hash tag per key group, so one decision touches one cluster slot):
 --   sluice:{<group>}:w:<name>        windows hash   (TTL: the longest window past the last slot)
 --   sluice:{<group>}:s:<name>        state hash     (TTL: 24 h past the last change, or the cooldown)
---   sluice:{<group>}:r:<name>:<id>   reconcile mark (TTL: two longest windows past the slot)
+--   sluice:{<group>}:r:<name>:<id>   reconcile mark (TTL: the reconcile window past the slot,
+--                                    Quota::reconcile_window: 20 min to 1 h)
 -- Windows hash fields, per limit id (e.g. r60000 = requests per 60000 ms):
 --   <id>:t  sum of the buckets kept      <id>:o  oldest bucket index kept (eviction pointer)
 --   <id>:<k> amount charged in bucket k (k = floor(slot_us / bucket_us))
@@ -14,8 +15,25 @@
 -- Units: every time is in microseconds on the Redis clock (TIME) unless a test passes
 -- its own; amounts are whole requests or tokens. Mirrors crates/limiter/src/window.rs.
 
+-- MAX_CHARGE: the most one request charges a limit, and the most a limit, a learned
+-- limit or a window total holds: 2^53 - 1, the largest integer a Lua number (a double)
+-- holds exactly. Mirrors MAX_CHARGE in crates/limiter/src/quota.rs (a unit test holds
+-- the two together). Every amount read from ARGV is clamped by `amount`, to at most
+-- MAX_CHARGE + 1 (a charge no limit can hold), and `add` never takes a total past
+-- MAX_CHARGE, so `int` never formats a number past 2^53 and nothing wraps.
+local MAX_CHARGE = 9007199254740991
+
 local function int(n)
   return string.format('%d', n)
+end
+
+-- An amount from ARGV (or a stored field): a whole number in 0..MAX_CHARGE + 1.
+local function amount(s)
+  local v = tonumber(s) or 0
+  if v ~= v or v < 0 then
+    return 0
+  end
+  return math.min(math.floor(v), MAX_CHARGE + 1)
 end
 
 local function clock(arg)
@@ -78,12 +96,14 @@ local function evict(h, id, window, bucket, now)
   return total, kmin
 end
 
--- Adds `delta` to bucket k of limit `id` (never below zero); returns the new total.
+-- Adds `delta` to bucket k of limit `id` (never below zero, and never taking the total
+-- past MAX_CHARGE: the excess is dropped, the window is full either way); returns the
+-- new total.
 -- `oldest` is the pointer evict returned: nil means the limit held nothing yet.
 local function add(h, id, k, delta, total, oldest, now, window, bucket)
   local field = id .. ':' .. int(k)
   local old = tonumber(redis.call('HGET', h, field)) or 0
-  local new = math.max(old + delta, 0)
+  local new = math.max(old + math.min(delta, MAX_CHARGE - total), 0)
   total = total - old + new
   if oldest == nil then
     oldest = kmin_of(now, window, bucket)
@@ -135,7 +155,8 @@ local function read_limits(at, n, width)
     local b = at + (i - 1) * width
     rows[i] = {
       id = ARGV[b], window = tonumber(ARGV[b + 1]), bucket = tonumber(ARGV[b + 2]),
-      limit = tonumber(ARGV[b + 3]), a = tonumber(ARGV[b + 4]), b = tonumber(ARGV[b + 5]),
+      limit = math.max(math.min(amount(ARGV[b + 3]), MAX_CHARGE), 1),
+      a = amount(ARGV[b + 4]), b = amount(ARGV[b + 5]),
     }
   end
   return rows

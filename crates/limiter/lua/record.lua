@@ -41,9 +41,9 @@ local missing = tail == nil or (booked > 0 and tail < now + booked)
 local wrote = false
 for i = 1, n do
   local b = 6 + (i - 1) * 5
-  local id, window, bucket, charge = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local id, window, bucket, charge = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), amount(ARGV[b + 3])
   if missing then
-    charge = charge + tonumber(ARGV[b + 4])
+    charge = math.min(charge + amount(ARGV[b + 4]), MAX_CHARGE + 1)
   end
   if charge > 0 then
     local total, oldest = evict(h, id, window, bucket, now)

@@ -45,7 +45,7 @@ elseif op == 'eff' then
   if amount == '' then
     redis.call('HDEL', st, 'eff:' .. value)
   else
-    redis.call('HSET', st, 'eff:' .. value, int(math.max(tonumber(amount), 1)))
+    redis.call('HSET', st, 'eff:' .. value, int(math.min(math.max(tonumber(amount) or 1, 1), MAX_CHARGE)))
   end
 elseif op == 'pace' then
   redis.call('HSET', st, 'pace', int(math.min(math.max(tonumber(value), 1000), 64000)))

@@ -79,6 +79,22 @@ pub struct Reservation {
     pub origin: Origin,
 }
 
+/// What [`release`](crate::Store::release) did with a reservation given back unused.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReleaseOutcome {
+    /// Its slot was still ahead: a later request may take it (and inherits its charge).
+    Reusable,
+    /// Its slot has passed (or the store no longer holds it): marked released, nothing
+    /// else to do; its charge ages out with its window.
+    Passed,
+    /// Already released or reconciled before: nothing changed.
+    AlreadySettled,
+    /// Not recorded where it can be reused (granted unmetered or by the local
+    /// fallback): dropped, its charge ages out.
+    Dropped,
+}
+
 /// Why a request could not have a slot within its maximum wait.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -190,6 +190,9 @@ fn charges(quota: &Quota, cost: &Cost) -> Vec<u64> {
 /// policy: the local store, what it granted, and Redis's last word per account.
 pub(crate) struct Handover {
     replicas: u32,
+    /// This replica's index among `replicas`, if known: it takes one of the remainders
+    /// of the split (see [`Quota::shares`]).
+    index: Option<u32>,
     /// Decisions while Redis is down, at the share (seed included).
     local: InProcessStore,
     /// Only what this replica granted locally, at each grant's slot (no seed).
@@ -212,6 +215,7 @@ impl Handover {
     pub(crate) fn new(local: InProcessStore, granted: InProcessStore, replicas: u32) -> Self {
         Self {
             replicas: replicas.max(1),
+            index: None,
             local,
             granted,
             seen: RwLock::new(HashMap::default()),
@@ -220,6 +224,11 @@ impl Handover {
             handing_back: AtomicBool::new(false),
             gate: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Makes this the hand-over of replica `index` of the expected replicas.
+    pub(crate) fn set_index(&mut self, index: Option<u32>) {
+        self.index = index;
     }
 
     /// True when some local usage has not been handed back to Redis yet.
@@ -345,7 +354,23 @@ impl Handover {
         max_wait: std::time::Duration,
         yield_to_hand_back: bool,
     ) -> Result<Option<Decision>, LimitError> {
-        let share = quota.divided(self.replicas);
+        let share = quota.divided_for(self.replicas, self.index);
+        // A limit whose share is zero (fewer per window than replicas) grants nothing
+        // here: the fleet's shares never add up to more than the limit.
+        let zero = quota
+            .shares(self.replicas, self.index)
+            .iter()
+            .zip(quota.limits())
+            .position(|(&part, l)| part == 0 && l.charge(&cost) > 0);
+        if let Some(i) = zero {
+            let limit = &quota.limits()[i];
+            return Ok(Some(Decision::Refused(crate::decision::Refusal {
+                retry_after: Some(limit.window().length()),
+                reason: crate::decision::RefusalReason::Limit(limit.id().clone()),
+                candidate: 0,
+                remaining: Vec::new(),
+            })));
+        }
         let mut period = self.period.lock();
         if yield_to_hand_back && self.handing_back.load(Ordering::Acquire) {
             return Ok(None);
@@ -404,7 +429,7 @@ impl Handover {
                 .get(&reservation.key)
                 .is_some_and(|e| e.at <= decided_at)
             {
-                let share = quota.divided(self.replicas);
+                let share = quota.divided_for(self.replicas, self.index);
                 self.local.reconcile_now(&share, reservation, &actual);
                 self.granted.reconcile_now(quota, reservation, &actual);
                 return Ok(());
@@ -436,7 +461,7 @@ impl Handover {
             return Ok(());
         }
         // Redis is down again: keep the increase locally, to be handed back later.
-        let share = quota.divided(self.replicas);
+        let share = quota.divided_for(self.replicas, self.index);
         let mut period = self.period.lock();
         let now = self.local.now_micros();
         if !period.contains_key(&reservation.key) {
@@ -493,7 +518,7 @@ impl Handover {
                     // hand back their grants too counts those twice for at most a
                     // window: too much, never too little. Only for an account used here
                     // during the outage (an idle account's key may just have expired).
-                    let share = e.quota.divided(self.replicas);
+                    let share = e.quota.divided_for(self.replicas, self.index);
                     let others = u64::from(self.replicas - 1);
                     let local_used = self.local.used(k, &share);
                     let used_here = given.iter().chain(&local_used).any(|&c| c > 0);
@@ -562,7 +587,7 @@ impl Handover {
                 }
                 usage = usage.saturating_add(given.iter().sum());
             }
-            let share = quota.divided(self.replicas);
+            let share = quota.divided_for(self.replicas, self.index);
             let mut period = self.period.lock();
             // Grants made while the record was in flight stay local, handed back next.
             let now_used = self.granted.used(key, quota);

@@ -57,13 +57,16 @@ mod time;
 mod window;
 
 pub use decision::{
-    Decision, LimitStatus, Origin, QuotaStatus, Refusal, RefusalReason, Remaining, Reservation,
-    ReservationId,
+    Decision, LimitStatus, Origin, QuotaStatus, Refusal, RefusalReason, ReleaseOutcome, Remaining,
+    Reservation, ReservationId,
 };
 pub use error::{LimitError, QuotaError, StoreError};
 pub use limiter::{Limiter, OnError};
 pub use memory::InProcessStore;
-pub use quota::{Cost, Limit, LimitId, Pacing, Quota, QuotaKey, Unit, Window};
+pub use quota::{
+    Cost, Limit, LimitId, MAX_CHARGE, Pacing, Quota, QuotaKey, RECONCILE_MAX_WINDOW,
+    RECONCILE_MIN_WINDOW, TOO_LARGE_CHARGE, Unit, Window,
+};
 pub use redis::{RedisConnection, RedisOptions, RedisStore};
 pub use store::{StateChange, Store};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

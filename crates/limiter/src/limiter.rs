@@ -4,7 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decision::{
-    Decision, Origin, QuotaStatus, Refusal, RefusalReason, Reservation, ReservationId,
+    Decision, Origin, QuotaStatus, Refusal, RefusalReason, ReleaseOutcome, Reservation,
+    ReservationId,
 };
 use crate::error::LimitError;
 use crate::handover::Handover;
@@ -25,6 +26,14 @@ pub enum OnError {
     FailOpen,
     /// Decide in this process at the limit divided by the expected number of replicas,
     /// so that the fleet as a whole stays within its limits. The default.
+    ///
+    /// The shares never add up to more than the limit, whatever the replica count:
+    /// each replica gets `limit ÷ replicas` rounded down, and the remainder goes one
+    /// each to the replicas with the lowest indexes
+    /// ([`Limiter::with_replica_index`]); a replica without an index gets only the
+    /// rounded down part. So `rps = 1` over 10 replicas grants at most 1 per second in
+    /// total (on the replica with index 0, or nowhere), never 10 (see
+    /// [`Quota::shares`](crate::Quota::shares)).
     ///
     /// The switch hands usage over both ways, so that it lets no burst through:
     /// - **into local mode**, an account's local window starts charged with the part
@@ -123,6 +132,18 @@ impl Limiter {
                 retry,
             },
         })
+    }
+
+    /// The same limiter for replica `index` (0-based) of the expected replicas: under
+    /// [`OnError::Local`] it takes one of the remainders when a limit does not divide
+    /// evenly (see [`Quota::shares`](crate::Quota::shares)), so that the fleet's shares
+    /// add up to exactly the limit. Without an index a replica gets only the rounded
+    /// down share, which may be zero. No effect on other backends or policies.
+    pub fn with_replica_index(mut self, index: u32) -> Self {
+        if let Backend::Redis { handover, .. } = &mut self.backend {
+            handover.set_index(Some(index));
+        }
+        self
     }
 
     /// True when decisions are shared through Redis.
@@ -242,6 +263,21 @@ impl Store for Limiter {
                 Origin::Local,
             ) => handover.reconcile(store, quota, reservation, actual).await,
             (Backend::Redis { store, .. }, _) => store.reconcile(quota, reservation, actual).await,
+        }
+    }
+
+    /// A reservation granted by the shared store is released there; one granted locally
+    /// (`on_error = local`) or unmetered is dropped: its charge ages out with its window
+    /// (the local grants are handed back to Redis as they were, which stays safe).
+    async fn release(
+        &self,
+        quota: &Quota,
+        reservation: &Reservation,
+    ) -> Result<ReleaseOutcome, LimitError> {
+        match (&self.backend, reservation.origin) {
+            (_, Origin::Unmetered | Origin::Local) => Ok(ReleaseOutcome::Dropped),
+            (Backend::Embedded(s), _) => s.release(quota, reservation).await,
+            (Backend::Redis { store, .. }, _) => store.release(quota, reservation).await,
         }
     }
 

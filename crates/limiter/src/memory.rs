@@ -12,7 +12,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::decision::{
-    Decision, Origin, QuotaStatus, Refusal, RefusalReason, Reservation, ReservationId,
+    Decision, Origin, QuotaStatus, Refusal, RefusalReason, ReleaseOutcome, Reservation,
+    ReservationId,
 };
 use crate::error::LimitError;
 use crate::quota::{Cost, Quota, QuotaKey};
@@ -137,6 +138,19 @@ impl InProcessStore {
                 now,
             )
         });
+    }
+
+    /// [`Store::release`], synchronously.
+    pub(crate) fn release_now(&self, quota: &Quota, reservation: &Reservation) -> ReleaseOutcome {
+        self.with_account(&reservation.key, |a, now| {
+            a.release(
+                quota,
+                reservation.id,
+                reservation.slot.as_micros(),
+                &reservation.cost,
+                now,
+            )
+        })
     }
 
     /// Forgets everything about `key`.
@@ -299,6 +313,14 @@ impl Store for InProcessStore {
     ) -> Result<(), LimitError> {
         self.reconcile_now(quota, reservation, &actual);
         Ok(())
+    }
+
+    async fn release(
+        &self,
+        quota: &Quota,
+        reservation: &Reservation,
+    ) -> Result<ReleaseOutcome, LimitError> {
+        Ok(self.release_now(quota, reservation))
     }
 
     async fn record_usage(

@@ -108,8 +108,10 @@ pub struct Limit {
 }
 
 impl Limit {
-    /// At most `amount` of `unit` in any trailing `window`.
+    /// At most `amount` of `unit` in any trailing `window`; an amount above
+    /// [`MAX_CHARGE`] is clamped to it.
     pub fn new(unit: Unit, amount: NonZeroU64, window: Window) -> Self {
+        let amount = amount.min(NonZeroU64::new(MAX_CHARGE).unwrap_or(NonZeroU64::MAX));
         let id = LimitId(format!("{}{}", unit.tag(), window.0.as_millis()).into());
         Self {
             unit,
@@ -149,14 +151,17 @@ impl Limit {
         &self.id
     }
 
-    /// How much of this limit `cost` uses.
+    /// How much of this limit `cost` uses, at most [`TOO_LARGE_CHARGE`]: a charge
+    /// above [`MAX_CHARGE`] becomes that one value, which no limit can hold (so an
+    /// acquire refuses it as too large) and which the windows saturate on.
     pub fn charge(&self, cost: &Cost) -> u64 {
-        match self.unit {
+        let raw = match self.unit {
             Unit::Requests => cost.requests,
             Unit::Tokens => cost.input_tokens.saturating_add(cost.output_tokens),
             Unit::InputTokens => cost.input_tokens,
             Unit::OutputTokens => cost.output_tokens,
-        }
+        };
+        raw.min(TOO_LARGE_CHARGE)
     }
 }
 
@@ -284,15 +289,60 @@ impl Quota {
         (limit.window.micros() / u64::from(self.buckets)).max(1)
     }
 
+    /// How long after a reservation's slot its reconcile is accepted: twice the longest
+    /// window plus a second, but at least [`RECONCILE_MIN_WINDOW`] (a response may
+    /// stream for longer than a short window) and at most [`RECONCILE_MAX_WINDOW`].
+    ///
+    /// The idempotency mark of a reconcile lives exactly that long, so marks take
+    /// memory for at most an hour of reconciles (not two days with a daily limit); a
+    /// reconcile that comes later is ignored (no change, no refund), so a repeated one
+    /// can never apply twice.
+    pub fn reconcile_window(&self) -> Duration {
+        (2 * self.longest_window().length() + Duration::from_secs(1))
+            .clamp(RECONCILE_MIN_WINDOW, RECONCILE_MAX_WINDOW)
+    }
+
+    /// Replica `index`'s share of each limit when `parts` replicas cannot coordinate,
+    /// in the order of [`limits`](Self::limits); a share may be zero.
+    ///
+    /// The rule, so that the shares of the whole fleet never add up to more than the
+    /// limit, whatever the replica count: each replica gets `amount ÷ parts` rounded
+    /// down, and the remainder `amount mod parts` goes one each to the replicas whose
+    /// `index mod parts` is below it (a deterministic split: the shares add up to
+    /// exactly the limit). A replica without an index (`None`) gets only the rounded
+    /// down part, so with `amount < parts` (e.g. `rps = 1` over 10 replicas) it gets
+    /// nothing on that limit while replicas cannot coordinate.
+    pub fn shares(&self, parts: u32, index: Option<u32>) -> Vec<u64> {
+        let n = u64::from(parts.max(1));
+        self.limits
+            .iter()
+            .map(|l| {
+                let (base, rest) = (l.amount.get() / n, l.amount.get() % n);
+                match index {
+                    Some(i) if u64::from(i) % n < rest => base + 1,
+                    _ => base,
+                }
+            })
+            .collect()
+    }
+
     /// This quota with every limit divided by `parts` (rounded down, at least 1):
-    /// one replica's share when replicas cannot coordinate.
+    /// one replica's share when replicas cannot coordinate. A share of zero (see
+    /// [`shares`](Self::shares)) shows here as 1, so a caller that must not exceed the
+    /// limit refuses every charge on a limit whose share is zero.
     pub fn divided(&self, parts: u32) -> Quota {
-        let parts = u64::from(parts.max(1));
+        self.divided_for(parts, None)
+    }
+
+    /// [`divided`](Self::divided) for replica `index` (see [`shares`](Self::shares)).
+    pub fn divided_for(&self, parts: u32, index: Option<u32>) -> Quota {
+        let shares = self.shares(parts, index);
         let limits = self
             .limits
             .iter()
-            .map(|l| {
-                let amount = NonZeroU64::new(l.amount.get() / parts).unwrap_or(NonZeroU64::MIN);
+            .zip(shares)
+            .map(|(l, share)| {
+                let amount = NonZeroU64::new(share).unwrap_or(NonZeroU64::MIN);
                 Limit::new(l.unit, amount, l.window)
             })
             .collect();
@@ -303,6 +353,26 @@ impl Quota {
         }
     }
 }
+
+/// The shortest [`Quota::reconcile_window`]: 20 minutes, twice the gateway's default
+/// `upstream_timeout`.
+pub const RECONCILE_MIN_WINDOW: Duration = Duration::from_secs(20 * 60);
+/// The longest [`Quota::reconcile_window`]: one hour.
+pub const RECONCILE_MAX_WINDOW: Duration = Duration::from_secs(3600);
+
+/// The most one request may charge any one limit, and the most any limit, learned
+/// limit or window total may hold: 2^53 - 1, the largest integer a Redis Lua number
+/// (a double) holds exactly. `lua/common.lua` has the same constant (`MAX_CHARGE`).
+///
+/// Every amount entering the limiter is clamped to it ([`Limit::charge`], limits,
+/// learned limits, reconcile actuals, recorded usage), and a window's total saturates
+/// at it, so no arithmetic wraps or loses precision. A charge above a limit's capacity
+/// is still refused as [`InsufficientCapacity`](crate::LimitError::InsufficientCapacity).
+pub const MAX_CHARGE: u64 = (1 << 53) - 1;
+
+/// What [`Limit::charge`] gives for any amount above [`MAX_CHARGE`]: 2^53, still exact
+/// in a double and above every limit, so it is refused, never admitted.
+pub const TOO_LARGE_CHARGE: u64 = MAX_CHARGE + 1;
 
 /// What one request uses: a request count and its tokens.
 ///
@@ -402,6 +472,56 @@ impl fmt::Display for QuotaKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lua_and_rust_share_the_maximum_charge() {
+        let lua = include_str!("../lua/common.lua");
+        assert!(lua.contains(&format!("local MAX_CHARGE = {MAX_CHARGE}\n")));
+        assert_eq!(MAX_CHARGE as f64 as u64, MAX_CHARGE);
+        assert_eq!(TOO_LARGE_CHARGE as f64 as u64, TOO_LARGE_CHARGE);
+    }
+
+    #[test]
+    fn replica_shares_never_add_up_to_more_than_the_limit() {
+        let w = Window::secs(1).unwrap();
+        for amount in [1u64, 2, 3, 7, 10, 11, 600, 1_000_003] {
+            let q = Quota::new(vec![Limit::requests(amount, w).unwrap()]).unwrap();
+            for parts in 1..=16u32 {
+                let indexed: u64 = (0..parts).map(|i| q.shares(parts, Some(i))[0]).sum();
+                assert_eq!(indexed, amount, "{amount} over {parts} indexed");
+                let anonymous = q.shares(parts, None)[0] * u64::from(parts);
+                assert!(
+                    anonymous <= amount,
+                    "{amount} over {parts} without an index"
+                );
+            }
+        }
+        let q = Quota::new(vec![Limit::requests(1, w).unwrap()]).unwrap();
+        assert_eq!(q.shares(10, None), vec![0]);
+        assert_eq!(q.shares(10, Some(0)), vec![1]);
+        assert_eq!(q.shares(10, Some(3)), vec![0]);
+    }
+
+    #[test]
+    fn reconcile_window_is_bounded() {
+        let q = |secs| {
+            Quota::new(vec![Limit::tokens(5, Window::secs(secs).unwrap()).unwrap()]).unwrap()
+        };
+        assert_eq!(q(60).reconcile_window(), RECONCILE_MIN_WINDOW);
+        assert_eq!(q(900).reconcile_window(), Duration::from_secs(1801));
+        assert_eq!(q(86_400).reconcile_window(), RECONCILE_MAX_WINDOW);
+    }
+
+    #[test]
+    fn huge_amounts_clamp_and_never_fit() {
+        let w = Window::secs(1).unwrap();
+        let limit = Limit::tokens(u64::MAX, w).unwrap();
+        assert_eq!(limit.amount(), MAX_CHARGE);
+        let cost = Cost::request(u64::MAX, u64::MAX);
+        assert_eq!(limit.charge(&cost), TOO_LARGE_CHARGE);
+        assert!(limit.charge(&cost) > limit.amount());
+        assert_eq!(limit.charge(&Cost::request(MAX_CHARGE, 0)), MAX_CHARGE);
+    }
 
     #[test]
     fn window_must_be_whole_milliseconds_and_positive() {

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::decision::{Decision, QuotaStatus, Reservation};
+use crate::decision::{Decision, QuotaStatus, ReleaseOutcome, Reservation};
 use crate::error::LimitError;
 use crate::quota::{Cost, LimitId, Quota, QuotaKey};
 
@@ -61,13 +61,28 @@ pub trait Store: Send + Sync {
     /// Replaces a reservation's estimated cost with the `actual` one. Idempotent per
     /// reservation: calling it again replaces the previous actual. If the reservation's
     /// bucket has left the window, a positive difference lands in the current bucket
-    /// and a refund is dropped.
+    /// and a refund is dropped. A reconcile later than
+    /// [`Quota::reconcile_window`] after the slot is ignored (its idempotency mark may
+    /// be gone). Amounts above [`MAX_CHARGE`](crate::MAX_CHARGE) are clamped.
     fn reconcile(
         &self,
         quota: &Quota,
         reservation: &Reservation,
         actual: Cost,
     ) -> impl Future<Output = Result<(), LimitError>> + Send;
+
+    /// Gives back a reservation that will not be used (its client went away before it
+    /// was sent). While its slot is still ahead it becomes a released slot that a later
+    /// acquire on the account may take, inheriting its charge; the charge itself stays
+    /// in the windows (later slots were fitted with it there), so no window ever holds
+    /// more than it did when the slot was booked. Idempotent: a second release, or a
+    /// release of a reconciled reservation, changes nothing; a reconcile after a release
+    /// changes nothing either.
+    fn release(
+        &self,
+        quota: &Quota,
+        reservation: &Reservation,
+    ) -> impl Future<Output = Result<ReleaseOutcome, LimitError>> + Send;
 
     /// Adds usage spent outside Sluice (learned from a provider's headers) to the
     /// account's current buckets, without a check.

@@ -21,13 +21,27 @@
 //! arrival with nobody queued ahead (`tail <= now`). While slots are booked ahead,
 //! consecutive slots are at least `T` apart, so a queue drains at the paced rate and a
 //! window rolling over (or a cooldown ending) never releases a burst.
+//!
+//! # Released slots (holes)
+//! A reservation released before it was used (its client went away) whose slot is still
+//! ahead becomes a *hole*: its slot and its charge per limit, kept on the account (at
+//! most [`MAX_HOLES`]). Its charge stays in the buckets: later slots were fitted with it
+//! there. An acquire takes the earliest hole not before now nor the cooldown, no later
+//! than the slot the tail would give, whose charge covers the new cost in every limit;
+//! the new reservation inherits the hole's slot and charge, and nothing is written to
+//! the buckets, the tail or `tat`. So no window's charged total ever grows by taking a
+//! hole (every trailing window stays within its limit exactly as when the hole was
+//! booked), a hole is removed when taken (taken at most once), and a released
+//! reservation is marked so that a later reconcile or release of it changes nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use crate::decision::{LimitStatus, QuotaStatus, RefusalReason, Remaining, ReservationId};
+use crate::decision::{
+    LimitStatus, QuotaStatus, RefusalReason, ReleaseOutcome, Remaining, ReservationId,
+};
 use crate::error::LimitError;
-use crate::quota::{Cost, Limit, LimitId, Pacing, Quota, Unit};
+use crate::quota::{Cost, Limit, LimitId, MAX_CHARGE, Pacing, Quota, Unit};
 
 /// Auto pacing looks only at request limits with windows up to this long.
 pub(crate) const AUTO_PACING_MAX_WINDOW_US: u64 = 60_000_000;
@@ -36,6 +50,27 @@ const SECOND_US: u64 = 1_000_000;
 /// Pacing slow-down bounds, in thousandths.
 pub(crate) const PACE_MIN: u32 = 1000;
 pub(crate) const PACE_MAX: u32 = 64_000;
+/// The most released slots kept per account; the earliest is dropped beyond it.
+pub(crate) const MAX_HOLES: usize = 64;
+
+/// A released slot: a reservation given back before it was used, its charge left in
+/// the buckets for a later request to inherit.
+#[derive(Debug, Clone)]
+struct Hole {
+    /// The slot (µs).
+    slot: u64,
+    /// The charge left in the buckets, per limit.
+    charges: Vec<(LimitId, u64)>,
+}
+
+impl Hole {
+    fn charge_of(&self, id: &LimitId) -> u64 {
+        self.charges
+            .iter()
+            .find(|(i, _)| i == id)
+            .map_or(0, |&(_, v)| v)
+    }
+}
 
 /// The first bucket that still counts in the window ending at `t`.
 pub(crate) fn kmin(t: u64, window_us: u64, bucket_us: u64) -> u64 {
@@ -107,7 +142,9 @@ impl Buckets {
             .map_or(u64::MAX, |&(k, _)| (k + 1) * bucket_us + window_us);
     }
 
-    /// Adds `delta` to bucket `k` (creating it), never taking it below zero.
+    /// Adds `delta` to bucket `k` (creating it), never taking it below zero nor the
+    /// total above [`MAX_CHARGE`] (the excess of a huge charge is dropped: the window
+    /// is full either way, and the total stays the exact sum of the buckets).
     fn add(&mut self, k: u64, delta: i128, window_us: u64, bucket_us: u64) {
         let pos = match self.entries.iter().rposition(|&(i, _)| i <= k) {
             Some(p) if self.entries[p].0 == k => p,
@@ -122,7 +159,8 @@ impl Buckets {
             }
         };
         let old = self.entries[pos].1;
-        let new = (i128::from(old) + delta).clamp(0, i128::from(u64::MAX)) as u64;
+        let room = i128::from(MAX_CHARGE.saturating_sub(self.total));
+        let new = (i128::from(old) + delta.min(room)).clamp(0, i128::from(MAX_CHARGE)) as u64;
         self.entries[pos].1 = new;
         self.total = self.total - old + new;
     }
@@ -157,6 +195,11 @@ pub(crate) struct AccountState {
     pace_permille: u32,
     disabled: Option<String>,
     reconciled: HashMap<ReservationId, (Vec<(LimitId, u64)>, u64)>,
+    /// Released reservations (until when the mark is kept, µs): a later reconcile or
+    /// release of one changes nothing.
+    released: HashMap<ReservationId, u64>,
+    /// Released slots still ahead, for a later request to take.
+    holes: Vec<Hole>,
     /// When the windows expire unless written again (µs): the Redis hash's TTL.
     windows_expire_at: u64,
     /// When the learned state expires unless written again (µs): the Redis hash's TTL.
@@ -182,6 +225,8 @@ pub(crate) struct Plan {
     effective: [u64; Quota::MAX_LIMITS],
     limits: usize,
     pacing: Option<(u64, u64)>,
+    /// The released slot this plan takes (index into the account's holes), if any.
+    hole: Option<usize>,
 }
 
 /// The constraint that set a slot.
@@ -323,6 +368,32 @@ impl AccountState {
                 headroom = headroom.min((left / eff as f64 * 1e6).floor() as i64);
             }
         }
+        // A released slot no later than the tail's, covering the cost in every limit.
+        let mut hole = None;
+        if charges[..n].iter().any(|&c| c > 0) {
+            let not_before = now.max(self.cooldown_until);
+            self.holes.retain(|h| h.slot >= now);
+            for (j, h) in self.holes.iter().enumerate() {
+                let covers = quota
+                    .limits()
+                    .iter()
+                    .zip(&charges)
+                    .all(|(l, &c)| h.charge_of(l.id()) >= c);
+                if covers
+                    && h.slot >= not_before
+                    && h.slot <= slot
+                    && hole.is_none_or(|_| h.slot < slot)
+                {
+                    slot = h.slot;
+                    binding = if h.slot > now {
+                        Binding::Queue
+                    } else {
+                        Binding::Now
+                    };
+                    hole = Some(j);
+                }
+            }
+        }
         Ok(Plan {
             slot,
             binding,
@@ -331,11 +402,18 @@ impl AccountState {
             effective,
             limits: n,
             pacing,
+            hole,
         })
     }
 
     /// Records `plan` for `cost`.
     pub(crate) fn commit(&mut self, quota: &Quota, plan: &Plan, cost: &Cost, now: u64) {
+        if let Some(j) = plan.hole {
+            // The hole's charge is already in the buckets and its slot at or before the
+            // tail, paced when it was booked: taking it writes nothing else.
+            self.holes.remove(j);
+            return;
+        }
         for (i, (limit, &charge)) in quota.limits().iter().zip(&plan.charges).enumerate() {
             if charge > 0 {
                 let w = quota.bucket_micros(limit);
@@ -390,6 +468,15 @@ impl AccountState {
         actual: &Cost,
         now: u64,
     ) {
+        if self.released.contains_key(&id) {
+            // Released before it was used: its charge belongs to a hole now.
+            return;
+        }
+        let deadline = slot + crate::time::duration_micros(quota.reconcile_window());
+        if now > deadline {
+            // After the reconcile window its mark may be gone: ignored (reconcile.lua).
+            return;
+        }
         self.evict(quota, now);
         let previous = self.reconciled.get(&id).map(|(p, _)| p.clone());
         let mut applied = Vec::with_capacity(quota.limits().len());
@@ -412,12 +499,55 @@ impl AccountState {
             }
             applied.push((limit.id().clone(), after));
         }
-        let expires = slot.max(now) + 2 * quota.longest_window().micros();
+        let expires = deadline;
         if self.reconciled.len() >= 1024 {
             self.reconciled.retain(|_, (_, e)| *e > now);
         }
         self.reconciled.insert(id, (applied, expires));
         self.keep_windows(quota, now);
+    }
+
+    /// Gives back a reservation that was not used: its slot becomes a hole while it is
+    /// still ahead (its charge stays in the buckets). Idempotent; a reservation already
+    /// reconciled is left alone.
+    pub(crate) fn release(
+        &mut self,
+        quota: &Quota,
+        id: ReservationId,
+        slot: u64,
+        estimate: &Cost,
+        now: u64,
+    ) -> ReleaseOutcome {
+        if self.released.contains_key(&id) || self.reconciled.contains_key(&id) {
+            return ReleaseOutcome::AlreadySettled;
+        }
+        if self.released.len() >= 1024 {
+            self.released.retain(|_, e| *e > now);
+        }
+        let expires = slot.max(now) + 2 * quota.longest_window().micros();
+        self.released.insert(id, expires);
+        self.evict(quota, now);
+        // A slot after the tail was never booked here (state lost since): no hole.
+        if slot <= now || slot > self.tail {
+            return ReleaseOutcome::Passed;
+        }
+        self.holes.retain(|h| h.slot >= now);
+        if self.holes.len() >= MAX_HOLES {
+            // Drop the earliest: the one closest to passing unused.
+            if let Some(j) = (0..self.holes.len()).min_by_key(|&j| self.holes[j].slot) {
+                self.holes.remove(j);
+            }
+        }
+        let charges: Vec<(LimitId, u64)> = quota
+            .limits()
+            .iter()
+            .map(|l| (l.id().clone(), l.charge(estimate)))
+            .collect();
+        if charges.iter().all(|&(_, c)| c == 0) {
+            return ReleaseOutcome::Passed;
+        }
+        self.holes.push(Hole { slot, charges });
+        ReleaseOutcome::Reusable
     }
 
     /// Adds usage seen outside Sluice to the current buckets, unchecked.
@@ -472,7 +602,8 @@ impl AccountState {
             StateChange::EffectiveLimit { limit, value } => {
                 self.effective.retain(|(id, _)| id != limit);
                 if let Some(v) = value {
-                    self.effective.push((limit.clone(), (*v).max(1)));
+                    self.effective
+                        .push((limit.clone(), (*v).clamp(1, MAX_CHARGE)));
                 }
             }
             StateChange::PacingFactor(pm) => self.pace_permille = (*pm).clamp(PACE_MIN, PACE_MAX),

@@ -292,3 +292,132 @@ fn processes_with_skewed_clocks_share_one_quota_exactly() {
         "the children's clocks were not skewed (spread {spread} us)"
     );
 }
+
+/// Processes of the `local` test below (issue #12: "10 processes under `local` with
+/// `rps = 1` admit at most 1 per second in total").
+const LOCAL_PROCESSES: usize = 10;
+/// How long each of them keeps asking.
+const LOCAL_MILLIS: u64 = 3500;
+
+/// The child side of [`ten_processes_under_local_with_one_rps_admit_at_most_one_per_second`]:
+/// a limiter on a Redis that is not there, with `on_error = "local"` and 10 expected
+/// replicas, asking for one request every few milliseconds and logging every grant's
+/// slot (the wall clock of this host, shared by every child).
+#[test]
+#[ignore = "a child process of the local-policy test, started by it"]
+fn local_child() {
+    use sluice_limiter::{Limiter, OnError};
+    let url = std::env::var("SLUICE_LOCAL_URL").expect("started by the local-policy test");
+    let out = std::env::var("SLUICE_LOCAL_OUT").unwrap();
+    let index: Option<u32> = std::env::var("SLUICE_LOCAL_INDEX")
+        .ok()
+        .map(|i| i.parse().unwrap());
+    let options = RedisOptions {
+        timeout: Duration::from_millis(100),
+        breaker_threshold: 1,
+        breaker_open_for: Duration::from_millis(200),
+        ..RedisOptions::default()
+    };
+    let mut limiter =
+        Limiter::redis(&url, options, OnError::Local, LOCAL_PROCESSES as u32).unwrap();
+    if let Some(i) = index {
+        limiter = limiter.with_replica_index(i);
+    }
+    let quota = Quota::new(vec![Limit::requests(1, Window::secs(1).unwrap()).unwrap()]).unwrap();
+    let key = QuotaKey::new("local/model", "key-0").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut log = String::new();
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_millis(LOCAL_MILLIS);
+        while Instant::now() < deadline {
+            let d = limiter
+                .acquire(
+                    std::slice::from_ref(&key),
+                    &quota,
+                    Cost::request(0, 0),
+                    Duration::ZERO,
+                )
+                .await
+                .unwrap();
+            if let Decision::Granted(r) = d {
+                log.push_str(&format!("{}\n", r.slot.as_micros()));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    std::fs::write(out, log).unwrap();
+}
+
+/// Runs [`LOCAL_PROCESSES`] children against a Redis that is not there (`indexed`: each
+/// knows its replica index) and returns every grant's slot, sorted, and the most grants
+/// in any trailing 1 s window.
+fn run_local(indexed: bool) -> (Vec<u64>, usize) {
+    let url = format!("redis://127.0.0.1:{}/0", sluice_testkit::free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..LOCAL_PROCESSES)
+        .map(|p| {
+            let mut cmd = Command::new(&exe);
+            cmd.args([
+                "concurrency::local_child",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env("SLUICE_LOCAL_URL", &url)
+            .env("SLUICE_LOCAL_OUT", dir.path().join(format!("l{p}.log")))
+            .stdout(std::process::Stdio::null());
+            if indexed {
+                cmd.env("SLUICE_LOCAL_INDEX", p.to_string());
+            }
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success(), "a local child failed");
+    }
+    let mut slots: Vec<u64> = (0..LOCAL_PROCESSES)
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(dir.path().join(format!("l{p}.log"))).unwrap();
+            text.lines()
+                .map(|l| l.parse::<u64>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    slots.sort_unstable();
+    // Two pointers: the grants with slot in (t - 1 s, t], at every grant t.
+    let (mut lo, mut most) = (0, 0);
+    for hi in 0..slots.len() {
+        while slots[lo] + 1_000_000 <= slots[hi] {
+            lo += 1;
+        }
+        most = most.max(hi + 1 - lo);
+    }
+    (slots, most)
+}
+
+/// Ten processes under `on_error = "local"` with `rps = 1` and Redis unreachable: in
+/// every trailing second the fleet grants at most 1, with or without replica indexes;
+/// with indexes the one share is used (so the check is not vacuous).
+#[test]
+fn ten_processes_under_local_with_one_rps_admit_at_most_one_per_second() {
+    let (slots, most) = run_local(true);
+    println!(
+        "indexed: {} grants, at most {most} in a trailing second",
+        slots.len()
+    );
+    assert!(most <= 1, "{most} grants in one trailing second: {slots:?}");
+    assert!(
+        !slots.is_empty(),
+        "the replica with the remainder granted nothing"
+    );
+    let (slots, most) = run_local(false);
+    println!(
+        "no index: {} grants, at most {most} in a trailing second",
+        slots.len()
+    );
+    assert!(most <= 1, "{most} grants in one trailing second: {slots:?}");
+}

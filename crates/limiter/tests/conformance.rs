@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use sluice_limiter::{
-    Cost, Decision, Limit, LimitError, Pacing, RefusalReason, StateChange, Store, Unit,
+    Cost, Decision, Limit, LimitError, Pacing, RefusalReason, ReleaseOutcome, Reservation,
+    StateChange, Store, Unit,
 };
 
 use crate::support::{Rig, T0, for_each_backend, key, ms, one, quota, tokens, us, window};
@@ -27,6 +28,12 @@ for_each_backend!(
     split_token_limits_charge_their_own_unit,
     a_clock_going_backwards_never_moves_slots_back,
     changing_a_limit_mid_window_keeps_its_usage,
+    a_released_slot_serves_the_next_waiter_at_that_instant,
+    a_larger_request_does_not_take_a_smaller_released_slot,
+    a_released_slot_past_max_wait_is_not_taken,
+    a_double_release_changes_nothing_and_a_slot_is_taken_once,
+    a_release_after_the_slot_passed_makes_no_hole,
+    a_released_reservation_is_never_reconciled,
 );
 
 async fn at_the_limit_then_refused_with_an_exact_retry_after<S: Store>(rig: Rig<S>) {
@@ -419,4 +426,153 @@ async fn changing_a_limit_mid_window_keeps_its_usage<S: Store>(rig: Rig<S>) {
         Some(ms(1100))
     );
     assert_eq!(rig.used(&smaller).await, vec![6]);
+}
+
+/// Expects a grant within `max_wait`.
+async fn queued<S: Store>(
+    rig: &Rig<S>,
+    q: &sluice_limiter::Quota,
+    cost: Cost,
+    max_wait: Duration,
+) -> Reservation {
+    match rig.decide(q, cost, max_wait).await {
+        Decision::Granted(r) => r,
+        other => panic!("expected a grant, got {other:?}"),
+    }
+}
+
+async fn a_released_slot_serves_the_next_waiter_at_that_instant<S: Store>(rig: Rig<S>) {
+    let q = quota(vec![Limit::requests(1, window(1000)).unwrap()]);
+    rig.grant(&q, one()).await;
+    let gone = queued(&rig, &q, one(), ms(10_000)).await;
+    assert_eq!(gone.slot.as_micros() - T0, 1_100_000);
+    assert_eq!(
+        rig.store.release(&q, &gone).await.unwrap(),
+        ReleaseOutcome::Reusable
+    );
+    // The charge stays in place: later slots were fitted with it there.
+    assert_eq!(rig.used(&q).await, vec![2]);
+    let next = queued(&rig, &q, one(), ms(10_000)).await;
+    assert_eq!(
+        next.slot, gone.slot,
+        "the next waiter takes the released slot"
+    );
+    assert_eq!(next.wait, ms(1100));
+    assert_eq!(
+        rig.used(&q).await,
+        vec![2],
+        "taking it charges nothing more"
+    );
+    let after = queued(&rig, &q, one(), ms(10_000)).await;
+    assert_eq!(
+        after.slot.as_micros() - T0,
+        2_200_000,
+        "then the tail goes on"
+    );
+    assert_eq!(rig.used(&q).await, vec![3]);
+}
+
+async fn a_larger_request_does_not_take_a_smaller_released_slot<S: Store>(rig: Rig<S>) {
+    let q = quota(vec![Limit::tokens(1000, window(1000)).unwrap()]);
+    rig.grant(&q, tokens(1000)).await;
+    let gone = queued(&rig, &q, tokens(100), ms(10_000)).await;
+    rig.store.release(&q, &gone).await.unwrap();
+    // 200 > 100: it gets a slot of its own (the same instant here), charged on top.
+    let big = queued(&rig, &q, tokens(200), ms(10_000)).await;
+    assert_eq!(big.slot, gone.slot);
+    assert_eq!(rig.used(&q).await, vec![1300]);
+    // 50 <= 100: it takes the hole and inherits its charge.
+    let small = queued(&rig, &q, tokens(50), ms(10_000)).await;
+    assert_eq!(small.slot, gone.slot);
+    assert_eq!(rig.used(&q).await, vec![1300]);
+}
+
+async fn a_released_slot_past_max_wait_is_not_taken<S: Store>(rig: Rig<S>) {
+    let q = quota(vec![Limit::requests(1, window(1000)).unwrap()]);
+    rig.grant(&q, one()).await;
+    let gone = queued(&rig, &q, one(), ms(10_000)).await;
+    rig.store.release(&q, &gone).await.unwrap();
+    match rig.decide(&q, one(), ms(1000)).await {
+        Decision::Refused(no) => assert_eq!(no.retry_after, Some(ms(1100))),
+        other => panic!("the hole is 1.1 s away, past a 1 s max wait: {other:?}"),
+    }
+    assert_eq!(rig.used(&q).await, vec![2], "the refusal charged nothing");
+    let next = queued(&rig, &q, one(), ms(1100)).await;
+    assert_eq!(
+        next.slot, gone.slot,
+        "still there for a request that can wait"
+    );
+}
+
+async fn a_double_release_changes_nothing_and_a_slot_is_taken_once<S: Store>(rig: Rig<S>) {
+    let q = quota(vec![Limit::requests(1, window(1000)).unwrap()]);
+    rig.grant(&q, one()).await;
+    let gone = queued(&rig, &q, one(), ms(10_000)).await;
+    assert_eq!(
+        rig.store.release(&q, &gone).await.unwrap(),
+        ReleaseOutcome::Reusable
+    );
+    assert_eq!(
+        rig.store.release(&q, &gone).await.unwrap(),
+        ReleaseOutcome::AlreadySettled
+    );
+    let first = queued(&rig, &q, one(), ms(10_000)).await;
+    let second = queued(&rig, &q, one(), ms(10_000)).await;
+    assert_eq!(first.slot, gone.slot);
+    assert_eq!(
+        second.slot.as_micros() - T0,
+        2_200_000,
+        "one hole, taken once"
+    );
+    assert_eq!(rig.used(&q).await, vec![3]);
+}
+
+async fn a_release_after_the_slot_passed_makes_no_hole<S: Store>(rig: Rig<S>) {
+    let q = quota(vec![Limit::requests(1, window(1000)).unwrap()]);
+    let now = rig.grant(&q, one()).await;
+    assert_eq!(
+        rig.store.release(&q, &now).await.unwrap(),
+        ReleaseOutcome::Passed
+    );
+    let gone = queued(&rig, &q, one(), ms(10_000)).await;
+    rig.advance(ms(1200));
+    assert_eq!(
+        rig.store.release(&q, &gone).await.unwrap(),
+        ReleaseOutcome::Passed
+    );
+    // Both charges stay until their buckets leave the window.
+    assert_eq!(rig.used(&q).await, vec![1]);
+    let next = queued(&rig, &q, one(), ms(10_000)).await;
+    assert_eq!(next.slot.as_micros() - T0, 2_200_000, "no slot in the past");
+}
+
+async fn a_released_reservation_is_never_reconciled<S: Store>(rig: Rig<S>) {
+    let q = quota(vec![Limit::tokens(1000, window(1000)).unwrap()]);
+    rig.grant(&q, tokens(1000)).await;
+    let gone = queued(&rig, &q, tokens(600), ms(10_000)).await;
+    rig.store.release(&q, &gone).await.unwrap();
+    rig.store.reconcile(&q, &gone, tokens(10)).await.unwrap();
+    rig.store.reconcile(&q, &gone, tokens(5000)).await.unwrap();
+    assert_eq!(
+        rig.used(&q).await,
+        vec![1600],
+        "a released reservation reconciles nothing"
+    );
+    // The taker inherits the charge, and its reconcile replaces its own estimate.
+    let taker = queued(&rig, &q, tokens(600), ms(10_000)).await;
+    assert_eq!(taker.slot, gone.slot);
+    rig.store.reconcile(&q, &taker, tokens(100)).await.unwrap();
+    assert_eq!(rig.used(&q).await, vec![1100]);
+    // A reservation already used (reconciled) cannot be released.
+    assert_eq!(
+        rig.store.release(&q, &taker).await.unwrap(),
+        ReleaseOutcome::AlreadySettled
+    );
+    assert_eq!(rig.used(&q).await, vec![1100]);
+    queued(&rig, &q, tokens(600), ms(10_000)).await;
+    assert_eq!(
+        rig.used(&q).await,
+        vec![1700],
+        "no hole was left behind: charged on top"
+    );
 }

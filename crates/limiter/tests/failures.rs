@@ -180,6 +180,9 @@ async fn every_key_expires() {
         assert!(ttl > 0, "{k} has no TTL ({ttl})");
         let bound = if k.contains(":s:") {
             24 * 3600 * 1000
+        } else if k.contains(":r:") {
+            // A reconcile mark lives for the reconcile window (20 min for short windows).
+            sluice_limiter::RECONCILE_MIN_WINDOW.as_millis() as i64
         } else {
             3 * 60 * 1000
         };
@@ -731,4 +734,77 @@ async fn until_back(l: &Limiter, k: &QuotaKey, q: &Quota) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Fills `server` (started with a tiny `maxmemory` and `noeviction`) until it answers
+/// writes with `OOM command not allowed`.
+fn fill_until_oom(server: &RedisServer) {
+    let fill = "for i = 1, 2000 do redis.call('SET', KEYS[1] .. ':' .. i, string.rep('x', 200)) end return 1";
+    for round in 0..400 {
+        let reply = server.cli(&["EVAL", fill, "1", &format!("ballast:{round}")]);
+        if reply.contains("OOM command not allowed") {
+            // Well below what it holds now, so that no small free (a client buffer, an
+            // expired key) brings it back under the limit during the test.
+            assert!(
+                server
+                    .cli(&["CONFIG", "SET", "maxmemory", "1mb"])
+                    .contains("OK")
+            );
+            return;
+        }
+    }
+    panic!("redis never answered OOM");
+}
+
+/// Like [`kill_and_restart`], but Redis stays up and answers every write with OOM: the
+/// breaker opens and `policy` decides, exactly as when Redis is down; once memory is
+/// available again, decisions are shared again.
+async fn fill_and_free(policy: OnError, check: impl AsyncFnOnce(&Limiter)) {
+    let server =
+        RedisServer::start_with(&["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"]);
+    let limiter = Limiter::redis(&server.url(), options(), policy, 2).unwrap();
+    assert_eq!(origin_of(&limiter).await, Ok(Origin::Shared));
+    fill_until_oom(&server);
+    check(&limiter).await;
+    assert!(limiter.is_degraded(), "a full redis opens the breaker");
+    assert!(
+        server
+            .cli(&["CONFIG", "SET", "maxmemory", "0"])
+            .contains("OK")
+    );
+    until_shared(&limiter, &key("a"), &per_minute()).await;
+    assert!(!limiter.is_degraded());
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_while_redis_is_full() {
+    fill_and_free(OnError::FailClosed, async |l: &Limiter| {
+        for _ in 0..3 {
+            assert_eq!(origin_of(l).await, Err(RefusalReason::Unavailable));
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn fail_open_grants_unmetered_while_redis_is_full() {
+    fill_and_free(OnError::FailOpen, async |l: &Limiter| {
+        for _ in 0..20 {
+            assert_eq!(origin_of(l).await, Ok(Origin::Unmetered));
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn local_keeps_each_replica_at_its_share_while_redis_is_full() {
+    // As when Redis is down: 4 of this replica's share of 5 are left (Redis had said 1
+    // of 10 was spent), then the share is used up.
+    fill_and_free(OnError::Local, async |l: &Limiter| {
+        for _ in 0..4 {
+            assert_eq!(origin_of(l).await, Ok(Origin::Local));
+        }
+        assert!(matches!(origin_of(l).await, Err(RefusalReason::Limit(_))));
+    })
+    .await;
 }

@@ -6,7 +6,9 @@
 mod cluster;
 mod concurrency;
 mod conformance;
+mod extremes;
 mod failures;
+mod marks;
 mod properties;
 mod security;
 mod support;

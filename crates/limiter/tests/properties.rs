@@ -9,7 +9,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use sluice_limiter::{
     Cost, Decision, InProcessStore, Limit, ManualClock, Pacing, Quota, RedisOptions, RedisStore,
-    Reservation, Store, Timestamp,
+    ReleaseOutcome, Reservation, Store, Timestamp,
 };
 use sluice_testkit::RedisServer;
 
@@ -21,7 +21,10 @@ enum Op {
     Advance { us: u64 },
     Reconcile { which: usize, tokens: u64 },
     Record { tokens: u64 },
+    Release { which: usize },
 }
+
+// `Release`: the client of a granted reservation goes away before its slot.
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
@@ -29,6 +32,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u64..400_000).prop_map(|us| Op::Advance { us }),
         1 => (any::<usize>(), 0u64..=150).prop_map(|(which, tokens)| Op::Reconcile { which, tokens }),
         1 => (1u64..=60).prop_map(|tokens| Op::Record { tokens }),
+        2 => any::<usize>().prop_map(|which| Op::Release { which }),
     ]
 }
 
@@ -72,7 +76,16 @@ struct Model {
     tat: u64,
     pacing: Option<(u64, u64)>,
     marks: Vec<Option<Vec<u64>>>,
+    /// Per granted reservation: released (its client went away).
+    released: Vec<bool>,
+    /// Released slots still usable: (slot, charge per limit), their charge left in place.
+    holes: Vec<(u64, Vec<u64>)>,
+    /// Whether the last acquire took a released slot.
+    took_hole: bool,
 }
+
+/// The most released slots an account keeps.
+const MAX_HOLES: usize = 64;
 
 #[derive(Debug, PartialEq)]
 enum Outcome {
@@ -121,6 +134,9 @@ impl Model {
             tat: 0,
             pacing,
             marks: Vec::new(),
+            released: Vec::new(),
+            holes: Vec::new(),
+            took_hole: false,
         }
     }
 
@@ -175,10 +191,35 @@ impl Model {
                 .expect("fits eventually");
             slot = slot.max(t);
         }
+        self.took_hole = false;
+        // The earliest released slot, not before now nor after the tail's slot, whose
+        // charge covers the cost in every limit.
+        self.holes.retain(|h| h.0 >= now);
+        let charges: Vec<u64> = (0..self.limits.len())
+            .map(|i| self.charge(i, cost))
+            .collect();
+        let hole = (0..self.holes.len())
+            .filter(|&j| {
+                let (at, held) = &self.holes[j];
+                *at <= slot && held.iter().zip(&charges).all(|(h, c)| h >= c)
+            })
+            .min_by_key(|&j| self.holes[j].0);
+        if let Some(j) = hole {
+            slot = self.holes[j].0;
+        }
         let wait = slot - now;
         if wait > max_wait {
             return Outcome::Refused {
                 retry: wait,
+                remaining: self.remaining(now),
+            };
+        }
+        if let Some(j) = hole {
+            // Inherits the hole's charge: nothing is added, the tail and tat stay.
+            self.holes.remove(j);
+            self.took_hole = true;
+            return Outcome::Granted {
+                wait,
                 remaining: self.remaining(now),
             };
         }
@@ -204,6 +245,9 @@ impl Model {
     }
 
     fn reconcile(&mut self, which: usize, slot: u64, estimate: &Cost, actual: &Cost, now: u64) {
+        if self.released[which] {
+            return;
+        }
         let before: Vec<u64> = match &self.marks[which] {
             Some(m) => m.clone(),
             None => (0..self.limits.len())
@@ -224,6 +268,28 @@ impl Model {
                 .map(|i| self.charge(i, actual))
                 .collect(),
         );
+    }
+
+    fn release(&mut self, which: usize, slot: u64, estimate: &Cost, now: u64) -> ReleaseOutcome {
+        if self.released[which] || self.marks[which].is_some() {
+            return ReleaseOutcome::AlreadySettled;
+        }
+        self.released[which] = true;
+        if slot <= now || slot > self.tail {
+            return ReleaseOutcome::Passed;
+        }
+        self.holes.retain(|h| h.0 >= now);
+        if self.holes.len() >= MAX_HOLES {
+            let earliest = (0..self.holes.len())
+                .min_by_key(|&j| self.holes[j].0)
+                .unwrap();
+            self.holes.remove(earliest);
+        }
+        let charges = (0..self.limits.len())
+            .map(|i| self.charge(i, estimate))
+            .collect();
+        self.holes.push((slot, charges));
+        ReleaseOutcome::Reusable
     }
 
     fn record(&mut self, cost: &Cost, now: u64) {
@@ -255,7 +321,12 @@ async fn check<S: Store>(
             } => {
                 let cost = Cost::request(*tokens, 0);
                 let max_wait = *max_wait_ms * 1000;
+                let used_before = model_used(&model, q, now);
                 let expected = model.acquire(&cost, max_wait, now);
+                if model.took_hole {
+                    // Invariant: taking a released slot never adds to any window.
+                    prop_assert_eq!(model_used(&model, q, now), used_before);
+                }
                 let got = match store
                     .acquire(&k, q, cost, Duration::from_micros(max_wait))
                     .await
@@ -268,6 +339,7 @@ async fn check<S: Store>(
                         };
                         granted.push(r);
                         model.marks.push(None);
+                        model.released.push(false);
                         out
                     }
                     Decision::Refused(r) => Outcome::Refused {
@@ -290,6 +362,15 @@ async fn check<S: Store>(
                         &actual,
                         now,
                     );
+                }
+            }
+            Op::Release { which } => {
+                if !granted.is_empty() {
+                    let i = which % granted.len();
+                    let got = store.release(q, &granted[i]).await.unwrap();
+                    let expected =
+                        model.release(i, granted[i].slot.as_micros(), &granted[i].cost, now);
+                    prop_assert_eq!(got, expected, "step {} {:?}", step, op);
                 }
             }
             Op::Record { tokens } => {
@@ -329,6 +410,11 @@ async fn check<S: Store>(
         prop_assert_eq!(used, expected, "usage after step {} {:?}", step, op);
     }
     Ok(())
+}
+
+/// What the model's windows hold at `now`, per limit.
+fn model_used(model: &Model, q: &Quota, now: u64) -> Vec<u64> {
+    (0..q.limits().len()).map(|i| model.used(i, now)).collect()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

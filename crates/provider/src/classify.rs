@@ -99,7 +99,9 @@ impl ErrorClass {
     }
 
     /// True when the account itself is unusable until someone acts (billing, free
-    /// quota, key): mark it dead.
+    /// quota, key): mark it dead. [`classify`] gives these classes only for the
+    /// status/code pairs providers document (see its rules); a caller still needs
+    /// corroboration before taking the last live account of an upstream out of rotation.
     pub fn disables_account(self) -> bool {
         matches!(
             self,
@@ -232,7 +234,12 @@ pub fn classify_stream_error(data: &[u8], provider: Provider) -> Option<Classifi
         _ if looks_throttled => 429,
         _ => 500,
     };
-    let class = classify_parts(status, &p, provider);
+    // A stream error arrives inside a 200: no documented status/code pair, and the
+    // status above may be inferred from text. It never takes an account out of rotation.
+    let class = match classify_parts(status, &p, provider) {
+        c if c.disables_account() => ErrorClass::Other,
+        c => c,
+    };
     Some(Classification {
         class,
         retry_after: retry_after_in_text(&p.message).or_else(|| retry_delay_in_details(&json)),
@@ -241,49 +248,74 @@ pub fn classify_stream_error(data: &[u8], provider: Provider) -> Option<Classifi
     })
 }
 
+/// Classifies by status first: upstream text is evidence, never a command.
+///
+/// An account is taken out of rotation only on the status/code pairs the providers
+/// document for dead keys and billing (`shared/reference/providers.md`):
+/// - a 401 (an unauthenticated key, whatever the body says);
+/// - a 429 whose `code`/`type` is `insufficient_quota` at OpenAI and Azure (§1 "Billing
+///   exhausted", §3), `CommodityNotPurchased`, `PrepaidBillOverdue`,
+///   `PostpaidBillOverdue` or `Arrearage` at DashScope (§4 table), or Anthropic's
+///   `error.details.error_code = "enforced_spend_limit_reached"` (§2);
+/// - a 429 whose code is DashScope's `Throttling.AllocationQuota` or `insufficient_quota`
+///   with the message "Free allocated quota exceeded." (§4 table): the free tier.
+///
+/// Message text only refines a classification that the status and code already
+/// qualify (free tier rather than TPM, RPM rather than TPM, a wait); it never creates
+/// one. A 400, 404 or 422 never disables an account: providers echo the request's own
+/// text in those ("Unrecognized request argument supplied: …", OpenAI and vLLM), so
+/// their message is the client's words, not the provider's. For the same reason the
+/// text-only hints of overload (which would make a request retryable) count only on a
+/// 429 or a 5xx.
 fn classify_parts(status: u16, p: &Parts, provider: Provider) -> ErrorClass {
     let code = p.code.as_str();
     let kind = p.kind.as_str();
     let msg = p.message.to_ascii_lowercase();
     let is = |name: &str| code.eq_ignore_ascii_case(name) || kind.eq_ignore_ascii_case(name);
+    // The provider's own words about limits come with a 429 or a 5xx; any other
+    // status may carry the client's text.
+    let provider_text = status == 429 || status >= 500;
 
-    // Keys.
-    if status == 401
-        || is("invalid_api_key")
-        || is("authentication_error")
-        || is("InvalidApiKey")
-        || code == "401"
-    {
+    // Keys: a 401 (providers.md §2: Anthropic's `authentication_error`; every
+    // OpenAI-compatible API answers a bad key with 401).
+    if status == 401 {
         return ErrorClass::InvalidKey;
     }
-    // Billing and spend caps (DashScope native codes, Anthropic credit, spend limits).
-    if is("CommodityNotPurchased")
-        || is("PrepaidBillOverdue")
-        || is("PostpaidBillOverdue")
-        || is("Arrearage")
-        || p.detail_code == "enforced_spend_limit_reached"
-        || msg.contains("credit balance is too low")
-        || msg.contains("bill is overdue")
-    {
-        return ErrorClass::BillingExhausted;
+    if status == 429 {
+        // Billing and spend caps (providers.md §4 DashScope billing codes, §2 Anthropic
+        // spend limit). Codes only: a message cannot disable an account.
+        if is("CommodityNotPurchased")
+            || is("PrepaidBillOverdue")
+            || is("PostpaidBillOverdue")
+            || is("Arrearage")
+            || p.detail_code == "enforced_spend_limit_reached"
+        {
+            return ErrorClass::BillingExhausted;
+        }
+        // The free tier (providers.md §4: 429 `Throttling.AllocationQuota` "Free
+        // allocated quota exceeded."): the code qualifies, the message refines.
+        if (is("Throttling.AllocationQuota") || is("insufficient_quota"))
+            && (msg.contains("free allocated quota exceeded")
+                || msg.contains("free tier of the model has been exhausted"))
+        {
+            return ErrorClass::FreeQuotaExhausted;
+        }
     }
-    if msg.contains("free allocated quota exceeded")
-        || msg.contains("free tier of the model has been exhausted")
-    {
-        return ErrorClass::FreeQuotaExhausted;
-    }
-    // Too large: retrying can never help.
+    // Too large: retrying can never help (refusing is all it does, so a 4xx's text
+    // may say it; a 5xx's may not).
     if status == 413
-        || msg.contains("request too large")
-        || msg.contains("maximum context length")
-        || msg.contains("it can never succeed")
         || is("context_length_exceeded")
         || is("request_too_large")
+        || ((400..500).contains(&status)
+            && (msg.contains("request too large")
+                || msg.contains("maximum context length")
+                || msg.contains("it can never succeed")))
     {
         return ErrorClass::RequestTooLarge;
     }
-    // insufficient_quota: billing at OpenAI and Azure; a TPM limit at DashScope.
-    if is("insufficient_quota") {
+    // insufficient_quota on a 429: billing at OpenAI and Azure (providers.md §1, §3); a
+    // TPM limit at DashScope (§4, "same code, different meaning").
+    if status == 429 && is("insufficient_quota") {
         let dashscope = match provider {
             Provider::DashScope => true,
             Provider::Unknown => p.top_request_id || !msg.contains("please check your plan"),
@@ -297,10 +329,11 @@ fn classify_parts(status: u16, p: &Parts, provider: Provider) -> ErrorClass {
     }
     // Provider-wide overload.
     if status == 529
-        || is("overloaded_error")
-        || is("ModelServingError")
-        || msg.contains("system capacity limits")
-        || msg.contains("currently overloaded")
+        || (provider_text
+            && (is("overloaded_error")
+                || is("ModelServingError")
+                || msg.contains("system capacity limits")
+                || msg.contains("currently overloaded")))
     {
         return ErrorClass::ProviderOverloaded;
     }

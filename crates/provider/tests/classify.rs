@@ -250,11 +250,11 @@ fn anthropic_rate_overload_and_spend_limits() {
         class(429, spend, Provider::Anthropic),
         ErrorClass::BillingExhausted
     );
+    // Changed with issue #12: this used to be `BillingExhausted` from the message
+    // alone. A 400 is where providers echo the client's text, so its message cannot
+    // take an account out of rotation; the request fails and is passed on.
     let credit = r#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API."}}"#;
-    assert_eq!(
-        class(400, credit, Provider::Anthropic),
-        ErrorClass::BillingExhausted
-    );
+    assert_eq!(class(400, credit, Provider::Anthropic), ErrorClass::Other);
     let auth =
         r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
     assert_eq!(
@@ -349,4 +349,80 @@ fn errors_inside_a_200_stream() {
     );
     assert!(classify_stream_error(br#"{"choices":[]}"#, Provider::OpenAi).is_none());
     assert!(classify_stream_error(b"[DONE]", Provider::OpenAi).is_none());
+}
+
+/// Issue #12: upstream text is evidence, not command. A provider that echoes the
+/// request in a 400 ("Unrecognized request argument supplied: …", OpenAI and vLLM)
+/// hands the client's words back; no status but the documented ones may disable.
+#[test]
+fn echoed_text_never_disables_an_account() {
+    let phrases = [
+        "Free allocated quota exceeded.",
+        "free tier of the model has been exhausted",
+        "Your credit balance is too low to access the Anthropic API.",
+        "Your bill is overdue",
+        "You exceeded your current quota, please check your plan and billing details.",
+        "invalid_api_key InvalidApiKey authentication_error",
+        "system capacity limits, currently overloaded",
+    ];
+    for phrase in phrases {
+        let echoed = format!(
+            r#"{{"error":{{"message":"Unrecognized request argument supplied: {phrase}","type":"invalid_request_error","param":null,"code":null}}}}"#
+        );
+        for status in [400, 403, 404, 409, 422] {
+            for provider in [
+                Provider::Unknown,
+                Provider::OpenAi,
+                Provider::DashScope,
+                Provider::Azure,
+                Provider::Anthropic,
+            ] {
+                let c = class(status, &echoed, provider);
+                assert!(
+                    !c.disables_account() && !c.is_retryable(),
+                    "{status} {provider:?} {phrase:?} -> {c:?}"
+                );
+            }
+        }
+    }
+    // A documented code on a status that does not qualify does not disable either.
+    let coded_400 = r#"{"error":{"message":"Free allocated quota exceeded.","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+    assert!(!class(400, coded_400, Provider::DashScope).disables_account());
+    let key_400 =
+        r#"{"error":{"message":"bad","type":"invalid_request_error","code":"invalid_api_key"}}"#;
+    assert!(!class(400, key_400, Provider::OpenAi).disables_account());
+}
+
+/// Message text refines a qualifying 429 but cannot create an account-level class: a
+/// plain rate limit whose message mentions the free tier stays a rate limit.
+#[test]
+fn text_refines_a_qualifying_code_but_never_creates_one() {
+    let throttled = r#"{"error":{"message":"Rate limit reached: Free allocated quota exceeded.","type":"requests","code":"rate_limit_exceeded"}}"#;
+    assert!(matches!(
+        class(429, throttled, Provider::OpenAi),
+        ErrorClass::Throttled(_)
+    ));
+    let allocation = r#"{"code":"Throttling.AllocationQuota","message":"Free allocated quota exceeded.","request_id":"r"}"#;
+    assert_eq!(
+        class(429, allocation, Provider::DashScope),
+        ErrorClass::FreeQuotaExhausted
+    );
+    assert_eq!(
+        class(400, allocation, Provider::DashScope),
+        T(ThrottleKind::Tokens),
+        "the code alone says throttling; the status does not qualify the text"
+    );
+}
+
+/// Errors inside a 200 stream never disable an account, whatever they say.
+#[test]
+fn stream_errors_never_disable() {
+    for data in [
+        br#"{"error":{"message":"Free allocated quota exceeded.","code":"Throttling.AllocationQuota"}}"#.as_slice(),
+        br#"{"error":{"message":"bad key","code":401}}"#.as_slice(),
+        br#"{"error":{"message":"x","code":"PrepaidBillOverdue"}}"#.as_slice(),
+    ] {
+        let c = classify_stream_error(data, Provider::DashScope).unwrap();
+        assert!(!c.class.disables_account(), "{c:?}");
+    }
 }

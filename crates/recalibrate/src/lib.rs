@@ -11,9 +11,12 @@
 //! `GET /v1/quotas` view served by both.
 //!
 //! # Rules (per account × model the observation names)
-//! 1. **Dead accounts.** Billing exhausted, free quota exhausted, invalid key: `Disable`
-//!    with the reason, until an operator enables it or a success is observed on it (a
-//!    probe). A Retry-After of at least `quota_state_after` (default 1 h), or a daily
+//! 1. **Dead accounts.** Billing exhausted, free quota exhausted, invalid key (only the
+//!    status/code pairs providers document: never a 400/404/422 or message text alone,
+//!    see [`sluice_provider::classify`]): `Disable` with the reason, until an operator
+//!    enables it or a success is observed on it (a probe). The last live account of a
+//!    model is only suspected (a short cooldown) until a second such refusal from
+//!    another answer within [`CORROBORATION_SPAN`] corroborates it ([`Corroboration`]). A Retry-After of at least `quota_state_after` (default 1 h), or a daily
 //!    quota refusal, is a quota state, not a sleep: `Disable("daily quota …")`, enabled
 //!    again by [`Recalibrator::tick`] once the wait has passed (or by a probe).
 //! 2. **Cooldown.** A throttling refusal sets `Cooldown(retry_after)` (headers, then a
@@ -68,6 +71,7 @@
 //!    second with a success decays it by 10% back towards 1×.
 
 mod catalog;
+mod corroborate;
 mod error;
 mod memory;
 mod recalibrator;
@@ -75,6 +79,7 @@ mod report;
 mod tuning;
 
 pub use catalog::{Catalog, CatalogModel, cooldown_without_wait, provider, quota};
+pub use corroborate::{CORROBORATION_SPAN, Corroboration, Verdict, is_last_live};
 pub use error::CatalogError;
 pub use recalibrator::{Applied, Change, Recalibrator, header_map};
 pub use report::{AccountReport, LimitReport, ModelReport, QuotasReport, report};

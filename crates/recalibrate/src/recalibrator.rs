@@ -17,6 +17,7 @@ use sluice_provider::{
 };
 
 use crate::catalog::{Catalog, CatalogModel};
+use crate::corroborate::{Corroboration, Verdict, is_last_live};
 use crate::memory::Memory;
 use crate::tuning::Tuning;
 
@@ -105,6 +106,7 @@ pub struct Recalibrator {
     tuning: Tuning,
     clock: Arc<dyn Clock>,
     memory: Mutex<Memory>,
+    corroboration: Corroboration,
 }
 
 /// The headers of an observation as a [`HeaderMap`]; names or values that are not
@@ -220,6 +222,7 @@ impl Recalibrator {
             tuning,
             clock,
             memory: Mutex::new(Memory::default()),
+            corroboration: Corroboration::default(),
         }
     }
 
@@ -291,12 +294,33 @@ impl Recalibrator {
         if c.class.disables_account() {
             let reason = format!("{} (HTTP {})", c.class.as_str(), obs.status);
             // Already out (the gateway disables in-band too): keep the first reason.
-            if ctx.status.disabled.is_none() {
-                ctx.change(
-                    StateChange::Disable(reason.clone()),
-                    Change::Disabled(reason),
-                )
-                .await?;
+            if ctx.status.disabled.is_some() {
+                return Ok(());
+            }
+            // Rule 1's corroboration: the last live account of the model goes out only
+            // on a second refusal from another answer (witness: the answer's instant).
+            let last_live =
+                is_last_live(ctx.store, &ctx.model.keys, &ctx.model.quota, ctx.key).await;
+            match self
+                .corroboration
+                .judge(ctx.key, last_live, obs.at_ms, obs.at_ms)
+            {
+                Verdict::Disable => {
+                    ctx.change(
+                        StateChange::Disable(reason.clone()),
+                        Change::Disabled(reason),
+                    )
+                    .await?;
+                }
+                Verdict::Suspect => {
+                    metrics::counter!("sluice_accounts_suspected_total", "model" => ctx.model.name.clone(), "account" => ctx.key.name().to_owned(), "reason" => c.class.as_str()).increment(1);
+                    tracing::warn!(model = %ctx.model.name, account = %ctx.key.name(), reason = %reason, "last live account suspected, kept in rotation until a second refusal corroborates it");
+                    let cooldown = self.tuning.default_cooldown;
+                    if cooldown > ctx.status.cooldown.unwrap_or_default() {
+                        ctx.change(StateChange::Cooldown(cooldown), Change::Cooldown(cooldown))
+                            .await?;
+                    }
+                }
             }
             return Ok(());
         }
@@ -441,6 +465,8 @@ impl Recalibrator {
             self.memory.lock().reenable_at_ms.remove(ctx.key);
             ctx.change(StateChange::Enable, Change::Enabled).await?;
         }
+        // It served: a suspicion against it is void.
+        self.corroboration.clear(ctx.key);
         // Pacing decays back towards 1× while answers succeed.
         if ctx.status.pacing_permille > PACE_MIN {
             let due = {

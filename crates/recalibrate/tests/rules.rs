@@ -567,3 +567,61 @@ async fn the_outside_rate_follows_an_advertised_limit_below_the_configured_one()
     let e = r.status(0).await.limits[0].effective;
     assert!((56..=62).contains(&e), "{e}");
 }
+
+/// Issue #12: one answer never takes the last live account of a model out of rotation.
+/// The first account goes at once (the other still serves); the last is only suspected
+/// (a short cooldown) until a refusal from another answer corroborates it within
+/// `CORROBORATION_SPAN`; the same answer applied twice (a re-delivered observation)
+/// does not corroborate itself, and a success in between voids the suspicion.
+#[tokio::test]
+async fn the_last_live_account_goes_out_only_on_a_corroborated_refusal() {
+    let r = rig("openai");
+    let changes = r.apply(&r.obs(0, 429, &[], Some(OPENAI_BILLING))).await;
+    assert_eq!(
+        changes,
+        [Change::Disabled("billing_exhausted (HTTP 429)".into())]
+    );
+    let first = r.obs(1, 429, &[], Some(OPENAI_BILLING));
+    let changes = r.apply(&first).await;
+    assert!(
+        matches!(&changes[..], [Change::Cooldown(_)]),
+        "suspected, not disabled: {changes:?}"
+    );
+    assert_eq!(r.status(1).await.disabled, None);
+    // The same observation again (re-delivered): still only suspected.
+    let again = r.apply(&first).await;
+    assert!(
+        !again.iter().any(|c| matches!(c, Change::Disabled(_))),
+        "{again:?}"
+    );
+    assert_eq!(r.status(1).await.disabled, None);
+    // A success voids the suspicion: the next refusal starts a new one.
+    r.clock.advance(Duration::from_millis(5));
+    r.apply(&r.obs(1, 200, &[], None)).await;
+    r.clock.advance(Duration::from_millis(5));
+    let changes = r.apply(&r.obs(1, 429, &[], Some(OPENAI_BILLING))).await;
+    assert!(
+        !changes.iter().any(|c| matches!(c, Change::Disabled(_))),
+        "{changes:?}"
+    );
+    // Another answer within the span corroborates it.
+    r.clock.advance(Duration::from_secs(2));
+    let changes = r.apply(&r.obs(1, 429, &[], Some(OPENAI_BILLING))).await;
+    assert_eq!(
+        changes,
+        [Change::Disabled("billing_exhausted (HTTP 429)".into())]
+    );
+    assert!(r.status(1).await.disabled.is_some());
+}
+
+/// Issue #12: an echoed 400 ("Unrecognized request argument supplied: …") whatever its
+/// text changes nothing.
+#[tokio::test]
+async fn an_echoed_400_changes_nothing() {
+    let r = rig("dashscope");
+    let body = r#"{"error":{"message":"Unrecognized request argument supplied: Free allocated quota exceeded. Arrearage","type":"invalid_request_error","param":null,"code":null}}"#;
+    for i in 0..2 {
+        assert!(r.apply(&r.obs(i, 400, &[], Some(body))).await.is_empty());
+        assert_eq!(r.status(i).await.disabled, None);
+    }
+}

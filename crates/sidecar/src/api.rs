@@ -12,15 +12,16 @@ use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sluice_limiter::{
-    Cost, Decision, LimitError, Origin, QuotaKey, RefusalReason, Reservation, ReservationId, Store,
-    Timestamp,
+    Cost, Decision, LimitError, Origin, QuotaKey, QuotaStatus, RefusalReason, Reservation,
+    ReservationId, Store, Timestamp, Unit,
 };
 use sluice_observe::Observation;
 use sluice_recalibrate::CatalogModel;
 
 use crate::State;
+use crate::ticket::Ticket;
 
 type St = AxState<Arc<State>>;
 
@@ -30,15 +31,55 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-pub(crate) fn router(state: Arc<State>) -> Router {
+/// The public API. `/metrics` is served to anyone only when `open` (the listener is
+/// loopback), else to the admin key.
+pub(crate) fn router(state: Arc<State>, open: bool) -> Router {
     let own = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(move |s: St, h: http::HeaderMap| async move { metrics(s, h, open) }),
+        )
         .route("/v1/acquire", post(acquire))
         .route("/v1/report", post(report))
         .with_state(state.clone());
     state.gw.api_router().merge(own)
+}
+
+/// The admin listener (`[sidecar] admin_listen`): `/healthz`, `/readyz`, `/metrics`, the
+/// full `/v1/quotas` and `/v1/admin/...`; off loopback (`open` false) behind the admin key.
+pub(crate) fn admin_router(state: Arc<State>, open: bool) -> Router {
+    let own = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/metrics",
+            get(move |s: St, h: http::HeaderMap| async move { metrics(s, h, open) }),
+        )
+        .with_state(state.clone());
+    state.gw.admin_routes(open).merge(own)
+}
+
+/// The tenant of the request's `Authorization: Bearer` key (`default` for anyone when
+/// no `[[tenants]]` are configured); `None` for a missing or unknown key (answer
+/// [`unauthenticated`]).
+fn authenticate(s: &State, headers: &http::HeaderMap) -> Option<String> {
+    let token = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
+    s.gw.tenant_for(token).map(str::to_owned)
+}
+
+/// The 401 of a caller without a valid tenant key.
+fn unauthenticated() -> Response {
+    metrics::counter!("sluice_sidecar_unauthenticated_total").increment(1);
+    error(
+        StatusCode::UNAUTHORIZED,
+        "Invalid API key: send a tenant key as Authorization: Bearer <key>.",
+        "invalid_api_key",
+    )
 }
 
 fn error(status: StatusCode, message: impl Into<String>, code: &str) -> Response {
@@ -67,7 +108,10 @@ async fn readyz(AxState(s): St) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-async fn metrics(AxState(s): St) -> Response {
+fn metrics(AxState(s): St, headers: http::HeaderMap, open: bool) -> Response {
+    if let Some(refused) = s.gw.metrics_refusal(&headers, open) {
+        return refused;
+    }
     match s.gw.render_metrics() {
         Some(text) => (
             [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -110,19 +154,6 @@ fn one() -> u64 {
     1
 }
 
-/// A reservation as the app holds it between acquire and report.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Ticket {
-    id: String,
-    account: String,
-    slot_us: u64,
-    requests: u64,
-    input_tokens: u64,
-    output_tokens: u64,
-    origin: String,
-}
-
 fn origin_name(o: Origin) -> &'static str {
     match o {
         Origin::Shared => "shared",
@@ -135,7 +166,10 @@ fn origin_name(o: Origin) -> &'static str {
 /// 200 once the slot has come, with the account to use and a `reservation` to send back
 /// with `POST /v1/report`; 429 with `Retry-After` when no slot comes within the wait;
 /// 503 when every account is out of rotation; 413 when the cost can never fit.
-async fn acquire(AxState(s): St, body: axum::body::Bytes) -> Response {
+async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Bytes) -> Response {
+    let Some(tenant) = authenticate(&s, &headers) else {
+        return unauthenticated();
+    };
     let req: AcquireRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -185,15 +219,19 @@ async fn acquire(AxState(s): St, body: axum::body::Bytes) -> Response {
             if !r.wait.is_zero() {
                 tokio::time::sleep(r.wait).await;
             }
-            let ticket = Ticket {
+            let mut ticket = Ticket {
                 id: r.id.to_string(),
+                tenant,
+                model: m.name.clone(),
                 account: r.key.name().to_owned(),
                 slot_us: r.slot.as_micros(),
                 requests: r.cost.requests,
                 input_tokens: r.cost.input_tokens,
                 output_tokens: r.cost.output_tokens,
                 origin: origin_name(r.origin).to_owned(),
+                sig: String::new(),
             };
+            s.tickets.sign(&mut ticket);
             let remaining: Vec<_> = r.remaining.iter().map(|x| serde_json::json!({"limit": x.limit.to_string(), "effective": x.effective, "remaining": x.remaining})).collect();
             axum::Json(serde_json::json!({
                 "granted": true,
@@ -286,8 +324,22 @@ struct UsageIn {
 
 /// Reconciles the reservation with the real usage (an error answer counts one request
 /// and no tokens; no usage keeps the estimate) and applies the provider's status,
-/// headers and body like an observation from a gateway.
-async fn report(AxState(s): St, body: axum::body::Bytes) -> Response {
+/// headers and body like an observation from a gateway, within bounds:
+/// - the caller authenticates as a tenant; a `reservation` must carry this fleet's
+///   signature and belong to that tenant, model and account, else 401/403 and nothing
+///   changes; the reserved amounts are the ticket's, the usage is clamped to
+///   `[0, the largest configured limit of its unit]` (requests to those reserved), so a
+///   report can never refund more than was reserved;
+/// - a report alone never disables an account: an answer that would (invalid key,
+///   billing, daily quota) makes the sidecar probe the account itself, at most once per
+///   `probe_interval`, and only the provider's own answer to that probe can disable it;
+/// - a rate-limit header may lower a learned limit to no less than half of the current
+///   effective limit of its unit per report (never above the configured one: the
+///   recalibrator forgets a learned limit at or above it).
+async fn report(AxState(s): St, headers: http::HeaderMap, body: axum::body::Bytes) -> Response {
+    let Some(tenant) = authenticate(&s, &headers) else {
+        return unauthenticated();
+    };
     let req: ReportRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -305,6 +357,36 @@ async fn report(AxState(s): St, body: axum::body::Bytes) -> Response {
             "model_not_found",
         );
     };
+    if let Some(t) = &req.reservation {
+        if !s.tickets.verify(t) {
+            metrics::counter!("sluice_sidecar_report_refused_total", "reason" => "bad_signature")
+                .increment(1);
+            tracing::warn!(%tenant, model = %m.name, "report refused: the reservation's signature is not this fleet's");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "The reservation's signature is invalid: send the reservation exactly as POST /v1/acquire returned it.",
+                "invalid_reservation",
+            );
+        }
+        let mismatch = if t.tenant != tenant {
+            Some("was issued to another tenant")
+        } else if t.model != m.name {
+            Some("was issued for another model")
+        } else if req.account.as_ref().is_some_and(|a| *a != t.account) {
+            Some("was issued for another account")
+        } else {
+            None
+        };
+        if let Some(why) = mismatch {
+            metrics::counter!("sluice_sidecar_report_refused_total", "reason" => "mismatch")
+                .increment(1);
+            return error(
+                StatusCode::FORBIDDEN,
+                format!("The reservation {why}."),
+                "invalid_reservation",
+            );
+        }
+    }
     let account = req
         .account
         .clone()
@@ -323,14 +405,29 @@ async fn report(AxState(s): St, body: axum::body::Bytes) -> Response {
             "account_not_found",
         );
     };
+    let status = match s.gw.limiter().status(&m.keys[candidate], &m.quota).await {
+        Ok(st) => st,
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+                "store_unavailable",
+            );
+        }
+    };
     let mut reconciled = false;
     if let Some(t) = &req.reservation {
         let Ok(id) = u64::from_str_radix(&t.id, 16) else {
             return error(
                 StatusCode::BAD_REQUEST,
                 "The reservation id is not one this sidecar gave.",
-                "invalid_body",
+                "invalid_reservation",
             );
+        };
+        let reserved = Cost {
+            requests: t.requests,
+            input_tokens: t.input_tokens,
+            output_tokens: t.output_tokens,
         };
         let actual = match (&req.usage, req.status) {
             (Some(u), _) => Some(Cost::request(u.prompt_tokens, u.completion_tokens)),
@@ -340,18 +437,14 @@ async fn report(AxState(s): St, body: axum::body::Bytes) -> Response {
             }),
             (None, _) => None,
         };
-        if let Some(actual) = actual {
+        if let Some(actual) = actual.map(|a| clamp_usage(a, &reserved, &status)) {
             let reservation = Reservation {
                 id: ReservationId::from_u64(id),
                 key: m.keys[candidate].clone(),
                 candidate,
                 slot: Timestamp::from_micros(t.slot_us),
                 wait: Duration::ZERO,
-                cost: Cost {
-                    requests: t.requests,
-                    input_tokens: t.input_tokens,
-                    output_tokens: t.output_tokens,
-                },
+                cost: reserved,
                 remaining: Vec::new(),
                 origin: match t.origin.as_str() {
                     "local" => Origin::Local,
@@ -373,13 +466,58 @@ async fn report(AxState(s): St, body: axum::body::Bytes) -> Response {
             reconciled = true;
         }
     }
+    let at = now_ms();
+    let mut reported_headers = req.headers.clone();
+    let floored = floor_limit_headers(&mut reported_headers, &status);
+    let header_map = sluice_recalibrate::header_map(
+        &reported_headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let class = (req.status >= 300).then(|| {
+        sluice_provider::classify(
+            req.status,
+            &header_map,
+            req.body.as_deref().unwrap_or("").as_bytes(),
+            m.provider,
+            UNIX_EPOCH + Duration::from_millis(at),
+        )
+    });
+    let would_disable = class.as_ref().is_some_and(|c| {
+        c.class.disables_account()
+            || c.class
+                == sluice_provider::ErrorClass::Throttled(sluice_provider::ThrottleKind::Daily)
+            || c.retry_after
+                .is_some_and(|w| w >= s.gw.config().sidecar.quota_state_after)
+    });
+    tracing::info!(
+        %tenant,
+        model = %m.name,
+        %account,
+        status = req.status,
+        reconciled,
+        floored,
+        would_disable,
+        "report"
+    );
+    metrics::counter!("sluice_observations_consumed_total", "source" => "report").increment(1);
+    metrics::counter!("sluice_sidecar_reports_total", "tenant" => tenant.clone(), "model" => m.name.clone()).increment(1);
+    if would_disable {
+        // Not the app's word alone: the sidecar asks the provider itself.
+        let corroborating =
+            crate::probe::corroborate(s.clone(), m.name.clone(), account.clone(), tenant);
+        return axum::Json(serde_json::json!({"reconciled": reconciled, "changes": [], "corroborating": corroborating})).into_response();
+    }
     let obs = Observation::new(
-        now_ms(),
+        at,
         &m.upstream,
         &m.upstream_model,
         &account,
         req.status,
-        req.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        reported_headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
         req.body.as_deref(),
     );
     let applied = match s.gw.recalibrator().apply(s.gw.limiter(), &obs).await {
@@ -392,10 +530,83 @@ async fn report(AxState(s): St, body: axum::body::Bytes) -> Response {
             );
         }
     };
-    metrics::counter!("sluice_observations_consumed_total", "source" => "report").increment(1);
     let changes: Vec<String> = applied
         .iter()
         .map(|a| format!("{}:{}:{}", a.model, a.key.name(), a.change.kind()))
         .collect();
     axum::Json(serde_json::json!({"reconciled": reconciled, "changes": changes})).into_response()
+}
+
+/// The largest configured amount among `status`'s limits of `units`.
+fn largest_limit(status: &QuotaStatus, units: &[Unit]) -> Option<u64> {
+    status
+        .limits
+        .iter()
+        .filter(|l| units.contains(&l.unit))
+        .map(|l| l.configured)
+        .max()
+}
+
+/// Reported usage within sane bounds: requests at most those reserved (one reserved
+/// request is one call), each token count at most the largest configured token limit
+/// (no answer can spend more than a window holds). Without a token limit, tokens are
+/// kept at most at the reserved amounts.
+fn clamp_usage(actual: Cost, reserved: &Cost, status: &QuotaStatus) -> Cost {
+    let tokens = [Unit::Tokens, Unit::InputTokens, Unit::OutputTokens];
+    let max_in = largest_limit(status, &tokens).unwrap_or(reserved.input_tokens);
+    let max_out = largest_limit(status, &tokens).unwrap_or(reserved.output_tokens);
+    Cost {
+        requests: actual.requests.min(reserved.requests.max(1)),
+        input_tokens: actual.input_tokens.min(max_in),
+        output_tokens: actual.output_tokens.min(max_out),
+    }
+}
+
+/// The unit a rate-limit header's `limit` describes, for the header names of
+/// `sluice_provider::RateLimitHeaders` (`x-ratelimit-limit-requests`,
+/// `anthropic-ratelimit-input-tokens-limit`, ...); `None` for any other header.
+fn limit_header_units(name: &str) -> Option<&'static [Unit]> {
+    let n = name.to_ascii_lowercase();
+    if !n.contains("ratelimit") || !n.contains("limit-") && !n.ends_with("-limit") {
+        return None;
+    }
+    if n.contains("remaining") || n.contains("reset") {
+        return None;
+    }
+    if n.contains("request") {
+        Some(&[Unit::Requests])
+    } else if n.contains("token") {
+        Some(&[Unit::Tokens, Unit::InputTokens, Unit::OutputTokens])
+    } else {
+        None
+    }
+}
+
+/// Raises every advertised `limit` below half of the current effective limit of its
+/// unit to that half (rounded up): one report may at most halve a learned limit.
+/// Returns how many headers were raised.
+fn floor_limit_headers(headers: &mut BTreeMap<String, String>, status: &QuotaStatus) -> usize {
+    let mut floored = 0;
+    for (name, value) in headers.iter_mut() {
+        let Some(units) = limit_header_units(name) else {
+            continue;
+        };
+        let Ok(advertised) = value.trim().parse::<u64>() else {
+            continue;
+        };
+        let Some(floor) = status
+            .limits
+            .iter()
+            .filter(|l| units.contains(&l.unit))
+            .map(|l| l.effective.div_ceil(2))
+            .min()
+        else {
+            continue;
+        };
+        if advertised < floor {
+            *value = floor.to_string();
+            floored += 1;
+        }
+    }
+    floored
 }

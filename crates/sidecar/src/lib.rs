@@ -21,10 +21,13 @@
 mod api;
 mod consumer;
 mod probe;
+mod ticket;
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use sluice_config::Config;
 use sluice_gateway::Gateway;
@@ -39,6 +42,10 @@ pub enum SidecarError {
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The configuration would expose the sidecar without keys
+    /// ([`Config::check_sidecar_exposure`]).
+    #[error("refusing to start: {0}")]
+    Exposure(#[from] sluice_config::ConfigError),
 }
 
 /// What the sidecar runs besides its configuration.
@@ -65,6 +72,10 @@ pub(crate) struct State {
     pub(crate) options: Options,
     /// True once the consumer has joined its group (always true without a store).
     pub(crate) consuming: AtomicBool,
+    /// Signs the reservations of `POST /v1/acquire`.
+    pub(crate) tickets: ticket::TicketSigner,
+    /// When each upstream × account was last probed to corroborate a report.
+    pub(crate) corroborated: Mutex<HashMap<(String, String), Instant>>,
 }
 
 /// The sidecar: cheap to clone.
@@ -77,12 +88,26 @@ impl Sidecar {
     /// Builds the sidecar (connects nothing yet). Call inside a tokio runtime.
     pub fn new(config: Config, options: Options) -> Result<Self, SidecarError> {
         let shared = config.store.is_some();
+        let tickets = ticket::TicketSigner::new(
+            config
+                .sidecar
+                .ticket_key
+                .as_ref()
+                .map(sluice_config::Secret::expose),
+        );
+        if tickets.ephemeral {
+            tracing::info!(
+                "no [sidecar] ticket_key: reservations are signed with a random key of this process and valid only at this sidecar"
+            );
+        }
         let gw = Gateway::new(config)?;
         Ok(Self {
             state: Arc::new(State {
                 gw,
                 options,
                 consuming: AtomicBool::new(!shared),
+                tickets,
+                corroborated: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -92,12 +117,16 @@ impl Sidecar {
         &self.state.gw
     }
 
-    /// The HTTP API (see the crate docs).
+    /// The HTTP API (see the crate docs), with `/metrics` open to anyone (as on a
+    /// loopback listener).
     pub fn router(&self) -> axum::Router {
-        api::router(self.state.clone())
+        api::router(self.state.clone(), true)
     }
 
     /// Serves on `listener` and runs the consumer and probe loops until `shutdown`.
+    /// `/metrics` on `listener` is open only when it is a loopback address (else it
+    /// needs the admin key); `[sidecar] admin_listen`, when set, is bound here and
+    /// serves the operational routes (see `api::admin_router`).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -111,7 +140,19 @@ impl Sidecar {
             )));
         }
         tasks.push(tokio::spawn(probe::run(self.state.clone())));
-        let served = axum::serve(listener, self.router())
+        if let Some(admin) = self.state.gw.config().sidecar.admin_listen {
+            let admin_listener = tokio::net::TcpListener::bind(admin).await?;
+            let addr = admin_listener.local_addr()?;
+            tracing::info!(%addr, "admin listener");
+            let app = api::admin_router(self.state.clone(), addr.ip().is_loopback());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(admin_listener, app).await {
+                    tracing::warn!(error = %e, "admin listener failed");
+                }
+            }));
+        }
+        let open = listener.local_addr()?.ip().is_loopback();
+        let served = axum::serve(listener, api::router(self.state.clone(), open))
             .with_graceful_shutdown(shutdown)
             .await;
         for t in tasks {
@@ -123,10 +164,13 @@ impl Sidecar {
 }
 
 /// Binds `[sidecar] listen` and serves until `shutdown` (see [`Sidecar::serve`]).
+/// Refuses a configuration that would serve anyone beyond this machine without a key
+/// ([`Config::check_sidecar_exposure`]).
 pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SidecarError> {
+    config.check_sidecar_exposure()?;
     let listener = tokio::net::TcpListener::bind(config.sidecar.listen).await?;
     let options = Options::from_config(&config);
     Sidecar::new(config, options)?

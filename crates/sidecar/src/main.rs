@@ -13,8 +13,8 @@ struct Args {
     /// The configuration file (the gateway's own).
     #[arg(long, env = "SLUICE_CONFIG", default_value = "sluice.toml")]
     config: PathBuf,
-    /// Overrides `sidecar.listen`.
-    #[arg(long)]
+    /// Overrides `sidecar.listen` (given twice, the last one wins).
+    #[arg(long, overrides_with = "listen")]
     listen: Option<String>,
     /// Overrides `store.redis_url`.
     #[arg(long)]
@@ -47,6 +47,9 @@ fn main() -> anyhow::Result<()> {
                 args.config.display()
             )
         })?;
+    config
+        .check_sidecar_exposure()
+        .context("refusing to start")?;
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
     let served = runtime.block_on(async move {
         let options = Options::from_config(&config);

@@ -67,3 +67,65 @@ async fn round(state: &State) {
         }
     }
 }
+
+/// Corroborates a report that an account is dead (or out of its daily quota): probes
+/// it once, in the background, and applies the provider's own answer to the probe like
+/// an observation (so only the provider can disable it; a success changes nothing). At
+/// most one probe per upstream × account per `probe_interval`, however many reports
+/// come: returns false when one was already sent within the interval.
+pub(crate) fn corroborate(
+    state: Arc<State>,
+    model: String,
+    account: String,
+    tenant: String,
+) -> bool {
+    let Some(upstream) = state.gw.catalog().model(&model).map(|m| m.upstream.clone()) else {
+        return false;
+    };
+    let every = state.gw.config().sidecar.probe_interval;
+    {
+        let mut last = state.corroborated.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let key = (upstream.clone(), account.clone());
+        if last
+            .get(&key)
+            .is_some_and(|t| now.duration_since(*t) < every)
+        {
+            metrics::counter!("sluice_sidecar_corroborations_total", "outcome" => "skipped")
+                .increment(1);
+            return false;
+        }
+        last.insert(key, now);
+    }
+    tokio::spawn(async move {
+        let gw = &state.gw;
+        let Some(m) = gw.catalog().model(&model) else {
+            return;
+        };
+        let Some((code, headers, body)) = gw.probe(&m.name, &account).await else {
+            tracing::info!(%tenant, model = %m.name, %account, "corroborating probe could not reach the upstream");
+            return;
+        };
+        metrics::counter!("sluice_sidecar_corroborations_total", "outcome" => if (200..300).contains(&code) { "refuted" } else { "answered" }).increment(1);
+        if (200..300).contains(&code) {
+            tracing::warn!(%tenant, model = %m.name, %account, "a report said the account is dead; the provider accepted a probe on it: nothing changed");
+            return;
+        }
+        let pairs: Vec<(&str, &str)> = headers
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str(), v.to_str().ok()?)))
+            .collect();
+        let obs = Observation::new(
+            crate::api::now_ms(),
+            &m.upstream,
+            &m.upstream_model,
+            &account,
+            code,
+            pairs,
+            Some(&String::from_utf8_lossy(&body)),
+        );
+        let applied = gw.recalibrator().apply(gw.limiter(), &obs).await;
+        tracing::info!(%tenant, model = %m.name, %account, status = code, changes = applied.map_or(0, |a| a.len()), "corroborating probe answered");
+    });
+    true
+}

@@ -8,3 +8,4 @@ mod api;
 mod outage;
 mod recalibration;
 mod takeover;
+mod trust;

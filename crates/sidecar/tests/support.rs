@@ -70,11 +70,19 @@ pub(crate) struct SidecarProcess {
 
 impl SidecarProcess {
     pub(crate) fn start(toml: &str, name: &str) -> Self {
+        Self::start_with(toml, name, &[])
+    }
+
+    /// Like [`SidecarProcess::start`], with more flags (e.g. `--listen 0.0.0.0:0`, which
+    /// overrides the harness's loopback one).
+    pub(crate) fn start_with(toml: &str, name: &str, args: &[&str]) -> Self {
         let log = std::env::var("SIDECAR_LOG").unwrap_or_else(|_| "warn".into());
+        let mut all = vec!["--name", name];
+        all.extend_from_slice(args);
         let service = sluice_testkit::Service::start(
             env!("CARGO_BIN_EXE_sluice-sidecar"),
             toml,
-            &["--name", name],
+            &all,
             &[("SLUICE_LOG", log)],
             Stdio::inherit(),
         );

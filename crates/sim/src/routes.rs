@@ -42,7 +42,66 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
         .route("/health", get(|| async { "ok" }))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&sim),
+            count_outside_api,
+        ))
         .with_state(sim)
+}
+
+/// Counts every request that presents a key (`keyed_requests`) and those of them at
+/// a path outside `/v1/` (`outside_api`): what a proxy leaked with an account's key.
+async fn count_outside_api(
+    State(sim): State<Arc<Sim>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if presented_key(req.headers()).is_some() {
+        sim.reject(crate::sim::Rejection::Keyed);
+        if !req.uri().path().starts_with("/v1/") {
+            sim.reject(crate::sim::Rejection::OutsideApi);
+        }
+    }
+    next.run(req).await
+}
+
+/// The text of a chat request's last message (text content and text parts).
+fn last_message_text(req: &ChatRequest) -> String {
+    match req.messages.last().and_then(|m| m.content.as_ref()) {
+        Some(crate::api::Content::Text(t)) => t.clone(),
+        Some(crate::api::Content::Parts(parts)) => parts
+            .iter()
+            .filter_map(|p| p.text.as_deref())
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => String::new(),
+    }
+}
+
+/// The `echo_bad_request` fault: OpenAI's and vLLM's 400 for an unknown argument,
+/// carrying the request's own text.
+fn echoed_bad_request(sim: &Sim, account: &Account, model: &str, text: &str) -> Option<Response> {
+    let rule = crate::faults::rule_for(
+        &sim.config().faults,
+        model,
+        &account.name,
+        account.key.expose(),
+    )?;
+    if !sim.dice().hit(rule.echo_bad_request) {
+        return None;
+    }
+    sim.reject(crate::sim::Rejection::Echoed);
+    let body = json!({"error": {
+        "message": format!("Unrecognized request argument supplied: {text}"),
+        "type": "invalid_request_error",
+        "param": null,
+        "code": null,
+    }});
+    Some(json_response(
+        StatusCode::BAD_REQUEST,
+        HeaderMap::new(),
+        serde_json::to_vec(&body).unwrap_or_default(),
+    ))
 }
 
 async fn not_found(method: Method, uri: Uri) -> Response {
@@ -246,7 +305,8 @@ async fn generate(sim: Arc<Sim>, account: Arc<Account>, cell: Arc<Cell>, job: Jo
             model.latency.per_token,
             finish_reason,
             error_body,
-        );
+        )
+        .with_line_ending(model.sse_line_ending);
         return (
             StatusCode::OK,
             headers,
@@ -349,6 +409,10 @@ async fn chat(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> R
                 Some("empty_array"),
             ));
         }
+        if let Some(echo) = echoed_bad_request(&sim, &account, &req.model, &last_message_text(&req))
+        {
+            return Ok(Err(echo));
+        }
         let stream = req.stream.unwrap_or(false);
         let job = Job {
             operation: Operation::ChatCompletions,
@@ -358,10 +422,11 @@ async fn chat(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> R
             include_usage: include_usage(stream, req.stream_options),
             inputs: None,
         };
-        Ok((account, cell, job))
+        Ok(Ok((account, cell, job)))
     })();
     match prepared {
-        Ok((account, cell, job)) => generate(sim, account, cell, job).await,
+        Ok(Err(echo)) => echo,
+        Ok(Ok((account, cell, job))) => generate(sim, account, cell, job).await,
         Err(e) => e.counted(&sim),
     }
 }

@@ -65,6 +65,9 @@ struct RejectedCounters {
     bad_request: AtomicU64,
     unauthorized: AtomicU64,
     model_not_found: AtomicU64,
+    echoed: AtomicU64,
+    keyed: AtomicU64,
+    outside_api: AtomicU64,
 }
 
 /// Which counter a rejection goes to.
@@ -73,6 +76,12 @@ pub(crate) enum Rejection {
     BadRequest,
     Unauthorized,
     ModelNotFound,
+    /// A 400 of the `echo_bad_request` fault.
+    Echoed,
+    /// A request that presented a key (any path).
+    Keyed,
+    /// A keyed request outside `/v1/`.
+    OutsideApi,
 }
 
 /// A simulator: configuration, clock, accounts and their meters. Share it as `Arc<Sim>`.
@@ -226,6 +235,9 @@ impl Sim {
             Rejection::BadRequest => &self.rejected.bad_request,
             Rejection::Unauthorized => &self.rejected.unauthorized,
             Rejection::ModelNotFound => &self.rejected.model_not_found,
+            Rejection::Echoed => &self.rejected.echoed,
+            Rejection::Keyed => &self.rejected.keyed,
+            Rejection::OutsideApi => &self.rejected.outside_api,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -498,7 +510,10 @@ impl Sim {
                 bad_request: self.rejected.bad_request.load(Ordering::Relaxed),
                 unauthorized: self.rejected.unauthorized.load(Ordering::Relaxed),
                 model_not_found: self.rejected.model_not_found.load(Ordering::Relaxed),
+                echoed: self.rejected.echoed.load(Ordering::Relaxed),
             },
+            keyed_requests: self.rejected.keyed.load(Ordering::Relaxed),
+            outside_api: self.rejected.outside_api.load(Ordering::Relaxed),
         }
     }
 
@@ -520,6 +535,9 @@ impl Sim {
         self.rejected.bad_request.store(0, Ordering::Relaxed);
         self.rejected.unauthorized.store(0, Ordering::Relaxed);
         self.rejected.model_not_found.store(0, Ordering::Relaxed);
+        self.rejected.echoed.store(0, Ordering::Relaxed);
+        self.rejected.keyed.store(0, Ordering::Relaxed);
+        self.rejected.outside_api.store(0, Ordering::Relaxed);
     }
 
     /// Zeroes the counters and empties every log: every quota is full again.

@@ -156,6 +156,10 @@ pub struct Rejected {
     pub unauthorized: u64,
     /// 404: unknown model.
     pub model_not_found: u64,
+    /// 400s of the `echo_bad_request` fault: the request's own text sent back inside
+    /// "Unrecognized request argument supplied: …", as OpenAI and vLLM do.
+    #[serde(default)]
+    pub echoed: u64,
 }
 
 /// The whole report, `GET /stats`.
@@ -165,6 +169,14 @@ pub struct StatsReport {
     pub accounts: BTreeMap<String, AccountReport>,
     /// Requests rejected before metering.
     pub rejected: Rejected,
+    /// Every request that presented an API key, on any path and whatever the answer
+    /// (what a proxy in front of the simulator sent with an account's key).
+    #[serde(default)]
+    pub keyed_requests: u64,
+    /// Of those, the ones at a path outside `/v1/` (`/stats`, `/admin/…`, `/health`, no
+    /// route): a proxy should never send one; tests assert it stays 0.
+    #[serde(default)]
+    pub outside_api: u64,
 }
 
 impl StatsReport {

@@ -8,6 +8,7 @@ use futures::Stream;
 use serde::Serialize;
 
 use crate::api::Usage;
+use crate::config::SseLineEnding;
 use crate::dialect::ErrorBody;
 use crate::faults::StreamFault;
 use crate::sim::Ticket;
@@ -50,15 +51,19 @@ pub(crate) struct SseAnswer {
     pub(crate) finish_reason: &'static str,
     /// The body of the error event for the `stream_error` fault.
     pub(crate) error_body: ErrorBody,
+    /// The line ending of every event (`\n`, `\r\n` or `\r`).
+    line_ending: SseLineEnding,
     phase: Phase,
 }
 
-fn event<T: Serialize>(value: &T) -> Bytes {
+/// One `data:` event, ended by a blank line, with `eol` as the line ending.
+fn event<T: Serialize>(value: &T, eol: SseLineEnding) -> Bytes {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"data: ");
     // Serialising these plain structs cannot fail.
     let _ = serde_json::to_writer(&mut out, value);
-    out.extend_from_slice(b"\n\n");
+    out.extend_from_slice(eol.as_str().as_bytes());
+    out.extend_from_slice(eol.as_str().as_bytes());
     Bytes::from(out)
 }
 
@@ -139,8 +144,15 @@ impl SseAnswer {
             per_token,
             finish_reason,
             error_body,
+            line_ending: SseLineEnding::default(),
             phase: Phase::Start,
         }
+    }
+
+    /// Frames the events with `eol` instead of `\n`.
+    pub(crate) fn with_line_ending(mut self, eol: SseLineEnding) -> Self {
+        self.line_ending = eol;
+        self
     }
 
     /// A chunk; `usage: Some(..)` makes the final usage chunk (no choices).
@@ -172,15 +184,18 @@ impl SseAnswer {
                         finish_reason: finish,
                     }]
                 };
-                event(&ChatChunk {
-                    id: &self.id,
-                    object: "chat.completion.chunk",
-                    created: self.created,
-                    model: &self.model,
-                    system_fingerprint: None,
-                    choices,
-                    usage: usage_field,
-                })
+                event(
+                    &ChatChunk {
+                        id: &self.id,
+                        object: "chat.completion.chunk",
+                        created: self.created,
+                        model: &self.model,
+                        system_fingerprint: None,
+                        choices,
+                        usage: usage_field,
+                    },
+                    self.line_ending,
+                )
             }
             ChunkKind::Text => {
                 let choices = if last {
@@ -193,14 +208,17 @@ impl SseAnswer {
                         finish_reason: finish,
                     }]
                 };
-                event(&TextChunk {
-                    id: &self.id,
-                    object: "text_completion",
-                    created: self.created,
-                    model: &self.model,
-                    choices,
-                    usage: usage_field,
-                })
+                event(
+                    &TextChunk {
+                        id: &self.id,
+                        object: "text_completion",
+                        created: self.created,
+                        model: &self.model,
+                        choices,
+                        usage: usage_field,
+                    },
+                    self.line_ending,
+                )
             }
         }
     }
@@ -233,7 +251,7 @@ impl SseAnswer {
                         StreamFault::Error if halfway => {
                             self.ticket.settle();
                             self.phase = Phase::End;
-                            return Some(Ok(event(&self.error_body)));
+                            return Some(Ok(event(&self.error_body, self.line_ending)));
                         }
                         _ => {}
                     }
@@ -265,7 +283,8 @@ impl SseAnswer {
                 }
                 Phase::Done => {
                     self.phase = Phase::End;
-                    return Some(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
+                    let eol = self.line_ending.as_str();
+                    return Some(Ok(Bytes::from(format!("data: [DONE]{eol}{eol}"))));
                 }
                 Phase::End => return None,
             }

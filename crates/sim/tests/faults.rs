@@ -170,3 +170,26 @@ async fn stream_faults_do_not_touch_non_streamed_requests() {
     assert_eq!(b["usage"]["completion_tokens"], 10);
     assert_eq!(h.stats().await.get("a", "m").unwrap().faults.stream_cut, 0);
 }
+
+#[tokio::test]
+async fn echo_bad_request_sends_the_request_text_back_in_an_openai_400() {
+    let h = start(&config("openai", "echo_bad_request")).await;
+    let r = h
+        .chat("ka", chat_body("m", "Free allocated quota exceeded.", 1))
+        .await;
+    assert_eq!(r.status(), 400);
+    let b = json(r).await;
+    assert_eq!(
+        b["error"]["message"],
+        "Unrecognized request argument supplied: Free allocated quota exceeded."
+    );
+    assert_eq!(b["error"]["type"], "invalid_request_error");
+    assert!(b["error"]["code"].is_null(), "{b}");
+    // Only where the rule matches; nothing is metered.
+    assert_eq!(h.chat("kb", chat_body("m", "x", 1)).await.status(), 200);
+    let s = h.stats().await;
+    assert_eq!(s.rejected.echoed, 1);
+    assert_eq!(s.get("a", "m").map_or(0, |m| m.limits[0].used), 0);
+    // Every keyed request is counted, none of them outside /v1/.
+    assert_eq!((s.keyed_requests, s.outside_api), (2, 0));
+}

@@ -43,7 +43,9 @@ async fn stats_schema_is_stable() {
                     {"unit": "tokens", "limit": 10000, "window_ms": 60000, "peak": 0, "used": 0}
                 ]
             }}}},
-            "rejected": {"bad_request": 0, "unauthorized": 0, "model_not_found": 0}
+            "rejected": {"bad_request": 0, "unauthorized": 0, "model_not_found": 0, "echoed": 0},
+            "keyed_requests": 0,
+            "outside_api": 0
         })
     );
 }

@@ -14,7 +14,8 @@ use redis::Value;
 use crate::LimitStatus;
 use crate::breaker::{Breaker, Permit};
 use crate::decision::{
-    Decision, Origin, QuotaStatus, Refusal, RefusalReason, Remaining, Reservation, ReservationId,
+    Decision, Origin, QuotaStatus, Refusal, RefusalReason, ReleaseOutcome, Remaining, Reservation,
+    ReservationId,
 };
 use crate::error::{LimitError, StoreError};
 use crate::quota::{Cost, LimitId, Pacing, Quota, QuotaKey, Unit};
@@ -228,7 +229,7 @@ impl RedisStore {
             match tokio::time::timeout(self.options.timeout, call).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => {
-                    if is_unavailable(&e) {
+                    if is_unavailable(&e) && !is_full(&e) {
                         self.conns.discard(slot);
                     }
                     Err(StoreError::Redis(e))
@@ -262,8 +263,12 @@ impl RedisStore {
 }
 
 /// True for errors that say Redis is unreachable, rather than that a command was wrong.
+/// A full Redis (`OOM command not allowed when used memory > 'maxmemory'`, see
+/// [`is_full`]) counts: it cannot record a decision, so the breaker and the `on_error`
+/// policy apply as when it is down.
 fn is_unavailable(e: &redis::RedisError) -> bool {
-    e.is_io_error()
+    is_full(e)
+        || e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_timeout()
@@ -280,10 +285,18 @@ fn is_unavailable(e: &redis::RedisError) -> bool {
         )
 }
 
+/// True when Redis refused a write because it reached `maxmemory` (with a
+/// `noeviction` policy): the `OOM` error code, which a script's failed write carries
+/// too.
+fn is_full(e: &redis::RedisError) -> bool {
+    e.code() == Some("OOM")
+}
+
 fn error_kind(e: &StoreError) -> &'static str {
     match e {
         StoreError::Timeout(_) => "timeout",
         StoreError::CircuitOpen => "circuit_open",
+        StoreError::Redis(e) if is_full(e) => "full",
         StoreError::Redis(_) => "redis",
         StoreError::Pool(_) => "pool",
         StoreError::Protocol(_) => "protocol",
@@ -524,12 +537,10 @@ impl Store for RedisStore {
             self.key("w", &reservation.key),
             format!("{}:{}", self.key("r", &reservation.key), reservation.id),
         ];
-        let mark_ttl =
-            2 * quota.longest_window().micros() + duration_micros(reservation.wait) + 1_000_000;
         let mut args = vec![
             self.now_arg(),
             reservation.slot.as_micros().to_string(),
-            ms(mark_ttl),
+            ms(duration_micros(quota.reconcile_window())),
             ms(windows_ttl_after(quota)),
             quota.limits().len().to_string(),
         ];
@@ -537,8 +548,44 @@ impl Store for RedisStore {
             let l = &quota.limits()[i];
             [l.charge(&reservation.cost), l.charge(&actual)]
         }));
-        self.call(&self.scripts.reconcile, &keys, &args).await?;
+        let reply = self.call(&self.scripts.reconcile, &keys, &args).await?;
+        if int(&reply)? == 4 {
+            metrics::counter!("sluice_limiter_late_reconciles_total").increment(1);
+            tracing::warn!(
+                account = reservation.key.name(),
+                "reconcile after the reconcile window ignored"
+            );
+        }
         Ok(())
+    }
+
+    async fn release(
+        &self,
+        quota: &Quota,
+        reservation: &Reservation,
+    ) -> Result<ReleaseOutcome, LimitError> {
+        let keys = [
+            self.key("w", &reservation.key),
+            format!("{}:{}", self.key("r", &reservation.key), reservation.id),
+        ];
+        let mark_ttl =
+            2 * quota.longest_window().micros() + duration_micros(reservation.wait) + 1_000_000;
+        let mut args = Vec::with_capacity(4 + 2 * quota.limits().len());
+        args.push(self.now_arg());
+        args.push(reservation.slot.as_micros().to_string());
+        args.push(ms(mark_ttl));
+        args.push(quota.limits().len().to_string());
+        for l in quota.limits() {
+            args.push(l.id().as_str().to_owned());
+            args.push(l.charge(&reservation.cost).to_string());
+        }
+        let reply = self.call(&self.scripts.release, &keys, &args).await?;
+        match int(&reply)? {
+            1 => Ok(ReleaseOutcome::Reusable),
+            2 => Ok(ReleaseOutcome::Passed),
+            3 => Ok(ReleaseOutcome::AlreadySettled),
+            other => Err(StoreError::Protocol(format!("unexpected release reply {other}")).into()),
+        }
     }
 
     async fn record_usage(
@@ -566,7 +613,9 @@ impl Store for RedisStore {
             StateChange::EffectiveLimit { limit, value } => (
                 "eff",
                 limit.as_str().to_owned(),
-                value.map(|v| v.to_string()).unwrap_or_default(),
+                value
+                    .map(|v| v.clamp(1, crate::quota::MAX_CHARGE).to_string())
+                    .unwrap_or_default(),
             ),
             StateChange::PacingFactor(pm) => ("pace", pm.to_string(), String::new()),
             StateChange::Disable(reason) => ("off", reason, String::new()),

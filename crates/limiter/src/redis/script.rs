@@ -27,6 +27,7 @@ macro_rules! script {
 pub(crate) struct Scripts {
     pub(crate) acquire: LuaScript,
     pub(crate) reconcile: LuaScript,
+    pub(crate) release: LuaScript,
     pub(crate) record: LuaScript,
     pub(crate) update: LuaScript,
     pub(crate) status: LuaScript,
@@ -36,7 +37,8 @@ impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
             acquire: script!("sluice_acquire_v1", "acquire.lua"),
-            reconcile: script!("sluice_reconcile_v1", "reconcile.lua"),
+            reconcile: script!("sluice_reconcile_v3", "reconcile.lua"),
+            release: script!("sluice_release_v1", "release.lua"),
             record: script!("sluice_record_v4", "record.lua"),
             update: script!("sluice_update_v1", "update.lua"),
             status: script!("sluice_status_v1", "status.lua"),
@@ -114,6 +116,7 @@ mod tests {
         for s in [
             &scripts.acquire,
             &scripts.reconcile,
+            &scripts.release,
             &scripts.record,
             &scripts.update,
             &scripts.status,

@@ -204,6 +204,33 @@ pub struct ModelConfig {
     pub max_output_tokens: u64,
     /// Completion tokens per streamed chunk.
     pub stream_chunk_tokens: u64,
+    /// The line ending of streamed events (`\n` by default).
+    pub sse_line_ending: SseLineEnding,
+}
+
+/// The line ending a streamed answer frames its events with (the SSE spec allows all
+/// three; OpenAI sends `\n`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SseLineEnding {
+    /// `\n`.
+    #[default]
+    Lf,
+    /// `\r\n`.
+    Crlf,
+    /// `\r`.
+    Cr,
+}
+
+impl SseLineEnding {
+    /// The bytes of one line ending.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lf => "\n",
+            Self::Crlf => "\r\n",
+            Self::Cr => "\r",
+        }
+    }
 }
 
 impl ModelConfig {
@@ -219,6 +246,7 @@ impl ModelConfig {
             completion_tokens: CompletionTokens::Fixed(DEFAULT_COMPLETION_TOKENS),
             max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
             stream_chunk_tokens: DEFAULT_STREAM_CHUNK_TOKENS,
+            sse_line_ending: SseLineEnding::default(),
         }
     }
 
@@ -306,6 +334,11 @@ pub struct FaultRule {
     pub slow: f64,
     /// The extra delay of a slow response.
     pub slow_ms: u64,
+    /// A 400 that echoes the request's text, before metering, the way OpenAI and vLLM
+    /// answer an unknown argument: `"Unrecognized request argument supplied: <text>"`
+    /// (chat completions: the last message's text). Lets tests check that a proxy
+    /// treats upstream text as evidence, never as a command.
+    pub echo_bad_request: f64,
 }
 
 /// The validated configuration of a simulator.
@@ -471,6 +504,7 @@ impl Config {
                 fault.stream_error,
                 fault.missing_usage,
                 fault.slow,
+                fault.echo_bad_request,
             ];
             if rates.iter().any(|r| !(0.0..=1.0).contains(r)) {
                 return Err(ConfigError::Invalid(format!(

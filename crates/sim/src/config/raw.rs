@@ -41,6 +41,8 @@ struct RawModel {
     completion_tokens: Option<RawCompletion>,
     max_output_tokens: Option<u64>,
     stream_chunk_tokens: Option<u64>,
+    #[serde(default)]
+    sse_line_ending: super::SseLineEnding,
 }
 
 fn default_dialect() -> Dialect {
@@ -119,6 +121,7 @@ struct RawFault {
     missing_usage: f64,
     slow: f64,
     slow_ms: Option<u64>,
+    echo_bad_request: f64,
 }
 
 /// Default extra delay of the `slow` fault.
@@ -230,6 +233,7 @@ impl TryFrom<RawConfig> for Config {
             if let Some(n) = m.stream_chunk_tokens {
                 model.stream_chunk_tokens = n;
             }
+            model.sse_line_ending = m.sse_line_ending;
             models.push(model);
         }
         let mut accounts = Vec::new();
@@ -264,6 +268,7 @@ impl TryFrom<RawConfig> for Config {
                 missing_usage: f.missing_usage,
                 slow: f.slow,
                 slow_ms: f.slow_ms.unwrap_or(DEFAULT_SLOW_MS),
+                echo_bad_request: f.echo_bad_request,
             })
             .collect();
         let accept_any_key = raw.accept_any_key.unwrap_or(accounts.is_empty());
