@@ -19,10 +19,11 @@
 //! 2. **no Redis key outlives its window**: every key but the observation stream has a
 //!    TTL; windows keys (`:w:`) at most longest window + longest queue wait + 4 s (the
 //!    windows TTL's 1 s, acquire's 2 s of PEXPIRE hysteresis, 1 s of margin),
-//!    reconcile marks (`:r:`) at most two longest windows + longest queue wait + 3 s,
+//!    reconcile marks (`:r:`) at most the reconcile window (two longest windows + 1 s,
+//!    clamped to 20 min – 1 h: `Quota::reconcile_window`) + longest queue wait + 2 s,
 //!    state hashes (`:s:`) at most 24 h + 60 s (documented: cooldowns and learned
 //!    limits); the stream has no TTL by design and is capped (`MAXLEN ~ 100000`). After
-//!    the traffic, every `:w:` and `:r:` key is gone within two longest windows + the
+//!    the traffic, every `:w:` key is gone within two longest windows + the
 //!    longest queue wait + 6 s.
 //! 3. **no limit exceeded**: for every limit of the simulator's exact report,
 //!    `peak ≤ limit`; and no rate-limit refusal (requests, tokens, burst, too large) by
@@ -1094,8 +1095,13 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, BenchError> {
     // longest queue wait ahead), set 2 s further than needed (acquire's PEXPIRE
     // hysteresis), plus 1 s of margin.
     let w_bound = longest + Duration::from_secs(4) + max_wait;
-    // Reconcile marks: two longest windows + the reservation's wait + 1 s, plus 2 s.
-    let r_bound = longest * 2 + max_wait + Duration::from_secs(3);
+    // Reconcile marks: the reconcile window (`Quota::reconcile_window`: two longest
+    // windows + 1 s, clamped to 20 min – 1 h) past the slot, plus 2 s.
+    let reconcile_window = (longest * 2 + Duration::from_secs(1)).clamp(
+        sluice_limiter::RECONCILE_MIN_WINDOW,
+        sluice_limiter::RECONCILE_MAX_WINDOW,
+    );
+    let r_bound = reconcile_window + max_wait + Duration::from_secs(2);
     for (k, b) in [
         ("w", w_bound),
         ("r", r_bound),
@@ -1255,18 +1261,14 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, BenchError> {
             .map_err(|e| BenchError::Http(e.to_string()))?
             .map_err(|e| BenchError::Http(format!("redis scan: {e}")))?;
         record_scan(&mut findings, &scan);
-        let left = scan
-            .keys
-            .iter()
-            .filter(|(_, k, _)| *k == "w" || *k == "r")
-            .count();
+        let left = scan.keys.iter().filter(|(_, k, _)| *k == "w").count();
         let waited = last_answer.elapsed();
         if left == 0 {
             findings.window_keys_gone_after_s = Some(waited.as_secs_f64());
             break;
         }
         if waited > deadline {
-            for (key, _, pttl) in scan.keys.iter().filter(|(_, k, _)| *k == "w" || *k == "r") {
+            for (key, _, pttl) in scan.keys.iter().filter(|(_, k, _)| *k == "w") {
                 findings.violation(format!(
                     "{key}: still there {:.0} s after the traffic (PTTL {pttl} ms)",
                     waited.as_secs_f64()
