@@ -156,6 +156,11 @@ pub struct Store {
     pub on_error: FailurePolicy,
     /// `expected_replicas` (default 1): the divisor of the local policy.
     pub expected_replicas: NonZeroU32,
+    /// `replica_index` (0-based, below `expected_replicas`; optional): which replica this
+    /// is, so that under `local` the remainders of limits that do not divide evenly are
+    /// handed out once each and the fleet's shares add up to exactly the limit. Without
+    /// it a replica takes only the rounded-down share (which may be zero).
+    pub replica_index: Option<u32>,
     /// `timeout` of one Redis decision (default `100ms`).
     pub timeout: Duration,
     /// `connections`: multiplexed connections (default 2).

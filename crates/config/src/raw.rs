@@ -113,6 +113,7 @@ pub(crate) struct RawStore {
     pub(crate) redis_url: String,
     pub(crate) on_error: Option<crate::FailurePolicy>,
     pub(crate) expected_replicas: Option<Num<u32>>,
+    pub(crate) replica_index: Option<Num<u32>>,
     pub(crate) timeout: Option<Dur>,
     pub(crate) connections: Option<Num<u32>>,
     pub(crate) key_prefix: Option<String>,

@@ -141,10 +141,24 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             if timeout.is_zero() {
                 return Err(invalid("store.timeout", "0s", "a positive duration"));
             }
+            let expected_replicas = nz32("store.expected_replicas", s.expected_replicas, 1)?;
+            let replica_index = s.replica_index.map(|n| n.0);
+            if let Some(i) = replica_index
+                && i >= expected_replicas.get()
+            {
+                return Err(invalid(
+                    "store.replica_index",
+                    i,
+                    &format!(
+                        "a whole number below store.expected_replicas ({expected_replicas}), counted from 0"
+                    ),
+                ));
+            }
             Some(Store {
                 redis_url: Secret::new(s.redis_url),
                 on_error: s.on_error.unwrap_or(FailurePolicy::Local),
-                expected_replicas: nz32("store.expected_replicas", s.expected_replicas, 1)?,
+                expected_replicas,
+                replica_index,
                 timeout,
                 connections: nz32("store.connections", s.connections, 2)?,
                 key_prefix: s.key_prefix.unwrap_or_else(|| "sluice".to_owned()),

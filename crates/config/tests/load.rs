@@ -98,7 +98,34 @@ fn flags_win_over_environment_overrides_which_win_over_the_file() {
         ("store.expected_replicas".to_owned(), "4".to_owned()),
     ];
     let c = from_str(MINIMAL, &flags, &e).unwrap();
-    assert_eq!(c.store.unwrap().expected_replicas.get(), 4);
+    let store = c.store.unwrap();
+    assert_eq!(store.expected_replicas.get(), 4);
+    assert_eq!(store.replica_index, None);
+}
+
+#[test]
+fn a_replica_index_is_counted_from_zero_below_the_expected_replicas() {
+    let e = env(&[]);
+    let with = |index: &str| {
+        let flags = [
+            (
+                "store.redis_url".to_owned(),
+                "redis://127.0.0.1:6390/0".to_owned(),
+            ),
+            ("store.expected_replicas".to_owned(), "3".to_owned()),
+            ("store.replica_index".to_owned(), index.to_owned()),
+        ];
+        from_str(MINIMAL, &flags, &e)
+    };
+    assert_eq!(with("2").unwrap().store.unwrap().replica_index, Some(2));
+    let err = with("3").unwrap_err().to_string();
+    for part in [
+        "store.replica_index",
+        "3",
+        "below store.expected_replicas (3)",
+    ] {
+        assert!(err.contains(part), "{err:?} lacks {part:?}");
+    }
 }
 
 #[test]

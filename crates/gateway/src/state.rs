@@ -98,7 +98,11 @@ impl Gateway {
                     FailurePolicy::Local => OnError::Local,
                 },
                 s.expected_replicas.get(),
-            )?,
+            )
+            .map(|l| match s.replica_index {
+                Some(i) => l.with_replica_index(i),
+                None => l,
+            })?,
         };
         // `upstream_timeout` bounds each silence of the upstream (before the answer's
         // headers, and between two reads of its body), not the whole call: a stream that
