@@ -5,8 +5,9 @@
 #   2. split   (each replica with its own limiter at limit / 15),
 #   3. sluice  (three gateways sharing Redis, plus the sidecar when it builds).
 # About a minute. Ends with the comparison table and the path of the HTML report.
-# Needs only the repository (and Rust); installs redis-server with apt when it can,
-# otherwise runs one gateway with the embedded limiter and says so.
+# Needs only the repository (and Rust); installs redis-server with apt when it can.
+# When a part cannot be built or Redis cannot be installed or started, it stops with
+# the command that fixes it, rather than demoing something else.
 # Every process it starts is stopped on exit, also on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +15,7 @@ target=${CARGO_TARGET_DIR:-target}
 bin=$target/release
 out=${SLUICE_DEMO_OUT:-$target/sluice-bench/demo}
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+fail() { printf '\033[1;31mdemo: %s\033[0m\n' "$*" >&2; exit 1; }
 
 pids=()
 cleanup() {
@@ -33,14 +35,14 @@ if ! cargo build --release -q -p sluice-sim -p sluice-gateway -p sluice-bench; t
   if [ -x "$bin/sluice-sim" ] && [ -x "$bin/sluice-gateway" ] && [ -x "$bin/sluice-bench" ]; then
     say "build failed; using the binaries already in $bin"
   else
-    exit 1
+    fail "the release build failed (see above); fix it, then run: cargo build --release -p sluice-sim -p sluice-gateway -p sluice-bench -p sluice-sidecar"
   fi
 fi
 sidecar=()
 if [ -d crates/sidecar ] && cargo build --release -q -p sluice-sidecar 2>/dev/null && [ -x "$bin/sluice-sidecar" ]; then
   sidecar=(--sidecar-bin "$bin/sluice-sidecar")
 else
-  say "sluice-sidecar does not build here: running the gateways without it"
+  fail "sluice-sidecar does not build; see: cargo build --release -p sluice-sidecar"
 fi
 
 # Redis: installed if missing (apt, as root or with sudo), else the embedded limiter.
@@ -74,8 +76,10 @@ if command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 if [ ${#redis[@]} -eq 0 ]; then
-  say "no Redis: the sluice mode runs ONE gateway with its embedded limiter"
-  sidecar=()
+  if command -v redis-server >/dev/null 2>&1; then
+    fail "redis-server would not start on a loopback port; try it by hand: redis-server --port 6390 --save ''"
+  fi
+  fail "redis-server is not installed and could not be installed here; run: sudo apt-get install -y redis-server redis-tools"
 fi
 
 say "sluice-bench: 5 services x 3 replicas, 15 s of traffic per mode, three modes"
