@@ -3,7 +3,7 @@
 # (600 RPM / 1,000,000 TPM / 10 RPS, played 4x faster) on a simulated DashScope, called
 #   1. direct  (each replica on its own, retrying 429s like the official OpenAI SDK),
 #   2. split   (each replica with its own limiter at limit / 15),
-#   3. sluice  (three gateways sharing Redis, plus the sidecar when it builds).
+#   3. sluice  (three gateways sharing Redis, plus the sidecar).
 # About a minute. Ends with the comparison table and the path of the HTML report.
 # Needs only the repository (and Rust); installs redis-server with apt when it can.
 # When a part cannot be built or Redis cannot be installed or started, it stops with
@@ -30,22 +30,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'echo; say "interrupted"; exit 130' INT TERM
 
-say "building sluice-sim, sluice-gateway, sluice-bench (release)"
-if ! cargo build --release -q -p sluice-sim -p sluice-gateway -p sluice-bench; then
-  if [ -x "$bin/sluice-sim" ] && [ -x "$bin/sluice-gateway" ] && [ -x "$bin/sluice-bench" ]; then
+say "building sluice-sim, sluice-gateway, sluice-sidecar, sluice-bench (release)"
+if ! cargo build --release -q -p sluice-sim -p sluice-gateway -p sluice-sidecar -p sluice-bench; then
+  if [ -x "$bin/sluice-sim" ] && [ -x "$bin/sluice-gateway" ] && [ -x "$bin/sluice-sidecar" ] && [ -x "$bin/sluice-bench" ]; then
     say "build failed; using the binaries already in $bin"
   else
     fail "the release build failed (see above); fix it, then run: cargo build --release -p sluice-sim -p sluice-gateway -p sluice-bench -p sluice-sidecar"
   fi
 fi
-sidecar=()
-if [ -d crates/sidecar ] && cargo build --release -q -p sluice-sidecar 2>/dev/null && [ -x "$bin/sluice-sidecar" ]; then
-  sidecar=(--sidecar-bin "$bin/sluice-sidecar")
-else
-  fail "sluice-sidecar does not build; see: cargo build --release -p sluice-sidecar"
-fi
+sidecar=(--sidecar-bin "$bin/sluice-sidecar")
 
-# Redis: installed if missing (apt, as root or with sudo), else the embedded limiter.
+# Redis: installed if missing (apt, as root or with sudo); without it the demo stops.
 if ! command -v redis-server >/dev/null 2>&1; then
   as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"; else return 1; fi; }
   if command -v apt-get >/dev/null 2>&1; then
