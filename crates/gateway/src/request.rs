@@ -26,6 +26,13 @@ fn bad(message: impl Into<String>, param: &'static str, code: &'static str) -> A
 
 /// Reads the body, refusing one over `limit` bytes (413) or one that does not arrive
 /// within `timeout` (408).
+///
+/// A body found too large (declared by `Content-Length` or counted as it arrives) is
+/// read on and discarded, up to another `limit` bytes and within the same `timeout`,
+/// before the refusal is sent: a client still writing its body then reads the 413
+/// instead of a reset connection. Nothing of it is kept, so the cost stays bounded by
+/// twice the limit in bytes read and by `limit` in memory; a body declared larger
+/// than that is refused at once and the connection closed.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
@@ -36,27 +43,80 @@ pub(crate) async fn read_body(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    let allowance = limit as u64;
+    if declared.is_some_and(|n| n > (limit as u64).saturating_add(allowance)) {
         return Err(ApiError::BodyTooLarge { limit });
     }
-    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => Err(ApiError::BodyTimeout { timeout }),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => {
-            let inner = e.into_inner();
-            let too_large =
-                std::iter::successors(Some(&*inner as &dyn std::error::Error), |e| e.source())
-                    .any(|e| e.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                Err(ApiError::BodyTooLarge { limit })
-            } else {
-                Err(ApiError::BadRequest {
-                    message: "The request body could not be read completely.".into(),
-                    param: None,
-                    code: "invalid_body",
-                })
-            }
+    let over = declared.is_some_and(|n| n > limit as u64);
+    let deadline = tokio::time::Instant::now() + timeout;
+    match collect_limited(body, limit, over, allowance, deadline).await {
+        Collected::Body(bytes) => Ok(bytes),
+        Collected::TooLarge => Err(ApiError::BodyTooLarge { limit }),
+        Collected::TimedOut => Err(ApiError::BodyTimeout { timeout }),
+        Collected::Broken => Err(ApiError::BadRequest {
+            message: "The request body could not be read completely.".into(),
+            param: None,
+            code: "invalid_body",
+        }),
+    }
+}
+
+/// What [`collect_limited`] made of a body.
+enum Collected {
+    /// The whole body, within the limit.
+    Body(Bytes),
+    /// Over the limit (read on and discarded as far as the allowance went).
+    TooLarge,
+    /// Within the limit so far, but not complete by the deadline.
+    TimedOut,
+    /// The client's stream failed (reset, malformed chunking).
+    Broken,
+}
+
+/// Collects `body` up to `limit` bytes by `deadline`. Once it is known to be over the
+/// limit (`over` from the start when the declared length says so), the rest is read
+/// and dropped, up to `allowance` bytes more and until the deadline, and the answer is
+/// [`Collected::TooLarge`] however that reading ends.
+async fn collect_limited(
+    mut body: Body,
+    limit: usize,
+    mut over: bool,
+    allowance: u64,
+    deadline: tokio::time::Instant,
+) -> Collected {
+    use http_body_util::BodyExt;
+    let mut kept = bytes::BytesMut::new();
+    let mut discarded: u64 = 0;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) if over => return Collected::TooLarge,
+            Err(_) => return Collected::TimedOut,
+            Ok(None) => break,
+            Ok(Some(Err(_))) if over => return Collected::TooLarge,
+            Ok(Some(Err(_))) => return Collected::Broken,
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if !over && kept.len() + data.len() > limit {
+            over = true;
+            discarded = kept.len() as u64;
+            kept = bytes::BytesMut::new();
         }
+        if over {
+            discarded = discarded.saturating_add(data.len() as u64);
+            if discarded > (limit as u64).saturating_add(allowance) {
+                return Collected::TooLarge;
+            }
+        } else {
+            kept.extend_from_slice(&data);
+        }
+    }
+    if over {
+        Collected::TooLarge
+    } else {
+        Collected::Body(kept.freeze())
     }
 }
 
@@ -405,5 +465,102 @@ mod tests {
             header_max_wait(&HeaderMap::new()).map_err(|e| e.kind()),
             Ok(None)
         );
+    }
+}
+
+#[cfg(test)]
+mod body_limit {
+    //! The body limit: a body over it is read on (so the client gets the answer) only
+    //! as far as the allowance, and nothing of it is kept.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// A body of `chunks` pieces of `size` bytes that counts what was pulled from it.
+    fn counted(chunks: u64, size: usize) -> (Body, Arc<AtomicU64>) {
+        let pulled = Arc::new(AtomicU64::new(0));
+        let p = pulled.clone();
+        let stream = futures::stream::iter(0..chunks).map(move |_| {
+            p.fetch_add(size as u64, Ordering::Relaxed);
+            Ok::<_, std::io::Error>(Bytes::from(vec![b'a'; size]))
+        });
+        (Body::from_stream(stream), pulled)
+    }
+
+    use futures::StreamExt;
+
+    fn declared(n: u64) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::CONTENT_LENGTH, n.into());
+        h
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn a_body_within_the_limit_is_read_whole() {
+        let (body, _) = counted(4, 1000);
+        let bytes = read_body(&HeaderMap::new(), body, 4000, LONG)
+            .await
+            .unwrap();
+        assert_eq!(bytes.len(), 4000);
+    }
+
+    #[tokio::test]
+    async fn a_body_just_over_the_limit_is_read_to_its_end_and_refused() {
+        let (body, pulled) = counted(5, 1000);
+        let e = read_body(&HeaderMap::new(), body, 4500, LONG)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::BodyTooLarge { limit: 4500 }), "{e:?}");
+        assert_eq!(pulled.load(Ordering::Relaxed), 5000, "drained to the end");
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_just_over_the_limit_is_drained_and_refused() {
+        let (body, pulled) = counted(5, 1000);
+        let e = read_body(&declared(5000), body, 4500, LONG)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::BodyTooLarge { .. }), "{e:?}");
+        assert_eq!(pulled.load(Ordering::Relaxed), 5000);
+    }
+
+    #[tokio::test]
+    async fn an_endless_body_is_read_no_further_than_twice_the_limit() {
+        let (body, pulled) = counted(1_000_000, 1000);
+        let e = read_body(&HeaderMap::new(), body, 4000, LONG)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::BodyTooLarge { .. }), "{e:?}");
+        let n = pulled.load(Ordering::Relaxed);
+        assert!(n <= 8000 + 1000, "read {n} bytes of an endless body");
+    }
+
+    #[tokio::test]
+    async fn a_body_declared_far_over_the_limit_is_refused_unread() {
+        let (body, pulled) = counted(100, 1000);
+        let e = read_body(&declared(100_000), body, 4000, LONG)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ApiError::BodyTooLarge { .. }), "{e:?}");
+        assert_eq!(pulled.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_arriving_times_out() {
+        let stream = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b"{"))])
+            .chain(futures::stream::pending());
+        let e = read_body(
+            &HeaderMap::new(),
+            Body::from_stream(stream),
+            4000,
+            Duration::from_millis(20),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(e, ApiError::BodyTimeout { .. }), "{e:?}");
     }
 }
