@@ -20,6 +20,10 @@ pub enum Operation {
     Completions,
     /// `POST /v1/embeddings`.
     Embeddings,
+    /// `POST /v1/responses` (OpenAI's Responses API).
+    Responses,
+    /// `POST /v1/messages` (Anthropic's Messages API).
+    Messages,
 }
 
 impl Operation {
@@ -28,6 +32,8 @@ impl Operation {
             Self::ChatCompletions => "ChatCompletions_Create",
             Self::Completions => "Completions_Create",
             Self::Embeddings => "Embeddings_Create",
+            Self::Responses => "Responses_Create",
+            Self::Messages => "Messages_Create",
         }
     }
 }

@@ -66,6 +66,28 @@ impl ApiError {
         }
         self.into_response()
     }
+
+    /// Like [`ApiError::counted`], rendered as Anthropic renders errors:
+    /// `{"type":"error","error":{"type","message"}}` (`authentication_error` for a 401,
+    /// `not_found_error` for a 404, else `invalid_request_error`).
+    pub(crate) fn counted_anthropic(self, sim: &Sim) -> Response {
+        let status = self.status();
+        let kind = match status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            _ => "invalid_request_error",
+        };
+        let message = self.to_string();
+        // Count it exactly as the OpenAI rendering would.
+        drop(self.counted(sim));
+        let body =
+            serde_json::json!({"type": "error", "error": {"type": kind, "message": message}});
+        json_response(
+            status,
+            HeaderMap::new(),
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )
+    }
 }
 
 impl IntoResponse for ApiError {

@@ -22,8 +22,10 @@ use crate::api::{
 use crate::clock::NANOS_PER_SEC;
 use crate::config::{AccountState, CompletionTokens, RawLimitSpec, parse_limits};
 use crate::dialect::{self, Context, Operation};
+use crate::messages::{MessageShape, MessagesRequest, VERSION_HEADER};
 use crate::meter::Headline;
 use crate::reply::{ApiError, json_response};
+use crate::responses::{ResponseShape, ResponsesRequest, ResponsesUsage};
 use crate::sim::{Account, Cell, Demand, Sim};
 use crate::stream::{ChunkKind, SseAnswer};
 use crate::tokens::answer;
@@ -34,6 +36,9 @@ pub(crate) fn router(sim: Arc<Sim>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
+        .route("/v1/messages", post(messages))
+        .route("/v1/messages/count_tokens", post(count_tokens))
         .route("/v1/models", get(models))
         .route("/stats", get(stats))
         .route("/stats/reset", post(reset_stats))
@@ -291,6 +296,13 @@ async fn generate(sim: Arc<Sim>, account: Arc<Account>, cell: Arc<Cell>, job: Jo
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         let (kind, id) = match job.operation {
             Operation::ChatCompletions => (ChunkKind::Chat, format!("chatcmpl-sim{}", ticket.id)),
+            Operation::Responses => (
+                ChunkKind::Responses {
+                    max_output_tokens: job.max_tokens,
+                },
+                format!("resp_sim{}", ticket.id),
+            ),
+            Operation::Messages => (ChunkKind::Messages, format!("msg_sim{}", ticket.id)),
             _ => (ChunkKind::Text, format!("cmpl-sim{}", ticket.id)),
         };
         let answer = SseAnswer::new(
@@ -362,6 +374,28 @@ async fn generate(sim: Arc<Sim>, account: Arc<Account>, cell: Arc<Cell>, job: Jo
                 }],
                 usage,
             })
+        }
+        Operation::Responses => {
+            let id = format!("resp_sim{}", ticket.id);
+            let shape = ResponseShape {
+                id: &id,
+                created,
+                model: &model.name,
+                max_output_tokens: job.max_tokens,
+            };
+            let text = answer(completion);
+            let usage = ResponsesUsage::new(job.prompt, completion);
+            serde_json::to_vec(&shape.object(Some((&text, finish_reason == "length", Some(usage)))))
+        }
+        Operation::Messages => {
+            let id = format!("msg_sim{}", ticket.id);
+            let shape = MessageShape {
+                id: &id,
+                model: &model.name,
+                input_tokens: job.prompt,
+            };
+            let text = answer(completion);
+            serde_json::to_vec(&shape.message(&text, completion, finish_reason == "length"))
         }
         Operation::Embeddings => {
             let seeds: Vec<String> = match &job.inputs {
@@ -478,6 +512,111 @@ async fn embeddings(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes
     match prepared {
         Ok((account, cell, job)) => generate(sim, account, cell, job).await,
         Err(e) => e.counted(&sim),
+    }
+}
+
+async fn responses(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    let prepared = (|| {
+        let account = authenticate(&sim, &headers)?;
+        let req: ResponsesRequest = parse(&body)?;
+        let cell = cell_of(&account, &req.model)?;
+        if let Some(i) = req.malformed_item() {
+            return Err(ApiError::bad_request(
+                format!("Invalid type for 'input[{i}]': expected an object."),
+                Some(&format!("input[{i}]")),
+                Some("invalid_type"),
+            ));
+        }
+        let stream = req.stream.unwrap_or(false);
+        let job = Job {
+            operation: Operation::Responses,
+            prompt: req.prompt_tokens(),
+            max_tokens: req.max_output_tokens,
+            stream,
+            include_usage: true,
+            inputs: None,
+        };
+        Ok::<_, ApiError>((account, cell, job))
+    })();
+    match prepared {
+        Ok((account, cell, job)) => generate(sim, account, cell, job).await,
+        Err(e) => e.counted(&sim),
+    }
+}
+
+/// Checks what Anthropic checks before anything else: the key and the
+/// `anthropic-version` header, then the JSON body.
+fn messages_request(
+    sim: &Sim,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Arc<Account>, MessagesRequest), ApiError> {
+    let account = authenticate(sim, headers)?;
+    if headers.get(VERSION_HEADER).is_none() {
+        return Err(ApiError::bad_request(
+            "anthropic-version: header is required",
+            None,
+            None,
+        ));
+    }
+    let req: MessagesRequest = parse(body)?;
+    if let Some(i) = req.bad_role() {
+        return Err(ApiError::bad_request(
+            format!("messages.{i}.role: Input should be 'user' or 'assistant'"),
+            None,
+            None,
+        ));
+    }
+    Ok((account, req))
+}
+
+async fn messages(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    let prepared = (|| {
+        let (account, req) = messages_request(&sim, &headers, &body)?;
+        let cell = cell_of(&account, &req.model)?;
+        let Some(max_tokens) = req.max_tokens else {
+            return Err(ApiError::bad_request(
+                "max_tokens: Field required",
+                None,
+                None,
+            ));
+        };
+        if req.messages.is_empty() {
+            return Err(ApiError::bad_request(
+                "messages: at least one message is required",
+                None,
+                None,
+            ));
+        }
+        let job = Job {
+            operation: Operation::Messages,
+            prompt: req.input_tokens(),
+            max_tokens: Some(max_tokens),
+            stream: req.stream.unwrap_or(false),
+            include_usage: true,
+            inputs: None,
+        };
+        Ok((account, cell, job))
+    })();
+    match prepared {
+        Ok((account, cell, job)) => generate(sim, account, cell, job).await,
+        Err(e) => e.counted_anthropic(&sim),
+    }
+}
+
+/// `POST /v1/messages/count_tokens`: the input tokens, not metered (Anthropic limits
+/// it apart, far above what a test sends).
+async fn count_tokens(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Bytes) -> Response {
+    match messages_request(&sim, &headers, &body).and_then(|(account, req)| {
+        cell_of(&account, &req.model)?;
+        Ok(req.input_tokens())
+    }) {
+        Ok(tokens) => json_response(
+            StatusCode::OK,
+            HeaderMap::new(),
+            serde_json::to_vec(&json!({"input_tokens": tokens})).unwrap_or_default(),
+        ),
+        Err(e) => e.counted_anthropic(&sim),
     }
 }
 

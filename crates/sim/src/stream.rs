@@ -11,6 +11,8 @@ use crate::api::Usage;
 use crate::config::SseLineEnding;
 use crate::dialect::ErrorBody;
 use crate::faults::StreamFault;
+use crate::messages::MessageShape;
+use crate::responses::{ResponseShape, ResponsesUsage};
 use crate::sim::Ticket;
 use crate::tokens::push_answer;
 
@@ -21,6 +23,20 @@ pub(crate) enum ChunkKind {
     Chat,
     /// `text_completion` with `choices[].text`.
     Text,
+    /// The Responses API's named events (`response.created` … `response.completed`).
+    Responses {
+        /// The request's `max_output_tokens`, echoed in the response object.
+        max_output_tokens: Option<u64>,
+    },
+    /// Anthropic's Messages events (`message_start` … `message_stop`).
+    Messages,
+}
+
+impl ChunkKind {
+    /// Whether the stream is one of named events (no `[DONE]`).
+    fn named(self) -> bool {
+        matches!(self, Self::Responses { .. } | Self::Messages)
+    }
 }
 
 /// Pause between the last chunk sent and a `stream_cut`.
@@ -54,6 +70,10 @@ pub(crate) struct SseAnswer {
     /// The line ending of every event (`\n`, `\r\n` or `\r`).
     line_ending: SseLineEnding,
     phase: Phase,
+    /// The text sent so far (the Responses API repeats it in its closing events).
+    text: String,
+    /// The next `sequence_number` of a Responses event.
+    sequence: u64,
 }
 
 /// One `data:` event, ended by a blank line, with `eol` as the line ending.
@@ -64,6 +84,20 @@ fn event<T: Serialize>(value: &T, eol: SseLineEnding) -> Bytes {
     let _ = serde_json::to_writer(&mut out, value);
     out.extend_from_slice(eol.as_str().as_bytes());
     out.extend_from_slice(eol.as_str().as_bytes());
+    Bytes::from(out)
+}
+
+/// One named event (`event: <name>` then `data: <json>`), ended by a blank line.
+fn named_event(name: &str, value: &serde_json::Value, eol: SseLineEnding) -> Bytes {
+    let eol = eol.as_str();
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(eol.as_bytes());
+    out.extend_from_slice(b"data: ");
+    let _ = serde_json::to_writer(&mut out, value);
+    out.extend_from_slice(eol.as_bytes());
+    out.extend_from_slice(eol.as_bytes());
     Bytes::from(out)
 }
 
@@ -146,7 +180,82 @@ impl SseAnswer {
             error_body,
             line_ending: SseLineEnding::default(),
             phase: Phase::Start,
+            text: String::new(),
+            sequence: 0,
         }
+    }
+
+    /// Whether the answer used all of its maximum (`length`).
+    fn hit_limit(&self) -> bool {
+        self.finish_reason == "length"
+    }
+
+    fn responses_shape(&self, max_output_tokens: Option<u64>) -> ResponseShape<'_> {
+        ResponseShape {
+            id: &self.id,
+            created: self.created,
+            model: &self.model,
+            max_output_tokens,
+        }
+    }
+
+    fn messages_shape(&self) -> MessageShape<'_> {
+        MessageShape {
+            id: &self.id,
+            model: &self.model,
+            input_tokens: self.ticket.prompt,
+        }
+    }
+
+    /// Frames named events as one piece; Responses events get their `sequence_number`.
+    fn named(&mut self, events: Vec<(&'static str, serde_json::Value)>) -> Bytes {
+        let mut out = Vec::new();
+        for (name, mut value) in events {
+            if matches!(self.kind, ChunkKind::Responses { .. }) {
+                value["sequence_number"] = self.sequence.into();
+                self.sequence += 1;
+            }
+            out.extend_from_slice(&named_event(name, &value, self.line_ending));
+        }
+        Bytes::from(out)
+    }
+
+    /// The named events of a phase of a Responses or Messages stream (`text`: this
+    /// content piece).
+    fn native(&mut self, phase: Phase, text: &str) -> Option<Bytes> {
+        let hit = self.hit_limit();
+        let missing_usage = self.ticket.late.stream == StreamFault::MissingUsage;
+        let events = match (self.kind, phase) {
+            (ChunkKind::Responses { max_output_tokens }, phase) => {
+                let shape = self.responses_shape(max_output_tokens);
+                match phase {
+                    Phase::Start => shape.opening(),
+                    Phase::Content => vec![shape.delta(text)],
+                    Phase::Finish => shape.closing(&self.text, hit),
+                    Phase::Usage => {
+                        let usage = (!missing_usage)
+                            .then(|| ResponsesUsage::new(self.ticket.prompt, self.ticket.sent));
+                        vec![shape.finished(&self.text, hit, usage)]
+                    }
+                    Phase::Done | Phase::End => return None,
+                }
+            }
+            (ChunkKind::Messages, phase) => {
+                let shape = self.messages_shape();
+                match phase {
+                    Phase::Start => shape.opening(),
+                    Phase::Content => vec![shape.delta(text)],
+                    Phase::Finish => vec![shape.block_stop()],
+                    Phase::Usage => {
+                        vec![shape.message_delta((!missing_usage).then_some(self.ticket.sent), hit)]
+                    }
+                    Phase::Done => vec![shape.stop()],
+                    Phase::End => return None,
+                }
+            }
+            _ => return None,
+        };
+        Some(self.named(events))
     }
 
     /// Frames the events with `eol` instead of `\n`.
@@ -197,7 +306,8 @@ impl SseAnswer {
                     self.line_ending,
                 )
             }
-            ChunkKind::Text => {
+            // Named-event streams never come here (see `native`); framed as text if so.
+            ChunkKind::Text | ChunkKind::Responses { .. } | ChunkKind::Messages => {
                 let choices = if last {
                     Vec::new()
                 } else {
@@ -229,6 +339,12 @@ impl SseAnswer {
             match self.phase {
                 Phase::Start => {
                     self.phase = Phase::Content;
+                    if self.kind.named() {
+                        if let Some(piece) = self.native(Phase::Start, "") {
+                            return Some(Ok(piece));
+                        }
+                        continue;
+                    }
                     if self.kind == ChunkKind::Chat {
                         return Some(Ok(self.chunk(None, true, None, None)));
                     }
@@ -251,6 +367,11 @@ impl SseAnswer {
                         StreamFault::Error if halfway => {
                             self.ticket.settle();
                             self.phase = Phase::End;
+                            if self.kind.named() {
+                                let body =
+                                    serde_json::to_value(&self.error_body).unwrap_or_default();
+                                return Some(Ok(named_event("error", &body, self.line_ending)));
+                            }
                             return Some(Ok(event(&self.error_body, self.line_ending)));
                         }
                         _ => {}
@@ -267,15 +388,34 @@ impl SseAnswer {
                     let mut text = String::with_capacity(((upto - sent) * 4) as usize);
                     push_answer(&mut text, sent, upto);
                     self.ticket.sent = upto;
+                    if self.kind.named() {
+                        self.text.push_str(&text);
+                        if let Some(piece) = self.native(Phase::Content, &text) {
+                            return Some(Ok(piece));
+                        }
+                        continue;
+                    }
                     return Some(Ok(self.chunk(Some(&text), false, None, None)));
                 }
                 Phase::Finish => {
                     self.ticket.settle();
                     self.phase = Phase::Usage;
+                    if self.kind.named() {
+                        if let Some(piece) = self.native(Phase::Finish, "") {
+                            return Some(Ok(piece));
+                        }
+                        continue;
+                    }
                     return Some(Ok(self.chunk(None, false, Some(self.finish_reason), None)));
                 }
                 Phase::Usage => {
                     self.phase = Phase::Done;
+                    if self.kind.named() {
+                        if let Some(piece) = self.native(Phase::Usage, "") {
+                            return Some(Ok(piece));
+                        }
+                        continue;
+                    }
                     if self.include_usage && self.ticket.late.stream != StreamFault::MissingUsage {
                         let usage = Usage::new(self.ticket.prompt, self.ticket.sent);
                         return Some(Ok(self.chunk(None, false, None, Some(usage))));
@@ -283,6 +423,12 @@ impl SseAnswer {
                 }
                 Phase::Done => {
                     self.phase = Phase::End;
+                    if self.kind.named() {
+                        if let Some(piece) = self.native(Phase::Done, "") {
+                            return Some(Ok(piece));
+                        }
+                        continue;
+                    }
                     let eol = self.line_ending.as_str();
                     return Some(Ok(Bytes::from(format!("data: [DONE]{eol}{eol}"))));
                 }

@@ -7,5 +7,6 @@ mod binary;
 mod dialects;
 mod faults;
 mod metering;
+mod native_apis;
 mod stats_admin;
 mod streaming;
