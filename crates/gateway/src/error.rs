@@ -110,14 +110,58 @@ impl ApiError {
     }
 }
 
+/// How an error body is shaped: OpenAI's, or Anthropic's for `/v1/messages`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum ErrorShape {
+    /// `{"error":{"message","type","param","code"}}`.
+    #[default]
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"}}`, the type Anthropic uses for the
+    /// status (`rate_limit_error` for a 429, `overloaded_error` for a 503, …).
+    Anthropic,
+}
+
+impl ErrorShape {
+    /// How the clients of `endpoint` expect an error: Anthropic's shape for Messages.
+    pub(crate) fn of(endpoint: crate::estimate::Endpoint) -> Self {
+        match endpoint {
+            crate::estimate::Endpoint::Messages => Self::Anthropic,
+            _ => Self::OpenAi,
+        }
+    }
+}
+
+/// Anthropic's error type for a status.
+fn anthropic_kind(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 408 | 415 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        504 => "timeout_error",
+        _ => "api_error",
+    }
+}
+
 fn body(
+    shape: ErrorShape,
     status: StatusCode,
     message: String,
     kind: &str,
     param: Option<&str>,
     code: Option<&str>,
 ) -> Response {
-    let json = serde_json::json!({"error": {"message": message, "type": kind, "param": param, "code": code}});
+    let json = match shape {
+        ErrorShape::OpenAi => {
+            serde_json::json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+        }
+        ErrorShape::Anthropic => {
+            serde_json::json!({"type": "error", "error": {"type": anthropic_kind(status), "message": message}})
+        }
+    };
     (
         status,
         [(http::header::CONTENT_TYPE, "application/json")],
@@ -195,6 +239,17 @@ pub(crate) fn ratelimit_headers(
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.render(ErrorShape::OpenAi)
+    }
+}
+
+impl ApiError {
+    /// The answer to the client, its body in `shape` (status and headers are the same
+    /// whatever the shape).
+    pub(crate) fn render(self, shape: ErrorShape) -> Response {
+        let body = |status, message, kind: &str, param, code| {
+            body(shape, status, message, kind, param, code)
+        };
         match self {
             ApiError::Unauthorized => body(
                 StatusCode::UNAUTHORIZED,

@@ -194,6 +194,56 @@ pub(crate) enum Endpoint {
     Completions,
     /// `/v1/embeddings`.
     Embeddings,
+    /// `/v1/responses` (OpenAI's Responses API).
+    Responses,
+    /// `/v1/messages` (Anthropic's Messages API).
+    Messages,
+}
+
+impl Endpoint {
+    /// Whether a request of this endpoint may ask for a streamed answer.
+    pub(crate) fn streams(self) -> bool {
+        self != Self::Embeddings
+    }
+
+    /// Whether a streamed answer carries its usage only when asked
+    /// (`stream_options.include_usage`): chat and completions. The Responses and
+    /// Messages streams always end with it.
+    pub(crate) fn usage_on_request(self) -> bool {
+        matches!(self, Self::Chat | Self::Completions)
+    }
+}
+
+/// Tokens of one content block or input item of the Responses or Messages API: its
+/// text (`text`; `output` of a function call's result), its serialised arguments
+/// (`arguments`, `input` of a tool use), the blocks it holds (`content` of a message
+/// or a tool result), else one non-text part (an image, a file).
+fn block_tokens(block: &Value, counter: &mut Counter) -> u64 {
+    match block {
+        Value::String(s) => counter.text(s),
+        Value::Array(blocks) => blocks.iter().map(|b| block_tokens(b, counter)).sum(),
+        Value::Object(o) => {
+            let mut total = 0;
+            let mut found = false;
+            for key in ["text", "output", "arguments", "name"] {
+                if let Some(t) = o.get(key).and_then(Value::as_str) {
+                    total += counter.text(t);
+                    found = true;
+                }
+            }
+            if let Some(input) = o.get("input") {
+                total += counter.text(&input.to_string());
+                found = true;
+            }
+            if let Some(content) = o.get("content") {
+                total += block_tokens(content, counter);
+                found = true;
+            }
+            if found { total } else { NON_TEXT_PART }
+        }
+        Value::Null => 0,
+        other => counter.text(&other.to_string()),
+    }
 }
 
 /// The prompt tokens of a request body, before any learned correction.
@@ -234,6 +284,48 @@ pub(crate) fn prompt_tokens(endpoint: Endpoint, body: &Value, tokenizer: Tokeniz
         Endpoint::Embeddings => body
             .get("input")
             .map_or(0, |p| content_tokens(p, &mut counter)),
+        // Like chat: the instructions one more message, a string input one user
+        // message, each item a message with its content.
+        Endpoint::Responses => {
+            let mut total = REPLY_PRIMING;
+            if let Some(i) = body.get("instructions") {
+                total += PER_MESSAGE + block_tokens(i, &mut counter);
+            }
+            match body.get("input") {
+                Some(Value::Array(items)) => {
+                    for item in items {
+                        total += PER_MESSAGE + block_tokens(item, &mut counter);
+                    }
+                }
+                Some(other) => total += PER_MESSAGE + block_tokens(other, &mut counter),
+                None => {}
+            }
+            if let Some(v) = body.get("tools") {
+                total += counter.text(&v.to_string());
+            }
+            total
+        }
+        // Like chat: the system prompt one more message.
+        Endpoint::Messages => {
+            let mut total = REPLY_PRIMING;
+            if let Some(system) = body.get("system") {
+                total += PER_MESSAGE + block_tokens(system, &mut counter);
+            }
+            for m in body
+                .get("messages")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                total += PER_MESSAGE
+                    + m.get("content")
+                        .map_or(0, |c| block_tokens(c, &mut counter));
+            }
+            if let Some(v) = body.get("tools") {
+                total += counter.text(&v.to_string());
+            }
+            total
+        }
     }
 }
 
@@ -258,10 +350,20 @@ pub(crate) fn prompt_tokens_bounded(
 }
 
 /// The output tokens to reserve: `max_completion_tokens`, else `max_tokens`, else the
-/// model's configured estimate (none for embeddings).
+/// model's configured estimate (none for embeddings); for the Responses API
+/// `max_output_tokens`, for Messages `max_tokens`.
 pub(crate) fn output_tokens(endpoint: Endpoint, body: &Value, default: u64) -> u64 {
-    if endpoint == Endpoint::Embeddings {
-        return 0;
+    match endpoint {
+        Endpoint::Embeddings => return 0,
+        Endpoint::Responses | Endpoint::Messages => {
+            let key = if endpoint == Endpoint::Responses {
+                "max_output_tokens"
+            } else {
+                "max_tokens"
+            };
+            return body.get(key).and_then(Value::as_u64).unwrap_or(default);
+        }
+        Endpoint::Chat | Endpoint::Completions => {}
     }
     let n = body
         .get("n")
@@ -363,6 +465,36 @@ mod tests {
         assert_eq!(output_tokens(Endpoint::Chat, &body, 1024), 7);
         assert_eq!(output_tokens(Endpoint::Chat, &json!({}), 1024), 1024);
         assert_eq!(output_tokens(Endpoint::Embeddings, &body, 1024), 0);
+    }
+
+    #[test]
+    fn responses_and_messages_count_like_chat() {
+        let h = Tokenizer::Heuristic;
+        let r = json!({"instructions": "abcd", "input": "Hello, world!", "max_output_tokens": 9});
+        assert_eq!(
+            prompt_tokens(Endpoint::Responses, &r, h),
+            3 + (3 + 1) + (3 + 4)
+        );
+        assert_eq!(output_tokens(Endpoint::Responses, &r, 1024), 9);
+        assert_eq!(output_tokens(Endpoint::Responses, &json!({}), 1024), 1024);
+        let items = json!({"input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "abcdefgh"}, {"type": "input_image", "image_url": "u"}]},
+            {"type": "function_call", "name": "abcd", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": "abcdefgh"}]});
+        assert_eq!(
+            prompt_tokens(Endpoint::Responses, &items, h),
+            3 + (3 + 2 + 85) + (3 + 1 + 1) + (3 + 2)
+        );
+        let m = json!({"system": [{"type": "text", "text": "abcd"}], "max_tokens": 5, "messages": [
+            {"role": "user", "content": "Hello, world!"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "abcdefgh"}, {"type": "image", "source": {}}]}]});
+        assert_eq!(
+            prompt_tokens(Endpoint::Messages, &m, h),
+            // the tool use counts its name and its input (`{"a":1}`, 7 characters)
+            3 + (3 + 1) + (3 + 4) + (3 + 1 + 2) + (3 + 2 + 85)
+        );
+        assert_eq!(output_tokens(Endpoint::Messages, &m, 1024), 5);
     }
 
     #[test]

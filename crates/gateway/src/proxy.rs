@@ -17,7 +17,7 @@ use sluice_provider::{ErrorClass, classify};
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
-use crate::error::{ApiError, RateLimited, ratelimit_headers};
+use crate::error::{ApiError, ErrorShape, RateLimited, ratelimit_headers};
 use crate::estimate::{Endpoint, output_tokens, prompt_tokens_bounded};
 use crate::request;
 use crate::state::{Gateway, Inner, ModelState};
@@ -98,7 +98,8 @@ enum Failure {
     Unreachable(ApiError),
 }
 
-/// Serves `/v1/chat/completions`, `/v1/completions` and `/v1/embeddings`.
+/// Serves the metered APIs: `/v1/chat/completions`, `/v1/completions`,
+/// `/v1/embeddings`, `/v1/responses` and `/v1/messages`.
 pub(crate) async fn completions(
     gw: Gateway,
     endpoint: Endpoint,
@@ -145,7 +146,7 @@ pub(crate) async fn completions(
                 };
                 (
                     tenant,
-                    e.into_response(),
+                    e.render(ErrorShape::of(endpoint)),
                     model,
                     "none".to_owned(),
                     kind,
@@ -228,12 +229,15 @@ async fn serve(
             None,
         ));
     };
-    let stream = endpoint != Endpoint::Embeddings
-        && json.get("stream").and_then(Value::as_bool) == Some(true);
-    let client_usage = json
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        == Some(true);
+    let stream = endpoint.streams() && json.get("stream").and_then(Value::as_bool) == Some(true);
+    // Streams of chat and completions carry usage only when asked: ask for it, and
+    // strip it for a client that did not. The Responses and Messages streams always
+    // end with it.
+    let client_usage = !endpoint.usage_on_request()
+        || json
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            == Some(true);
 
     let t = inner.tenants.get(tenant);
     let mut max_wait = t
@@ -517,9 +521,17 @@ async fn serve(
                     raw_prompt,
                 };
                 let spans = (request_span.clone(), up_span.clone());
-                let response = success(model, upstream, stream, needs_usage, settle, spans)
-                    .instrument(up_span)
-                    .await;
+                let response = success(
+                    model,
+                    upstream,
+                    endpoint,
+                    stream,
+                    needs_usage,
+                    settle,
+                    spans,
+                )
+                .instrument(up_span)
+                .await;
                 return Ok(Done {
                     tenant: Some(tenant),
                     response,
@@ -900,6 +912,7 @@ fn passthrough(
 async fn success(
     model: &ModelState,
     upstream: reqwest::Response,
+    endpoint: Endpoint,
     stream: bool,
     strip_usage: bool,
     settle: Settle,
@@ -926,6 +939,7 @@ async fn success(
     let body = if stream && is_sse {
         Body::from_stream(SseRelay::new(
             Box::pin(upstream.bytes_stream()),
+            endpoint,
             strip_usage,
             model.provider,
             settle,
@@ -934,7 +948,7 @@ async fn success(
     } else {
         match upstream.bytes().await {
             Ok(bytes) => {
-                settle_traced(settle, usage_in(&bytes), &spans.0);
+                settle_traced(settle, usage_in(endpoint, &bytes), &spans.0);
                 Body::from(bytes)
             }
             Err(e) => {

@@ -258,6 +258,54 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8]) -> Result<(Value, String), 
             None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
             Some(other) => return Err(wrong_type("prompt", "a string or an array", other)),
         },
+        Endpoint::Responses => match obj.get("input") {
+            None | Some(Value::Null) => {
+                return Err(bad(
+                    "Missing required parameter: `input`.",
+                    "input",
+                    "missing_required_parameter",
+                ));
+            }
+            Some(Value::String(_)) => {}
+            Some(Value::Array(items)) => {
+                if let Some(i) = items.iter().position(|m| !m.is_object()) {
+                    return Err(bad(
+                        format!("Invalid type for `input[{i}]`: expected an object."),
+                        "input",
+                        "invalid_type",
+                    ));
+                }
+            }
+            Some(other) => return Err(wrong_type("input", "a string or an array", other)),
+        },
+        Endpoint::Messages => {
+            match obj.get("messages") {
+                Some(Value::Array(m)) if !m.is_empty() => {
+                    if let Some(i) = m.iter().position(|m| !m.is_object()) {
+                        return Err(bad(
+                            format!("Invalid type for `messages[{i}]`: expected an object."),
+                            "messages",
+                            "invalid_type",
+                        ));
+                    }
+                }
+                None | Some(Value::Null) | Some(Value::Array(_)) => {
+                    return Err(bad(
+                        "messages: at least one message is required.",
+                        "messages",
+                        "missing_required_parameter",
+                    ));
+                }
+                Some(other) => return Err(wrong_type("messages", "an array", other)),
+            }
+            if obj.get("max_tokens").is_none_or(Value::is_null) {
+                return Err(bad(
+                    "max_tokens: Field required.",
+                    "max_tokens",
+                    "missing_required_parameter",
+                ));
+            }
+        }
         Endpoint::Embeddings => match obj.get("input") {
             None | Some(Value::Null) => {
                 return Err(bad(
@@ -272,6 +320,7 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8]) -> Result<(Value, String), 
     }
     count(obj, "max_tokens")?;
     count(obj, "max_completion_tokens")?;
+    count(obj, "max_output_tokens")?;
     if let Some(n) = count(obj, "n")?
         && !(1..=MAX_N).contains(&n)
     {

@@ -141,6 +141,20 @@ impl Gateway {
                     proxy::completions(g, Endpoint::Embeddings, "/embeddings", parts.headers, body)
                 }),
             )
+            .route(
+                "/v1/responses",
+                post(|State(g): State<Gateway>, req: Request| {
+                    let (parts, body) = req.into_parts();
+                    proxy::completions(g, Endpoint::Responses, "/responses", parts.headers, body)
+                }),
+            )
+            .route(
+                "/v1/messages",
+                post(|State(g): State<Gateway>, req: Request| {
+                    let (parts, body) = req.into_parts();
+                    proxy::completions(g, Endpoint::Messages, "/messages", parts.headers, body)
+                }),
+            )
             .route("/v1/models", get(models))
             .route("/v1/quotas", get(quotas))
             .route(

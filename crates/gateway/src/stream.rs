@@ -18,8 +18,9 @@ use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use sluice_provider::{Provider, classify_stream_error};
 
+use crate::estimate::Endpoint;
 use crate::telemetry::SPANS;
-use crate::usage::{Settle, Usage};
+use crate::usage::{Settle, StreamUsage, Usage};
 
 type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
@@ -37,7 +38,7 @@ pub(crate) struct SseRelay {
     lf_pending: bool,
     strip_usage: bool,
     provider: Provider,
-    usage: Option<Usage>,
+    usage: StreamUsage,
     settle: Option<Settle>,
     ended: bool,
     /// The `request` and `upstream` spans, kept open until the stream ends.
@@ -65,6 +66,7 @@ pub(crate) fn settle_traced(settle: Settle, usage: Option<Usage>, parent: &traci
 impl SseRelay {
     pub(crate) fn new(
         upstream: Upstream,
+        endpoint: Endpoint,
         strip_usage: bool,
         provider: Provider,
         settle: Settle,
@@ -78,7 +80,7 @@ impl SseRelay {
             lf_pending: false,
             strip_usage,
             provider,
-            usage: None,
+            usage: StreamUsage::new(endpoint),
             settle: Some(settle),
             ended: false,
             spans,
@@ -167,16 +169,7 @@ impl SseRelay {
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(data) else {
             return true;
         };
-        let Some(usage) = json.get("usage").filter(|u| u.is_object()) else {
-            return true;
-        };
-        if let Ok(u) = serde_json::from_value::<Usage>(usage.clone()) {
-            self.usage = Some(u);
-        }
-        let usage_only = json
-            .get("choices")
-            .and_then(|c| c.as_array())
-            .is_some_and(|c| c.is_empty());
+        let usage_only = self.usage.observe(&json);
         !(self.strip_usage && usage_only)
     }
 }
@@ -184,7 +177,7 @@ impl SseRelay {
 impl Drop for SseRelay {
     fn drop(&mut self) {
         if let Some(settle) = self.settle.take() {
-            settle_traced(settle, self.usage, &self.spans.0);
+            settle_traced(settle, self.usage.usage(), &self.spans.0);
         }
     }
 }
@@ -201,7 +194,7 @@ impl Stream for SseRelay {
             if this.ended {
                 if this.buf.is_empty() {
                     if let Some(settle) = this.settle.take() {
-                        settle_traced(settle, this.usage, &this.spans.0);
+                        settle_traced(settle, this.usage.usage(), &this.spans.0);
                     }
                     return Poll::Ready(None);
                 }
@@ -356,7 +349,7 @@ mod tests {
             lf_pending: false,
             strip_usage,
             provider: Provider::OpenAi,
-            usage: None,
+            usage: StreamUsage::new(Endpoint::Chat),
             settle: None,
             ended: false,
             spans: (tracing::Span::none(), tracing::Span::none()),
@@ -373,7 +366,7 @@ mod tests {
             }
             out
         });
-        (pieces, r.usage)
+        (pieces, r.usage.usage())
     }
 
     const CONTENT: &str = r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}]}"#;
@@ -510,7 +503,7 @@ mod tests {
             format!("{huge}\n\ndata: [DONE]\n\n").as_bytes(),
             "after the huge event, framing resumes: the usage chunk is read and stripped"
         );
-        assert!(r.usage.is_some());
+        assert!(r.usage.usage().is_some());
     }
 
     #[test]

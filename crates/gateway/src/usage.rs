@@ -5,6 +5,7 @@ use serde::Deserialize;
 use sluice_limiter::{Cost, Reservation, Store};
 use tracing::Instrument;
 
+use crate::estimate::Endpoint;
 use crate::state::Gateway;
 
 /// The `usage` object of an answer (OpenAI shape; native DashScope names accepted).
@@ -16,14 +17,127 @@ pub(crate) struct Usage {
     pub(crate) completion_tokens: u64,
 }
 
-#[derive(Deserialize)]
-struct WithUsage {
-    usage: Option<Usage>,
+/// Anthropic's `usage`: what counts towards its input budget is `input_tokens` plus
+/// `cache_creation_input_tokens` (cache reads do not, for current models).
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+struct AnthropicUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
 }
 
-/// The usage in a JSON answer body, if any.
-pub(crate) fn usage_in(body: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<WithUsage>(body).ok()?.usage
+impl AnthropicUsage {
+    fn input(&self) -> Option<u64> {
+        self.input_tokens
+            .map(|i| i.saturating_add(self.cache_creation_input_tokens.unwrap_or(0)))
+    }
+}
+
+#[derive(Deserialize)]
+struct WithUsage<U> {
+    usage: Option<U>,
+}
+
+/// The usage in a JSON answer body of `endpoint`, if any.
+pub(crate) fn usage_in(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
+    if endpoint == Endpoint::Messages {
+        let u = serde_json::from_slice::<WithUsage<AnthropicUsage>>(body)
+            .ok()?
+            .usage?;
+        return Some(Usage {
+            prompt_tokens: u.input()?,
+            completion_tokens: u.output_tokens?,
+        });
+    }
+    serde_json::from_slice::<WithUsage<Usage>>(body).ok()?.usage
+}
+
+/// The usage a streamed answer of `endpoint` reports, read event by event:
+/// - chat and completions: the `usage` of a chunk (the one `include_usage` adds);
+/// - Responses: `response.usage` of the closing `response.completed`,
+///   `response.incomplete` or `response.failed` event;
+/// - Messages: the input side from `message_start`'s `message.usage`, the output from
+///   the last `message_delta`'s `usage.output_tokens` (both needed).
+#[derive(Debug, Default)]
+pub(crate) struct StreamUsage {
+    endpoint: Option<Endpoint>,
+    input: Option<u64>,
+    output: Option<u64>,
+}
+
+impl StreamUsage {
+    pub(crate) fn new(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint: Some(endpoint),
+            ..Self::default()
+        }
+    }
+
+    /// Reads one event's JSON data; returns whether it was a usage-only chat chunk
+    /// (one a client that did not ask for usage must not see).
+    pub(crate) fn observe(&mut self, json: &serde_json::Value) -> bool {
+        let field =
+            |v: &serde_json::Value, key: &str| v.get(key).and_then(serde_json::Value::as_u64);
+        match self.endpoint.unwrap_or(Endpoint::Chat) {
+            Endpoint::Responses => {
+                let closing = matches!(
+                    json.get("type").and_then(serde_json::Value::as_str),
+                    Some("response.completed" | "response.incomplete" | "response.failed")
+                );
+                if let Some(u) = json.pointer("/response/usage").filter(|_| closing) {
+                    self.input = field(u, "input_tokens");
+                    self.output = field(u, "output_tokens");
+                }
+                false
+            }
+            Endpoint::Messages => {
+                match json.get("type").and_then(serde_json::Value::as_str) {
+                    Some("message_start") => {
+                        if let Some(u) = json.pointer("/message/usage") {
+                            let u: AnthropicUsage =
+                                serde_json::from_value(u.clone()).unwrap_or_default();
+                            self.input = u.input();
+                        }
+                    }
+                    Some("message_delta") => {
+                        if let Some(u) = json.get("usage") {
+                            let u: AnthropicUsage =
+                                serde_json::from_value(u.clone()).unwrap_or_default();
+                            if let Some(input) = u.input() {
+                                self.input = Some(input);
+                            }
+                            self.output = u.output_tokens.or(self.output);
+                        }
+                    }
+                    _ => {}
+                }
+                false
+            }
+            Endpoint::Chat | Endpoint::Completions | Endpoint::Embeddings => {
+                let Some(usage) = json.get("usage").filter(|u| u.is_object()) else {
+                    return false;
+                };
+                if let Ok(u) = serde_json::from_value::<Usage>(usage.clone()) {
+                    self.input = Some(u.prompt_tokens);
+                    self.output = Some(u.completion_tokens);
+                }
+                json.get("choices")
+                    .and_then(|c| c.as_array())
+                    .is_some_and(|c| c.is_empty())
+            }
+        }
+    }
+
+    /// The usage, once both sides are known.
+    pub(crate) fn usage(&self) -> Option<Usage> {
+        Some(Usage {
+            prompt_tokens: self.input?,
+            completion_tokens: self.output?,
+        })
+    }
 }
 
 /// What one request settles when its answer is known.
@@ -93,6 +207,7 @@ mod tests {
 
     #[test]
     fn usage_in_either_naming() {
+        let usage_in = |b: &[u8]| super::usage_in(Endpoint::Chat, b);
         assert_eq!(
             usage_in(br#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#),
             Some(Usage {
@@ -109,5 +224,61 @@ mod tests {
         );
         assert_eq!(usage_in(br#"{"usage":null}"#), None);
         assert_eq!(usage_in(b"not json"), None);
+    }
+
+    #[test]
+    fn anthropic_usage_counts_cache_writes_not_reads() {
+        let body = br#"{"usage":{"input_tokens":10,"cache_creation_input_tokens":5,"cache_read_input_tokens":100,"output_tokens":4}}"#;
+        assert_eq!(
+            usage_in(Endpoint::Messages, body),
+            Some(Usage {
+                prompt_tokens: 15,
+                completion_tokens: 4
+            })
+        );
+        assert_eq!(
+            usage_in(Endpoint::Messages, br#"{"usage":{"output_tokens":4}}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn stream_usage_per_endpoint() {
+        use serde_json::json;
+        let mut m = StreamUsage::new(Endpoint::Messages);
+        m.observe(&json!({"type":"message_start","message":{"usage":{"input_tokens":10,"cache_creation_input_tokens":2,"output_tokens":1}}}));
+        assert_eq!(m.usage().map(|u| u.completion_tokens), Some(1));
+        m.observe(&json!({"type":"content_block_delta","delta":{"text":"x"}}));
+        m.observe(&json!({"type":"message_delta","usage":{"output_tokens":7}}));
+        assert_eq!(
+            m.usage(),
+            Some(Usage {
+                prompt_tokens: 12,
+                completion_tokens: 7
+            })
+        );
+        let mut cut = StreamUsage::new(Endpoint::Messages);
+        cut.observe(&json!({"type":"message_delta","usage":{"output_tokens":7}}));
+        assert_eq!(cut.usage(), None, "no input side: the estimate stands");
+
+        let mut r = StreamUsage::new(Endpoint::Responses);
+        // A usage-looking field elsewhere is not the response's usage.
+        r.observe(&json!({"type":"response.output_text.delta","response":{"usage":{"input_tokens":1,"output_tokens":1}}}));
+        assert_eq!(r.usage(), None);
+        r.observe(&json!({"type":"response.completed","response":{"usage":{"input_tokens":9,"output_tokens":3}}}));
+        assert_eq!(
+            r.usage(),
+            Some(Usage {
+                prompt_tokens: 9,
+                completion_tokens: 3
+            })
+        );
+
+        let mut c = StreamUsage::new(Endpoint::Chat);
+        assert!(
+            c.observe(&json!({"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3}}))
+        );
+        assert!(!c.observe(&json!({"choices":[{"delta":{}}],"usage":null})));
+        assert_eq!(c.usage().map(|u| u.prompt_tokens), Some(2));
     }
 }

@@ -13,6 +13,7 @@ mod e2e_fleet;
 mod faults;
 mod flow;
 mod http_fuzz;
+mod native_apis;
 mod routes;
 mod safe_defaults;
 mod secrets;

@@ -1,0 +1,340 @@
+//! The Responses API and Anthropic's Messages API are metered exactly like chat
+//! (issue #13): estimated, reserved, forwarded, reconciled from the provider's own
+//! usage (streamed or not), refused honestly in their own error shape, and shared by a
+//! fleet so that the provider refuses nothing.
+
+use std::time::{Duration, Instant};
+
+use sluice_sim::config::Dialect;
+use sluice_testkit::RedisServer;
+
+use crate::support::*;
+
+/// `POST {base}{path}` with `body`; Messages requests carry what Anthropic's SDK sends.
+async fn post(c: &reqwest::Client, base: &str, path: &str, body: serde_json::Value) -> Answer {
+    let mut req = c.post(format!("{base}{path}")).json(&body);
+    if path == "/v1/messages" {
+        req = req
+            .header("x-api-key", "unused")
+            .header("anthropic-version", "2023-06-01");
+    }
+    let resp = req.send().await.expect("the gateway answers");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.text().await.unwrap_or_default();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn respond(model: &str, max: u64, stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": model, "instructions": "Be brief.",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "Say something short about rate limits."}]}],
+        "max_output_tokens": max, "stream": stream})
+}
+
+fn message(model: &str, max: u64, stream: bool) -> serde_json::Value {
+    serde_json::json!({"model": model, "system": "Be brief.", "max_tokens": max, "stream": stream,
+        "messages": [{"role": "user", "content": "Say something short about rate limits."}]})
+}
+
+/// The simulator's counts of `model` on the account that served it.
+fn sim_counts(sim: &sluice_sim::SimHandle, model: &str) -> sluice_sim::stats::ModelReport {
+    sim.sim()
+        .stats()
+        .accounts
+        .values()
+        .filter_map(|a| a.models.get(model).cloned())
+        .max_by_key(|r| r.accepted + r.refused_total())
+        .expect("the simulator serves the model")
+}
+
+fn config(sim: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "oai"
+base_url = "{sim}"
+keys = ["sk-oai"]
+[[upstreams]]
+name = "claude"
+base_url = "{sim}"
+dialect = "anthropic"
+keys = ["sk-ant"]
+[[models]]
+name = "resp-m"
+upstream = "oai"
+limits = [{{ requests = 1000, per = "60s" }}, {{ tokens = 1000000, per = "60s" }}]
+[[models]]
+name = "claude-m"
+upstream = "claude"
+limits = [{{ requests = 1000, per = "60s" }}, {{ tokens = 1000000, per = "60s" }}]
+{extra}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_and_messages_reconcile_to_the_providers_usage_streamed_or_not() {
+    let sim = sim(
+        vec![
+            sim_model("resp-m", 1000, 1_000_000, Duration::from_secs(60)),
+            ModelConfigExt::anthropic(sim_model(
+                "claude-m",
+                1000,
+                1_000_000,
+                Duration::from_secs(60),
+            )),
+        ],
+        &[],
+    )
+    .await;
+    let gw = gateway(&config(&sim.base_url(), "")).await;
+    let c = client();
+    for stream in [false, true] {
+        let a = post(&c, &gw, "/v1/responses", respond("resp-m", 12, stream)).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        if stream {
+            assert!(a.body.contains("event: response.incomplete"), "{}", a.body);
+            assert!(
+                a.body.contains("\"input_tokens\""),
+                "the usage reaches the client: {}",
+                a.body
+            );
+        } else {
+            let b: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+            assert_eq!(b["usage"]["output_tokens"], 12, "{b}");
+        }
+        let a = post(&c, &gw, "/v1/messages", message("claude-m", 9, stream)).await;
+        assert_eq!(a.status, 200, "{a:?}");
+        if stream {
+            assert!(a.body.contains("event: message_stop"), "{}", a.body);
+        } else {
+            let b: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+            assert_eq!(b["usage"]["output_tokens"], 9, "{b}");
+        }
+    }
+    for (model, kinds) in [("resp-m", 2u64), ("claude-m", 2)] {
+        let r = sim_counts(&sim, model);
+        assert_eq!(r.accepted, kinds, "{model}: {r:?}");
+        let url = gw.clone();
+        let (c2, want) = (c.clone(), r.prompt_tokens + r.completion_tokens);
+        let reconciled = eventually(Duration::from_secs(10), || {
+            let (c, url) = (c2.clone(), url.clone());
+            async move {
+                let model_label = format!("model=\"{model}\"");
+                metric(
+                    &c,
+                    &url,
+                    "sluice_tokens_total",
+                    &[&model_label, "source=\"actual\""],
+                )
+                .await
+                    == want as f64
+            }
+        })
+        .await;
+        assert!(
+            reconciled,
+            "{model}: the actual tokens counted are the sim's {want}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_bad_requests_on_messages_are_anthropic_shaped() {
+    let sim = sim(
+        vec![ModelConfigExt::anthropic(sim_model(
+            "claude-m",
+            1000,
+            1_000_000,
+            Duration::from_secs(60),
+        ))],
+        &[],
+    )
+    .await;
+    let toml = config(&sim.base_url(), "")
+        .replace(
+            "name = \"claude-m\"\nupstream = \"claude\"\nlimits = [{ requests = 1000, per = \"60s\" }, { tokens = 1000000, per = \"60s\" }]",
+            "name = \"claude-m\"\nupstream = \"claude\"\nlimits = [{ requests = 1, per = \"60s\" }]",
+        );
+    assert!(toml.contains("requests = 1,"), "{toml}");
+    let gw = gateway(&toml).await;
+    let c = client();
+    let mut no_max = message("claude-m", 8, false);
+    no_max.as_object_mut().unwrap().remove("max_tokens");
+    let a = post(&c, &gw, "/v1/messages", no_max).await;
+    assert_eq!(a.status, 400, "{a:?}");
+    let b: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(b["type"], "error", "{b}");
+    assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_tokens")
+    );
+    assert_eq!(
+        post(&c, &gw, "/v1/messages", message("claude-m", 8, false))
+            .await
+            .status,
+        200
+    );
+    let refused = post(&c, &gw, "/v1/messages", message("claude-m", 8, false)).await;
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert!(refused.headers.contains_key("retry-after"));
+    let b: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(b["error"]["type"], "rate_limit_error", "{b}");
+    // The Responses API keeps OpenAI's shape.
+    let a = post(
+        &c,
+        &gw,
+        "/v1/responses",
+        serde_json::json!({"model": "resp-m"}),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    let b: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(b["error"]["param"], "input", "{b}");
+    assert_eq!(
+        sim_counts(&sim, "claude-m").accepted,
+        1,
+        "the refusal never reached the provider"
+    );
+}
+
+/// Three gateways on one Redis, one account whose token limit binds, closed-loop
+/// clients well above it through `path`: the provider refuses nothing, and the fleet
+/// uses most of the window.
+async fn fleet_through(path: &'static str) {
+    let redis = RedisServer::start();
+    let per = Duration::from_secs(3);
+    // 4,000 tokens per 3 s: about 45 requests of ~88 tokens, far fewer than the 1,000
+    // requests allowed, so tokens bind.
+    let mut model = sim_model("fleet-m", 1000, 4000, per);
+    if path == "/v1/messages" {
+        model = ModelConfigExt::anthropic(model);
+    }
+    let sim = sim(vec![model], &[]).await;
+    let upstream = if path == "/v1/messages" {
+        "claude"
+    } else {
+        "oai"
+    };
+    let toml = format!(
+        r#"
+[store]
+redis_url = "{redis}"
+expected_replicas = 3
+[[upstreams]]
+name = "oai"
+base_url = "{base}"
+keys = ["sk-fleet"]
+[[upstreams]]
+name = "claude"
+base_url = "{base}"
+dialect = "anthropic"
+keys = ["sk-fleet"]
+[[models]]
+name = "fleet-m"
+upstream = "{upstream}"
+limits = [{{ requests = 1000, per = "3s" }}, {{ tokens = 4000, per = "3s" }}]
+[queue]
+max_wait = "2s"
+"#,
+        redis = redis.url(),
+        base = sim.base_url()
+    );
+    let gateways: Vec<GatewayProcess> = (0..3).map(|_| GatewayProcess::start(&toml)).collect();
+    let c = client();
+    let body = move |i: usize| {
+        let stream = i.is_multiple_of(2);
+        if path == "/v1/messages" {
+            message("fleet-m", 64, stream)
+        } else {
+            respond("fleet-m", 64, stream)
+        }
+    };
+    let run = Duration::from_secs(9);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..9usize {
+        let (c, url) = (c.clone(), gateways[i % 3].url.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut other) = (0u64, Vec::new());
+            let mut n = 0usize;
+            while started.elapsed() < run {
+                let a = post(&c, &url, path, body(n)).await;
+                n += 1;
+                match a.status {
+                    200 => ok += 1,
+                    429 => {
+                        assert!(a.headers.contains_key("retry-after"), "{a:?}");
+                        // Honour the wait, bounded so the loop stays closed.
+                        let ms: u64 = a
+                            .headers
+                            .get("retry-after-ms")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(1000);
+                        tokio::time::sleep(Duration::from_millis(ms.min(1000))).await;
+                    }
+                    _ => other.push(a),
+                }
+            }
+            (ok, other)
+        }));
+    }
+    let mut served = 0;
+    for t in tasks {
+        let (ok, other) = t.await.unwrap();
+        assert!(
+            other.is_empty(),
+            "answers other than 200 and 429: {other:?}"
+        );
+        served += ok;
+    }
+    let r = sim_counts(&sim, "fleet-m");
+    assert_eq!(
+        r.refused_total(),
+        0,
+        "{path}: the provider refused {:?} of {} requests",
+        r.refused,
+        r.accepted
+    );
+    assert_eq!(
+        r.accepted, served,
+        "every served request reached the provider once"
+    );
+    // Nine seconds are three windows of 4,000 tokens: most of it used.
+    let used = (r.prompt_tokens + r.completion_tokens) as f64 / (3.0 * 4000.0);
+    assert!(used >= 0.6, "{path}: only {used:.2} of three windows used");
+    eprintln!(
+        "{path}: {} served, {used:.2} of the token quota, 0 refused upstream",
+        r.accepted
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_gateways_share_one_token_quota_through_the_responses_api() {
+    fleet_through("/v1/responses").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_gateways_share_one_token_quota_through_the_messages_api() {
+    fleet_through("/v1/messages").await;
+}
+
+/// Sets a simulated model's dialect to Anthropic's.
+trait ModelConfigExt {
+    fn anthropic(self) -> Self;
+}
+
+impl ModelConfigExt for sluice_sim::config::ModelConfig {
+    fn anthropic(mut self) -> Self {
+        self.dialect = Dialect::Anthropic;
+        self
+    }
+}
