@@ -24,6 +24,7 @@ mod routes;
 mod state;
 mod stream;
 mod telemetry;
+mod upstream;
 mod usage;
 
 use std::future::Future;
@@ -32,6 +33,7 @@ pub use error::StartError;
 pub use sluice_config as config;
 pub use state::Gateway;
 pub use telemetry::{Telemetry, init_logs};
+pub use upstream::presented_key;
 
 /// Serves `gateway` on `listener` until `shutdown` resolves, then stops accepting and
 /// waits for in-flight requests (streams included) for up to the configured

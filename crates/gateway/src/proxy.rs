@@ -23,6 +23,7 @@ use crate::request;
 use crate::state::{Gateway, Inner, ModelState};
 use crate::stream::{SseRelay, settle_traced};
 use crate::telemetry::{self, SPANS};
+use crate::upstream::{self, presented_key};
 use crate::usage::{Settle, reconcile, usage_in};
 
 /// Headers never copied from an upstream answer.
@@ -57,21 +58,15 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
         })
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        return Some(
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .unwrap_or(v)
-                .trim(),
-        );
+/// The client headers passed upstream ([`FORWARD`]); never its credentials.
+fn forwarded(headers: &HeaderMap) -> HeaderMap {
+    let mut forward = HeaderMap::new();
+    for h in FORWARD {
+        if let Some(v) = headers.get(*h) {
+            forward.insert(*h, v.clone());
+        }
     }
-    ["api-key", "x-api-key"]
-        .iter()
-        .find_map(|h| headers.get(*h)?.to_str().ok())
+    forward
 }
 
 fn jitter(inner: &Inner, attempt: u32) -> Duration {
@@ -209,7 +204,7 @@ async fn serve(
     let inner = &*gw.inner;
     // `serve` runs inside the `request` span.
     let request_span = Span::current();
-    let Some(tenant) = inner.tenant(bearer(headers)) else {
+    let Some(tenant) = inner.tenant(presented_key(headers)) else {
         return Err((None, "none".into(), ApiError::Unauthorized, None));
     };
     let refuse = |e: ApiError| (Some(tenant), "none".to_owned(), e, None);
@@ -250,12 +245,7 @@ async fn serve(
     let weight = t.map_or(1, |t| t.weight);
     let deadline = started + max_wait;
 
-    let mut forward = HeaderMap::new();
-    for h in FORWARD {
-        if let Some(v) = headers.get(*h) {
-            forward.insert(*h, v.clone());
-        }
-    }
+    let mut forward = forwarded(headers);
     forward
         .entry(http::header::CONTENT_TYPE)
         .or_insert(HeaderValue::from_static("application/json"));
@@ -438,13 +428,7 @@ async fn serve(
                 metrics::gauge!("sluice_headroom", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "limit" => r.limit.to_string()).set(r.remaining as f64);
             }
 
-            let mut url = String::with_capacity(model.base_url.len() + path.len() + 32);
-            url.push_str(&model.base_url);
-            url.push_str(path);
-            if let Some(v) = &model.api_version {
-                url.push_str("?api-version=");
-                url.push_str(v);
-            }
+            let url = upstream::url(model, path, None);
             let up_span = tracing::trace_span!(
                 target: SPANS,
                 "upstream",
@@ -461,15 +445,12 @@ async fn serve(
             );
             let mut up_headers = forward.clone();
             telemetry::inject(&up_span, &mut up_headers);
-            let sent = inner
-                .client
-                .post(url)
-                .headers(up_headers)
-                .header(account.auth.0.clone(), account.auth.1.clone())
-                .body(upstream_body.clone())
-                .send()
-                .instrument(up_span.clone())
-                .await;
+            let sent =
+                upstream::request(&inner.client, Method::POST, url, model, account, up_headers)
+                    .body(upstream_body.clone())
+                    .send()
+                    .instrument(up_span.clone())
+                    .await;
             let upstream = match sent {
                 Ok(u) => u,
                 Err(e) => {
@@ -994,7 +975,7 @@ pub(crate) async fn other(
         }
         .into_response();
     }
-    let Some(tenant) = inner.tenant(bearer(&headers)) else {
+    let Some(tenant) = inner.tenant(presented_key(&headers)) else {
         return ApiError::Unauthorized.into_response();
     };
     let header_wait = match request::header_max_wait(&headers) {
@@ -1073,21 +1054,16 @@ pub(crate) async fn other(
     let res = waiting.sent();
     let account = &model.accounts[res.candidate];
     let suffix = uri.path().strip_prefix("/v1").unwrap_or(uri.path());
-    let mut url = format!("{}{}", model.base_url, suffix);
-    if let Some(q) = uri.query() {
-        url.push('?');
-        url.push_str(q);
-    }
-    let mut req = inner
-        .client
-        .request(method, url)
-        .header(account.auth.0.clone(), account.auth.1.clone())
-        .body(body);
-    for h in FORWARD {
-        if let Some(v) = headers.get(*h) {
-            req = req.header(*h, v.clone());
-        }
-    }
+    let url = upstream::url(model, suffix, uri.query());
+    let req = upstream::request(
+        &inner.client,
+        method,
+        url,
+        model,
+        account,
+        forwarded(&headers),
+    )
+    .body(body);
     metrics::counter!("sluice_requests_total", "model" => model.cfg.name.clone(), "tenant" => inner.tenant_name(tenant).to_owned(), "account" => account.name.clone(), "outcome" => "passthrough").increment(1);
     match req.send().await {
         Ok(up) => {

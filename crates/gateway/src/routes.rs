@@ -88,7 +88,7 @@ impl Gateway {
     /// refusal to answer: 401 when an admin key is configured, 404 when none is (metrics
     /// are then served only on loopback).
     pub fn metrics_refusal(&self, headers: &HeaderMap, open: bool) -> Option<Response> {
-        if open || self.is_admin(bearer_token(headers)) {
+        if open || self.is_admin(crate::upstream::presented_key(headers)) {
             return None;
         }
         Some(if self.inner.admin_digest.is_none() {
@@ -194,14 +194,6 @@ async fn limit_in_flight(
     Response::from_parts(parts, Body::from_stream(stream))
 }
 
-/// The token of `Authorization: Bearer <token>` (or of a bare `Authorization: <token>`).
-fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim())
-}
-
 /// `GET /v1/quotas`: every model × account as the shared store holds it.
 ///
 /// Callers authenticate as for the API (a tenant key when `[[tenants]]` are configured)
@@ -209,7 +201,7 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 /// provider's own words (why an account is out of rotation, a store error) are shown
 /// only to the admin key; tenants see the state (`disabled`) without the reason.
 async fn quotas(State(g): State<Gateway>, headers: HeaderMap) -> Response {
-    let token = bearer_token(&headers);
+    let token = crate::upstream::presented_key(&headers);
     let admin = g.is_admin(token);
     if !admin && g.inner.tenant(token).is_none() {
         return admin_error(
@@ -228,7 +220,7 @@ async fn quotas(State(g): State<Gateway>, headers: HeaderMap) -> Response {
 /// `GET /v1/quotas` on an admin listener: the full view, to anyone when `open`, else to
 /// the admin key.
 async fn admin_quotas(g: State<Gateway>, headers: HeaderMap, open: bool) -> Response {
-    if !open && !g.is_admin(bearer_token(&headers)) {
+    if !open && !g.is_admin(crate::upstream::presented_key(&headers)) {
         return admin_error(
             StatusCode::UNAUTHORIZED,
             "Invalid admin key.",
@@ -261,7 +253,7 @@ async fn enable(
             "admin_disabled",
         );
     }
-    if !g.is_admin(bearer_token(&headers)) {
+    if !g.is_admin(crate::upstream::presented_key(&headers)) {
         return admin_error(
             StatusCode::UNAUTHORIZED,
             "Invalid admin key.",

@@ -288,21 +288,21 @@ impl Gateway {
         let m = &inner.models[*inner.by_name.get(model)?];
         let i = m.accounts.iter().position(|a| a.name == account)?;
         let a = &m.accounts[i];
-        let mut url = format!("{}/chat/completions", m.base_url);
-        if let Some(v) = &m.api_version {
-            url.push_str("?api-version=");
-            url.push_str(v);
-        }
-        let body = serde_json::json!({"model": m.cfg.upstream_model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1});
-        let resp = inner
-            .client
-            .post(url)
-            .header(a.auth.0.clone(), a.auth.1.clone())
-            .json(&body)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .ok()?;
+        let (path, body) = crate::upstream::probe(m);
+        let url = crate::upstream::url(m, path, None);
+        let resp = crate::upstream::request(
+            &inner.client,
+            http::Method::POST,
+            url,
+            m,
+            a,
+            HeaderMap::new(),
+        )
+        .json(&body)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .ok()?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let bytes = resp.bytes().await.ok()?.to_vec();

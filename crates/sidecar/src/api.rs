@@ -65,11 +65,8 @@ pub(crate) fn admin_router(state: Arc<State>, open: bool) -> Router {
 /// no `[[tenants]]` are configured); `None` for a missing or unknown key (answer
 /// [`unauthenticated`]).
 fn authenticate(s: &State, headers: &http::HeaderMap) -> Option<String> {
-    let token = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim());
-    s.gw.tenant_for(token).map(str::to_owned)
+    s.gw.tenant_for(sluice_gateway::presented_key(headers))
+        .map(str::to_owned)
 }
 
 /// The 401 of a caller without a valid tenant key.
