@@ -13,6 +13,7 @@
 //! estimate, per-model `fair` gate, `acquire`, sleep until the slot, forward) →
 //! `stream`/`usage` (relay, reconcile, learn, count).
 
+mod decide;
 mod error;
 mod estimate;
 mod fair;

@@ -13,10 +13,11 @@ use sluice_limiter::{
     Cost, Decision, LimitError, LimitId, RefusalReason, ReleaseOutcome, Remaining, Reservation,
     StateChange, Store,
 };
-use sluice_provider::{ErrorClass, classify};
+use sluice_provider::classify;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
+use crate::decide::{AccountAction, Attempt, Then, decide};
 use crate::error::{ApiError, ErrorShape, RateLimited, ratelimit_headers};
 use crate::estimate::{Endpoint, output_tokens, prompt_tokens_bounded};
 use crate::request;
@@ -286,8 +287,9 @@ async fn serve(
             output_tokens(endpoint, &json, model.cfg.output_estimate),
         );
 
+        let max_attempts = inner.config.retry.max_attempts.get();
         let mut attempt = 0u32;
-        while attempt < inner.config.retry.max_attempts.get() {
+        while attempt < max_attempts {
             let queue_span = tracing::trace_span!(
                 target: SPANS,
                 "queue_wait",
@@ -472,14 +474,18 @@ async fn serve(
                         timeout: e.is_timeout(),
                     });
                     drop(up_span);
-                    if e.is_timeout() {
-                        // The provider may still be working on it (and charging for
-                        // it): another attempt could double the spend and the wait.
-                        break 'models;
-                    }
                     attempt += 1;
-                    backoff(inner, attempt, deadline).await;
-                    continue;
+                    let what = Attempt::Unanswered {
+                        timeout: e.is_timeout(),
+                    };
+                    match decide(what, attempt, max_attempts).then {
+                        Then::GiveUp => break 'models,
+                        Then::Retry { .. } => {
+                            backoff(inner, attempt, deadline).await;
+                            continue;
+                        }
+                        Then::Fallback | Then::Return => continue 'models,
+                    }
                 }
             };
             let status = upstream.status();
@@ -554,34 +560,73 @@ async fn serve(
                 Bytes::from(bytes.to_vec()),
                 &model.model_header,
             );
-            if c.class.disables_account() {
-                let reason = format!(
+            // Issue #12: one answer never takes the last live account out of rotation
+            // (see `decide`); the recalibrator disables it when a second refusal from
+            // another answer corroborates it (`sluice_recalibrate::Corroboration`).
+            let last_live = c.class.disables_account()
+                && sluice_recalibrate::is_last_live(
+                    &inner.limiter,
+                    &model.keys,
+                    &model.quota,
+                    &key,
+                )
+                .await;
+            attempt += 1;
+            let what = Attempt::Refused {
+                class: c.class,
+                should_retry: c.should_retry,
+                retry_after: c.retry_after,
+                last_live,
+            };
+            let decision = decide(what, attempt, max_attempts);
+            let reason = || {
+                format!(
                     "{} (HTTP {}) on {}",
                     c.class.as_str(),
                     status.as_u16(),
                     account.name
-                );
-                // Issue #12: one answer never takes the last live account out of
-                // rotation. In-band, the last one is only cooled down and the refusal
-                // passed on without a retry; the recalibrator (embedded, or the
-                // sidecar's) disables it when a second refusal from another answer
-                // corroborates it (`sluice_recalibrate::Corroboration`).
-                if sluice_recalibrate::is_last_live(&inner.limiter, &model.keys, &model.quota, &key)
-                    .await
-                {
+                )
+            };
+            let cooldown = match decision.account {
+                AccountAction::Keep => None,
+                AccountAction::Suspect => {
                     metrics::counter!("sluice_accounts_suspected_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => c.class.as_str()).increment(1);
-                    tracing::warn!(model = %model.cfg.name, account = %account.name, reason = %reason, "last live account refused: kept in rotation until a second refusal corroborates it");
-                    if let Err(e) = inner
-                        .limiter
-                        .update(
-                            &key,
+                    tracing::warn!(model = %model.cfg.name, account = %account.name, reason = %reason(), "last live account refused: kept in rotation until a second refusal corroborates it");
+                    Some(inner.config.sidecar.default_cooldown)
+                }
+                AccountAction::Disable => {
+                    metrics::counter!("sluice_accounts_disabled_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => c.class.as_str()).increment(1);
+                    tracing::error!(model = %model.cfg.name, account = %account.name, reason = %reason(), "account disabled until an operator clears it");
+                    disable_everywhere(
+                        gw,
+                        &model.cfg.upstream,
+                        account.name.as_str(),
+                        &key,
+                        reason(),
+                    )
+                    .await;
+                    None
+                }
+                AccountAction::Cooldown(wait) => Some(
+                    wait.unwrap_or_else(|| {
+                        sluice_recalibrate::cooldown_without_wait(
                             &model.quota,
-                            StateChange::Cooldown(inner.config.sidecar.default_cooldown),
+                            inner.config.sidecar.default_cooldown,
                         )
-                        .await
-                    {
-                        tracing::warn!(error = %e, "cooldown not recorded");
-                    }
+                    })
+                    .max(Duration::from_millis(50)),
+                ),
+            };
+            if let Some(cooldown) = cooldown
+                && let Err(e) = inner
+                    .limiter
+                    .update(&key, &model.quota, StateChange::Cooldown(cooldown))
+                    .await
+            {
+                tracing::warn!(error = %e, "cooldown not recorded");
+            }
+            match decision.then {
+                Then::Return | Then::GiveUp => {
                     return Ok(Done {
                         tenant: Some(tenant),
                         response: passed,
@@ -590,48 +635,23 @@ async fn serve(
                         outcome: "upstream_error",
                     });
                 }
-                metrics::counter!("sluice_accounts_disabled_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => c.class.as_str()).increment(1);
-                tracing::error!(model = %model.cfg.name, account = %account.name, reason = %reason, "account disabled until an operator clears it");
-                disable_everywhere(gw, &model.cfg.upstream, account.name.as_str(), &key, reason)
-                    .await;
-                up_span.record("retry_reason", c.class.as_str());
-                failure = Failure::Upstream(passed);
-                attempt += 1;
-                continue;
-            }
-            if !c.class.is_retryable() || c.should_retry == Some(false) {
-                return Ok(Done {
-                    tenant: Some(tenant),
-                    response: passed,
-                    model: model.cfg.name.clone(),
-                    account: account.name.clone(),
-                    outcome: "upstream_error",
-                });
-            }
-            if let ErrorClass::Throttled(_) = c.class {
-                let cooldown = c
-                    .retry_after
-                    .unwrap_or_else(|| {
-                        sluice_recalibrate::cooldown_without_wait(
-                            &model.quota,
-                            inner.config.sidecar.default_cooldown,
-                        )
-                    })
-                    .max(Duration::from_millis(50));
-                if let Err(e) = inner
-                    .limiter
-                    .update(&key, &model.quota, StateChange::Cooldown(cooldown))
-                    .await
-                {
-                    tracing::warn!(error = %e, "cooldown not recorded");
+                Then::Retry { backoff: wait } => {
+                    if decision.account != AccountAction::Disable {
+                        metrics::counter!("sluice_retries_total", "model" => model.cfg.name.clone(), "reason" => c.class.as_str()).increment(1);
+                    }
+                    up_span.record("retry_reason", c.class.as_str());
+                    drop(up_span);
+                    failure = Failure::Upstream(passed);
+                    if wait {
+                        backoff(inner, attempt, deadline).await;
+                    }
+                }
+                Then::Fallback => {
+                    up_span.record("retry_reason", c.class.as_str());
+                    failure = Failure::Upstream(passed);
+                    continue 'models;
                 }
             }
-            metrics::counter!("sluice_retries_total", "model" => model.cfg.name.clone(), "reason" => c.class.as_str()).increment(1);
-            up_span.record("retry_reason", c.class.as_str());
-            drop(up_span);
-            failure = Failure::Upstream(passed);
-            attempt += 1;
-            backoff(inner, attempt, deadline).await;
         }
     }
 
