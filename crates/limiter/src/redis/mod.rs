@@ -1,5 +1,5 @@
 //! [`RedisStore`]: the shared limiter, one Lua script call per decision, on a
-//! standalone Redis or a Redis Cluster.
+//! standalone Redis, a Redis Cluster or a primary found through Redis Sentinel.
 
 mod connection;
 mod script;
@@ -90,7 +90,10 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// A store for `url`: `redis://` or `rediss://` for one server,
-    /// `redis+cluster://h1:p1,h2:p2` (or `rediss+cluster://`) for a cluster.
+    /// `redis+cluster://h1:p1,h2:p2` (or `rediss+cluster://`) for a cluster,
+    /// `redis+sentinel://s1:p1,s2:p2/<master name>` (or `rediss+sentinel://`) for the
+    /// primary Redis Sentinel names (each new connection asks the Sentinels again, so
+    /// the store follows a failover).
     /// Nothing is dialled until the first decision.
     pub fn new(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         let target = Target::parse(url).map_err(StoreError::Pool)?;
@@ -265,9 +268,11 @@ impl RedisStore {
 /// True for errors that say Redis is unreachable, rather than that a command was wrong.
 /// A full Redis (`OOM command not allowed when used memory > 'maxmemory'`, see
 /// [`is_full`]) counts: it cannot record a decision, so the breaker and the `on_error`
-/// policy apply as when it is down.
+/// policy apply as when it is down. So do the Sentinels naming no primary that answers
+/// as one (between a primary's failure and its replica's promotion).
 fn is_unavailable(e: &redis::RedisError) -> bool {
     is_full(e)
+        || e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel
         || e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
