@@ -305,10 +305,10 @@ impl Connections {
     }
 
     /// A handle: a cached one, or a fresh one from the pool.
-    pub(crate) async fn handle(&self) -> Result<(usize, Handle), StoreError> {
+    pub(crate) async fn handle(&self) -> Result<Handle, StoreError> {
         let slot = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.cached.len();
         if let Some(h) = self.cached[slot].lock().clone() {
-            return Ok((slot, h));
+            return Ok(h);
         }
         let handle = match &self.pool {
             Pool::Single(p) => {
@@ -325,18 +325,22 @@ impl Connections {
             }
         };
         *self.cached[slot].lock() = Some(handle.clone());
-        Ok((slot, handle))
+        Ok(handle)
     }
 
-    /// Forgets cached handle `slot` after an error that says Redis is unreachable, and
-    /// every pooled connection with it: a pooled cluster connection still answers the
-    /// pool's health check (any node will do) while it routes a slot to a master that
-    /// died, so only a fresh connection, with a fresh slot map, follows a failover. A
-    /// pooled connection to a primary that Sentinel demoted answers `PING` too (as a
-    /// replica, `READONLY` to writes): it goes the same way, and the fresh one asks the
-    /// Sentinels again.
-    pub(crate) fn discard(&self, slot: usize) {
-        *self.cached[slot].lock() = None;
+    /// Forgets every cached handle after an error that says Redis is unreachable, and
+    /// every pooled connection with them. The cached handles are connections to the same
+    /// node, gone or demoted as well: each would otherwise fail once more (and count
+    /// against the breaker) before it is replaced. The pool goes too: a pooled cluster
+    /// connection still answers the pool's health check (any node will do) while it
+    /// routes a slot to a master that died, and a pooled connection to a primary that
+    /// Sentinel demoted answers `PING` as a replica (`READONLY` to writes), so only a
+    /// fresh connection (a fresh slot map, a fresh question to the Sentinels) follows a
+    /// failover.
+    pub(crate) fn discard(&self) {
+        for cached in self.cached.iter() {
+            *cached.lock() = None;
+        }
         match &self.pool {
             Pool::Single(p) => {
                 p.retain(|_, _| false);
@@ -379,7 +383,7 @@ impl RedisConnection {
         let target = Target::parse(url).map_err(StoreError::Pool)?;
         let conns = Connections::new(&target, 1, timeout)?;
         match tokio::time::timeout(timeout, conns.handle()).await {
-            Ok(Ok((_, handle))) => Ok(Self(handle)),
+            Ok(Ok(handle)) => Ok(Self(handle)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(StoreError::Timeout(timeout)),
         }
@@ -441,7 +445,10 @@ mod tests {
         assert_eq!((t.master.as_str(), t.db, t.tls), ("sluice", 2, false));
         assert_eq!(t.username.as_deref(), Some("app"));
         assert_eq!(t.password.as_deref(), Some("p@ss"), "percent-decoded");
-        assert!(!format!("{t:?}").contains("p@ss"), "Debug hides the password");
+        assert!(
+            !format!("{t:?}").contains("p@ss"),
+            "Debug hides the password"
+        );
 
         let Target::Sentinel(t) = Target::parse(
             "rediss+sentinel://:pw@s1:26379/m?sentinel_username=sent&sentinel_password=spw",
@@ -460,8 +467,14 @@ mod tests {
             ("redis+sentinel://:hunter2@s1:26379", "master name"),
             ("redis+sentinel://:hunter2@/m", "at least one Sentinel"),
             ("redis+sentinel://:hunter2@s1:1/m/x", "must be a number"),
-            ("redis+sentinel://:hunter2@s1:1/m/0/extra", "/<master name>[/<db>]"),
-            ("redis+sentinel://:hunter2@s1:1/m?password=x", "sentinel_password"),
+            (
+                "redis+sentinel://:hunter2@s1:1/m/0/extra",
+                "/<master name>[/<db>]",
+            ),
+            (
+                "redis+sentinel://:hunter2@s1:1/m?password=x",
+                "sentinel_password",
+            ),
         ] {
             let err = Target::parse(url).unwrap_err();
             assert!(err.contains(expect), "{url}: {err}");

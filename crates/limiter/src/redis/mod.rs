@@ -113,7 +113,7 @@ impl RedisStore {
 
     /// Sends `PING`; for readiness probes.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let (slot, mut handle) = self.handle().await?;
+        let mut handle = self.handle().await?;
         match tokio::time::timeout(
             self.options.timeout,
             connection::query(&mut handle, &redis::cmd("PING")),
@@ -122,11 +122,11 @@ impl RedisStore {
         {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
-                self.conns.discard(slot);
+                self.conns.discard();
                 Err(StoreError::Redis(e))
             }
             Err(_) => {
-                self.conns.discard(slot);
+                self.conns.discard();
                 Err(StoreError::Timeout(self.options.timeout))
             }
         }
@@ -193,7 +193,7 @@ impl RedisStore {
         Ok(int(&reply)? == 2)
     }
 
-    async fn handle(&self) -> Result<(usize, connection::Handle), StoreError> {
+    async fn handle(&self) -> Result<connection::Handle, StoreError> {
         match tokio::time::timeout(self.options.timeout, self.conns.handle()).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(self.options.timeout)),
@@ -227,18 +227,18 @@ impl RedisStore {
             return Err(StoreError::CircuitOpen);
         }
         let result = async {
-            let (slot, mut handle) = self.handle().await?;
+            let mut handle = self.handle().await?;
             let call = script.invoke(&mut handle, keys, args);
             match tokio::time::timeout(self.options.timeout, call).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => {
                     if is_unavailable(&e) && !is_full(&e) {
-                        self.conns.discard(slot);
+                        self.conns.discard();
                     }
                     Err(StoreError::Redis(e))
                 }
                 Err(_) => {
-                    self.conns.discard(slot);
+                    self.conns.discard();
                     Err(StoreError::Timeout(self.options.timeout))
                 }
             }
