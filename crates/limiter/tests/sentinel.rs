@@ -372,6 +372,23 @@ async fn fail_closed_refuses_while_no_primary_answers_then_follows_the_failover(
         url.starts_with("redis+sentinel://:s3ntinel-test-pw@"),
         "{url}"
     );
+    // A wrong password is an error that does not quote it (nor the right one).
+    let wrong = url.replace("s3ntinel-test-pw", "wr0ng-test-pw");
+    let store = sluice_limiter::RedisStore::new(&wrong, RedisOptions::default()).unwrap();
+    let q = quota(vec![Limit::requests(10, window(1000)).unwrap()]);
+    match store
+        .acquire(&[main_key()], &q, one(), Duration::ZERO)
+        .await
+    {
+        Err(e) => {
+            let text = format!("{e} {e:?}");
+            assert!(
+                !text.contains("wr0ng-test-pw") && !text.contains("s3ntinel-test-pw"),
+                "a password leaked into the error: {text}"
+            );
+        }
+        Ok(d) => panic!("a wrong password must be refused: {d:?}"),
+    }
     let fleet = Fleet::start(&url, OnError::FailClosed, 1, 1_000_000_000);
 
     fleet
