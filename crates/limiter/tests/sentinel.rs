@@ -6,6 +6,8 @@
 //! - while no primary answers, every decision still returns, made by the failure
 //!   policy: `local` grants in process, at most what Redis had left (each replica its
 //!   share of it); `fail_closed` refuses with `Unavailable` and grants nothing;
+//! - `rediss+sentinel://` reaches a topology that speaks only TLS (with the CA trusted;
+//!   without it, a clean error);
 //! - the limiters follow the failover by themselves (the URL names the Sentinels, not a
 //!   node) and decide in Redis again;
 //! - the overshoot bound: over one window the fleet grants at most the limit plus
@@ -466,5 +468,76 @@ async fn fail_closed_refuses_while_no_primary_answers_then_follows_the_failover(
     assert!(
         used + in_flight >= granted_main && used <= granted_main + in_flight,
         "the promoted primary counts {used}, the limiter granted {granted_main} (± {in_flight} in flight)"
+    );
+}
+
+/// Runs in a child process whose trust store is the topology's CA (`SSL_CERT_FILE`, as
+/// in `security.rs`): one decision through `rediss+sentinel://`.
+#[test]
+#[ignore = "a child process of the Sentinel TLS test, started by it"]
+fn sentinel_tls_child() {
+    let url = std::env::var("SLUICE_SENTINEL_TLS_URL").expect("started by the TLS test");
+    let expect_ok = std::env::var("SLUICE_SENTINEL_TLS_EXPECT").as_deref() == Ok("ok");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let options = RedisOptions {
+        timeout: Duration::from_secs(2),
+        ..RedisOptions::default()
+    };
+    let store = sluice_limiter::RedisStore::new(&url, options).unwrap();
+    let q = quota(vec![Limit::requests(10, window(1000)).unwrap()]);
+    let decision = rt.block_on(store.acquire(&[main_key()], &q, one(), Duration::ZERO));
+    match decision {
+        Ok(Decision::Granted(_)) if expect_ok => {}
+        Err(sluice_limiter::LimitError::Unavailable(_)) if !expect_ok => {}
+        other => panic!("unexpected outcome through rediss+sentinel: {other:?}"),
+    }
+}
+
+/// `rediss+sentinel://`: the Sentinels, the primary and the replication between them
+/// speak only TLS. With the CA trusted, a decision is made on the primary the Sentinels
+/// name; without it, the certificate is an error, not a hang.
+#[test]
+fn rediss_sentinel_works_with_a_trusted_ca_and_fails_cleanly_without_it() {
+    use std::process::{Command, Stdio};
+    let mut topology = RedisSentinels::start_tls();
+    let url = topology.url();
+    assert!(url.starts_with("rediss+sentinel://"), "{url}");
+    let ca = topology.ca_file().expect("a TLS topology has a CA");
+    let run = |ca: &std::path::Path, expect: &str| {
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "sentinel::sentinel_tls_child",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ])
+            .env("SLUICE_SENTINEL_TLS_URL", &url)
+            .env("SLUICE_SENTINEL_TLS_EXPECT", expect)
+            .env("SSL_CERT_FILE", ca)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(run(&ca, "ok"), "a decision through rediss+sentinel://");
+    assert!(
+        run(std::path::Path::new("/dev/null"), "refused"),
+        "an untrusted certificate is an error, not a hang"
+    );
+    let primary = topology
+        .primary_port()
+        .expect("the Sentinels name a primary");
+    let keys = topology
+        .nodes()
+        .iter()
+        .find(|n| n.port() == primary)
+        .map(|n| n.cli(&["--scan"]))
+        .unwrap_or_default();
+    assert!(
+        keys.contains("sluice:{sentinel/model}:w:key-0"),
+        "the decision was made on the primary: {keys}"
     );
 }

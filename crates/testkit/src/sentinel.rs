@@ -8,6 +8,7 @@
 //! let new = topology.wait_for_failover(old, std::time::Duration::from_secs(60));
 //! ```
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -30,16 +31,29 @@ pub struct SentinelProcess {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// TLS only (`tls-port`, `tls-replication`), with the topology's certificates.
+    tls: bool,
 }
 
 impl SentinelProcess {
     /// Starts a Sentinel watching the primary on `primary_port` as [`MASTER_NAME`]
-    /// (with `auth-pass` when the data nodes require a password).
-    fn start(primary_port: u16, password: Option<&str>) -> Self {
+    /// (with `auth-pass` when the data nodes require a password; over TLS only, with
+    /// the certificates in `certs`, when given).
+    fn start(primary_port: u16, password: Option<&str>, certs: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
+        let listen = match certs {
+            None => format!("port {port}\n"),
+            Some(certs) => {
+                copy_certificates(certs, dir.path());
+                format!(
+                    "port 0\ntls-port {port}\ntls-cert-file server.pem\ntls-key-file server.key\n\
+                     tls-ca-cert-file ca.pem\ntls-auth-clients no\ntls-replication yes\n"
+                )
+            }
+        };
         let mut conf = format!(
-            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+            "{listen}bind 127.0.0.1\ndaemonize no\ndir {dir}\n\
              sentinel resolve-hostnames no\n\
              sentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\n\
              sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n\
@@ -63,6 +77,7 @@ impl SentinelProcess {
             port,
             dir,
             child: Some(child),
+            tls: certs.is_some(),
         };
         assert!(
             wait_until(Duration::from_secs(10), || sentinel.cli(&["PING"]).trim()
@@ -79,6 +94,12 @@ impl SentinelProcess {
 
     /// Runs `redis-cli` against this Sentinel and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
+        if self.tls {
+            let ca = self.dir.path().join("ca.pem");
+            let mut all = vec!["--tls", "--cacert", ca.to_str().unwrap_or_default()];
+            all.extend_from_slice(args);
+            return cli(self.port, &all);
+        }
         cli(self.port, args)
     }
 
@@ -131,21 +152,37 @@ pub struct RedisSentinels {
     nodes: Vec<RedisServer>,
     sentinels: Vec<SentinelProcess>,
     password: Option<String>,
+    /// The CA and the one certificate every node uses, for a TLS topology.
+    certs: Option<tempfile::TempDir>,
 }
 
 impl RedisSentinels {
     /// The topology without passwords.
     pub fn start() -> Self {
-        Self::start_inner(None)
+        Self::start_inner(None, false)
     }
 
     /// The topology with `password` required by the primary and the replica (the
     /// Sentinels have none, and reach the data nodes with `auth-pass`).
     pub fn start_with_password(password: &str) -> Self {
-        Self::start_inner(Some(password))
+        Self::start_inner(Some(password), false)
     }
 
-    fn start_inner(password: Option<&str>) -> Self {
+    /// The topology speaking only TLS, every node (data nodes and Sentinels, and the
+    /// replication between them) with one certificate for `127.0.0.1` signed by a
+    /// throwaway CA ([`RedisSentinels::ca_file`]); [`RedisSentinels::url`] is then
+    /// `rediss+sentinel://…`.
+    pub fn start_tls() -> Self {
+        Self::start_inner(None, true)
+    }
+
+    fn start_inner(password: Option<&str>, tls: bool) -> Self {
+        let certs = tls.then(|| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            crate::make_test_certificates(dir.path());
+            dir
+        });
+        let certs_path = certs.as_ref().map(|d| d.path().to_owned());
         let node = |extra: &[&str]| {
             let mut args = vec![
                 "--repl-diskless-sync",
@@ -154,9 +191,15 @@ impl RedisSentinels {
                 "0",
             ];
             args.extend_from_slice(extra);
-            match password {
-                Some(p) => RedisServer::start_with_password(p, &args),
-                None => RedisServer::start_with(&args),
+            match (password, &certs_path) {
+                (_, Some(certs)) => {
+                    let dir = tempfile::tempdir().expect("temp dir");
+                    copy_certificates(certs, dir.path());
+                    args.extend(["--tls-replication", "yes"]);
+                    RedisServer::start_tls_in(dir, &args)
+                }
+                (Some(p), None) => RedisServer::start_with_password(p, &args),
+                (None, None) => RedisServer::start_with(&args),
             }
         };
         let primary = node(&[]);
@@ -169,7 +212,7 @@ impl RedisSentinels {
         });
         assert!(synced, "the replica did not sync with the primary");
         let sentinels: Vec<SentinelProcess> = (0..3)
-            .map(|_| SentinelProcess::start(primary.port(), password))
+            .map(|_| SentinelProcess::start(primary.port(), password, certs_path.as_deref()))
             .collect();
         // Sentinels find the replica through the primary's INFO and each other through
         // hello messages on the primary (every 2 s): wait until a failover could happen.
@@ -190,10 +233,17 @@ impl RedisSentinels {
             nodes: vec![primary, replica],
             sentinels,
             password: password.map(str::to_owned),
+            certs,
         }
     }
 
-    /// `redis+sentinel://[:password@]127.0.0.1:s1,127.0.0.1:s2,127.0.0.1:s3/sluice/0`.
+    /// The CA that signed every node's certificate (PEM), for a TLS topology.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.certs.as_ref().map(|d| d.path().join("ca.pem"))
+    }
+
+    /// `redis+sentinel://[:password@]127.0.0.1:s1,127.0.0.1:s2,127.0.0.1:s3/sluice/0`
+    /// (`rediss+sentinel://` for a TLS topology).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .sentinels
@@ -205,7 +255,12 @@ impl RedisSentinels {
             .as_ref()
             .map(|p| format!(":{p}@"))
             .unwrap_or_default();
-        format!("redis+sentinel://{auth}{}/{MASTER_NAME}/0", hosts.join(","))
+        let scheme = if self.certs.is_some() {
+            "rediss+sentinel"
+        } else {
+            "redis+sentinel"
+        };
+        format!("{scheme}://{auth}{}/{MASTER_NAME}/0", hosts.join(","))
     }
 
     /// The name the Sentinels monitor the primary under.
@@ -273,5 +328,12 @@ impl RedisSentinels {
             is_master
         });
         promoted
+    }
+}
+
+/// Copies the CA and the server certificate and key of `from` into `to`.
+fn copy_certificates(from: &Path, to: &Path) {
+    for f in ["ca.pem", "server.pem", "server.key"] {
+        std::fs::copy(from.join(f), to.join(f)).expect("copy a test certificate");
     }
 }
