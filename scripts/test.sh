@@ -14,10 +14,16 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)   # ring and other -sys
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)   # the Sentinel failover tests
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# kubectl (crates/deploy-check renders deploy/kubernetes with `kubectl kustomize`) has no
+# usable Debian package: bookworm's kubernetes-client is kubectl 1.20 with kustomize v2,
+# too old for the manifests. The machine image carries a current one; without it the
+# Kubernetes tests fail and say how to install it (or set KUBECTL).
+command -v kubectl >/dev/null 2>&1 || echo "==> note: kubectl is missing; the deploy-check Kubernetes tests will fail (install kubectl >= 1.21 from the Kubernetes apt repository, or set KUBECTL)"
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   as_root apt-get update -qq

@@ -150,7 +150,8 @@ pub enum FailurePolicy {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Store {
-    /// `redis://`, `rediss://` or `redis+cluster://h1:p,h2:p` (a secret: it may hold a password).
+    /// `redis://`, `rediss://`, `redis+cluster://h1:p,h2:p` or
+    /// `redis+sentinel://s1:p,s2:p/<master name>` (a secret: it may hold a password).
     pub redis_url: Secret,
     /// `on_error` (default `local`).
     pub on_error: FailurePolicy,

@@ -129,12 +129,19 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             let scheme = s.redis_url.split_once("://").map(|(s, _)| s).unwrap_or("");
             if !matches!(
                 scheme,
-                "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "unix" | "redis+unix"
+                "redis"
+                    | "rediss"
+                    | "redis+cluster"
+                    | "rediss+cluster"
+                    | "redis+sentinel"
+                    | "rediss+sentinel"
+                    | "unix"
+                    | "redis+unix"
             ) {
                 return Err(invalid(
                     "store.redis_url",
                     format!("a URL with scheme {scheme:?}"),
-                    "redis://host:port/db, rediss://… (TLS) or redis+cluster://h1:p1,h2:p2",
+                    "redis://host:port/db, rediss://… (TLS), redis+cluster://h1:p1,h2:p2 or redis+sentinel://s1:p1,s2:p2/<master name>",
                 ));
             }
             let timeout = s.timeout.map_or(Duration::from_millis(100), |d| d.0);

@@ -1,5 +1,6 @@
 //! Integration tests of the limiter: one conformance suite for both backends, property
-//! tests against a reference model, and concurrency and failure tests on real Redis.
+//! tests against a reference model, and concurrency and failure tests on real Redis
+//! (standalone, Cluster and Sentinel).
 
 #![allow(unreachable_pub)]
 
@@ -11,4 +12,5 @@ mod failures;
 mod marks;
 mod properties;
 mod security;
+mod sentinel;
 mod support;

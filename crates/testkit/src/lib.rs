@@ -1,5 +1,6 @@
-//! Real `redis-server` processes for tests: standalone or a 3-master cluster, each on
-//! free ports in its own temporary directory, stopped when dropped.
+//! Real `redis-server` processes for tests: standalone, a 3-master cluster, or a primary
+//! with a replica watched by three Sentinels ([`RedisSentinels`]), each on free ports in
+//! its own temporary directory, stopped when dropped.
 //!
 //! ```no_run
 //! let redis = sluice_testkit::RedisServer::start();
@@ -33,7 +34,7 @@ pub fn wait_until(timeout: Duration, mut ready: impl FnMut() -> bool) -> bool {
     }
 }
 
-fn binary(name: &str) -> String {
+pub(crate) fn binary(name: &str) -> String {
     for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
         let p = Path::new(dir).join(name);
         if p.exists() {
@@ -50,6 +51,8 @@ pub struct RedisServer {
     child: Option<Child>,
     extra: Vec<String>,
     tls: bool,
+    /// `requirepass`, sent by [`RedisServer::cli`] and the readiness check.
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -67,6 +70,28 @@ impl RedisServer {
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             tls: false,
+            password: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server that requires `password` (`--requirepass`, and `--masterauth`
+    /// for when it replicates), with extra arguments.
+    pub fn start_with_password(password: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut args: Vec<String> = ["--requirepass", password, "--masterauth", password]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut server = Self {
+            port: free_port(),
+            dir,
+            child: None,
+            extra: args,
+            tls: false,
+            password: Some(password.to_owned()),
         };
         server.spawn();
         server
@@ -77,90 +102,39 @@ impl RedisServer {
     /// see [`RedisServer::ca_file`]).
     pub fn start_tls() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let d = dir.path();
-        let openssl = |args: &[&str]| {
-            let ok = Command::new("openssl")
-                .args(args)
-                .current_dir(d)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .expect("openssl must be installed")
-                .success();
-            assert!(ok, "openssl {args:?} failed");
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=sluice-test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-        ]);
-        std::fs::write(
-            d.join("san.ext"),
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-        )
-        .expect("write san.ext");
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-            "-out",
-            "server.pem",
-        ]);
+        make_test_certificates(dir.path());
+        Self::start_tls_in(dir, &[])
+    }
+
+    /// Starts a TLS-only server in `dir`, which already holds `ca.pem`, `server.pem` and
+    /// `server.key` (see [`make_test_certificates`]), with extra arguments.
+    pub fn start_tls_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let port = free_port();
+        let mut args: Vec<String> = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            "server.pem",
+            "--tls-key-file",
+            "server.key",
+            "--tls-ca-cert-file",
+            "ca.pem",
+            "--tls-auth-clients",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
         let mut server = Self {
             port,
             dir,
             child: None,
-            extra: [
-                "--port",
-                "0",
-                "--tls-port",
-                &port.to_string(),
-                "--tls-cert-file",
-                "server.pem",
-                "--tls-key-file",
-                "server.key",
-                "--tls-ca-cert-file",
-                "ca.pem",
-                "--tls-auth-clients",
-                "no",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            extra: args,
             tls: true,
+            password: None,
         };
         server.spawn();
         server
@@ -190,11 +164,12 @@ impl RedisServer {
             .expect("redis-server must be installed (scripts/test.sh installs it)");
         self.child = Some(child);
         let (port, tls, dir) = (self.port, self.tls, self.dir.path().to_owned());
+        let password = self.password.clone();
         assert!(
             wait_until(Duration::from_secs(10), || if tls {
                 ping_tls(port, &dir)
             } else {
-                ping(port)
+                ping_with(port, password.as_deref())
             }),
             "redis-server did not answer on port {port}"
         );
@@ -259,6 +234,11 @@ impl RedisServer {
             all.extend_from_slice(args);
             return cli(self.port, &all);
         }
+        if let Some(password) = &self.password {
+            let mut all = vec!["-a", password.as_str(), "--no-auth-warning"];
+            all.extend_from_slice(args);
+            return cli(self.port, &all);
+        }
         cli(self.port, args)
     }
 }
@@ -267,6 +247,71 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Writes a throwaway CA (`ca.pem`, `ca.key`) and a certificate for `127.0.0.1` signed
+/// by it (`server.pem`, `server.key`) into `d`, with the `openssl` command.
+pub fn make_test_certificates(d: &Path) {
+    let openssl = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl must be installed")
+            .success();
+        assert!(ok, "openssl {args:?} failed");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sluice-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        d.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("write san.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
 }
 
 /// Runs `redis-cli -p <port> <args>` and returns its stdout.
@@ -291,8 +336,13 @@ fn ping_tls(port: u16, dir: &Path) -> bool {
             == "PONG"
 }
 
-fn ping(port: u16) -> bool {
-    TcpStream::connect(("127.0.0.1", port)).is_ok() && cli(port, &["PING"]).trim() == "PONG"
+fn ping_with(port: u16, password: Option<&str>) -> bool {
+    let mut args = Vec::new();
+    if let Some(p) = password {
+        args.extend(["-a", p, "--no-auth-warning"]);
+    }
+    args.push("PING");
+    TcpStream::connect(("127.0.0.1", port)).is_ok() && cli(port, &args).trim() == "PONG"
 }
 
 /// A Redis Cluster of three masters (and optionally one replica each).
@@ -379,6 +429,9 @@ impl RedisCluster {
         &mut self.nodes
     }
 }
+
+mod sentinel;
+pub use sentinel::{MASTER_NAME as SENTINEL_MASTER_NAME, RedisSentinels, SentinelProcess};
 
 /// One of the project's binaries started on a configuration file of its own (`--config`
 /// in a temp dir, `--listen 127.0.0.1:0` plus `args`), once it has printed its

@@ -1,4 +1,5 @@
-//! Connections to a standalone Redis or a Redis Cluster.
+//! Connections to a standalone Redis, a Redis Cluster, or the primary that Redis Sentinel
+//! names.
 //!
 //! deadpool-redis creates the connections and health-checks them when they are taken
 //! from the pool (`PING`). The hot path does not take one per call: it clones a cached
@@ -22,6 +23,123 @@ pub(crate) enum Target {
     Single(String),
     /// `redis+cluster://h1:p1,h2:p2` (or `rediss+cluster://`): one URL per seed node.
     Cluster(Vec<String>),
+    /// `redis+sentinel://s1:p1,s2:p2/master` (or `rediss+sentinel://`): the primary the
+    /// Sentinels name, asked again for every new connection.
+    Sentinel(SentinelTarget),
+}
+
+/// A primary found through Redis Sentinel, parsed from
+/// `redis+sentinel://[user:password@]s1:p1[,s2:p2…]/master[/db][?sentinel_username=…&sentinel_password=…]`.
+///
+/// The URL's credentials and database are the primary's (`AUTH`, `SELECT` on every
+/// connection to it); the Sentinels get none unless `sentinel_username` /
+/// `sentinel_password` say so (Sentinel has a `requirepass` of its own). `rediss+` speaks
+/// TLS to the Sentinels and the primary alike.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SentinelTarget {
+    /// One URL per Sentinel (`redis://[auth@]host:port`), with the Sentinels' credentials.
+    pub(crate) sentinels: Vec<String>,
+    /// The name the Sentinels monitor the primary under (`sentinel monitor <name> …`).
+    pub(crate) master: String,
+    /// The primary's database.
+    pub(crate) db: i64,
+    /// TLS to every node.
+    pub(crate) tls: bool,
+    /// The primary's user (`AUTH user password`), percent-decoded.
+    pub(crate) username: Option<String>,
+    /// The primary's password, percent-decoded.
+    pub(crate) password: Option<String>,
+}
+
+impl std::fmt::Debug for SentinelTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelTarget")
+            .field("sentinels", &self.sentinels.len())
+            .field("master", &self.master)
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SentinelTarget {
+    /// Parses what follows `redis+sentinel://` (`tls` for `rediss+sentinel://`).
+    fn parse(rest: &str, tls: bool) -> Result<Self, String> {
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((auth, hosts)) => (Some(auth), hosts),
+            None => (None, rest),
+        };
+        let (hosts, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let hosts: Vec<&str> = hosts.split(',').filter(|h| !h.is_empty()).collect();
+        if hosts.is_empty() {
+            return Err("a Sentinel URL needs at least one Sentinel host:port".to_owned());
+        }
+        let mut path = path.split('/').filter(|p| !p.is_empty());
+        let master = path
+            .next()
+            .ok_or_else(|| {
+                "a Sentinel URL names the primary after the hosts: redis+sentinel://host:26379/<master name>"
+                    .to_owned()
+            })?
+            .to_owned();
+        let db = match path.next() {
+            None => 0,
+            Some(d) => d
+                .parse()
+                .map_err(|_| "the database after the master name must be a number".to_owned())?,
+        };
+        if path.next().is_some() {
+            return Err("a Sentinel URL's path is /<master name>[/<db>]".to_owned());
+        }
+        let (mut s_user, mut s_pass) = (None, None);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("sentinel_username", v)) => s_user = Some(v),
+                Some(("sentinel_password", v)) => s_pass = Some(v),
+                _ => {
+                    return Err(
+                        "a Sentinel URL takes only the parameters sentinel_username and sentinel_password"
+                            .to_owned(),
+                    );
+                }
+            }
+        }
+        let scheme = if tls { "rediss" } else { "redis" };
+        let sentinel_auth = match (s_user, s_pass) {
+            (None, None) => String::new(),
+            (u, p) => format!("{}:{}@", u.unwrap_or(""), p.unwrap_or("")),
+        };
+        let sentinels = hosts
+            .iter()
+            .map(|h| format!("{scheme}://{sentinel_auth}{h}"))
+            .collect();
+        // The redis crate percent-decodes credentials: let it parse them from a URL of
+        // their own rather than decoding them here a second way.
+        let (username, password) = match auth {
+            None => (None, None),
+            Some(auth) => {
+                use redis::IntoConnectionInfo;
+                let info = format!("redis://{auth}@localhost")
+                    .into_connection_info()
+                    .map_err(|_| "the credentials of a Sentinel URL are not valid".to_owned())?;
+                let r = info.redis_settings();
+                (
+                    r.username().map(str::to_owned),
+                    r.password().map(str::to_owned),
+                )
+            }
+        };
+        Ok(Self {
+            sentinels,
+            master,
+            db,
+            tls,
+            username,
+            password,
+        })
+    }
 }
 
 impl Target {
@@ -49,8 +167,12 @@ impl Target {
                 }
                 Ok(Target::Cluster(urls))
             }
+            "redis+sentinel" | "rediss+sentinel" => Ok(Target::Sentinel(SentinelTarget::parse(
+                rest,
+                scheme == "rediss+sentinel",
+            )?)),
             other => Err(format!(
-                "unknown scheme {other:?}: expected redis, rediss, redis+cluster or rediss+cluster"
+                "unknown scheme {other:?}: expected redis, rediss, redis+cluster, rediss+cluster, redis+sentinel or rediss+sentinel"
             )),
         }
     }
@@ -94,6 +216,10 @@ impl redis::aio::ConnectionLike for Handle {
 enum Pool {
     Single(deadpool_redis::Pool),
     Cluster(deadpool_redis::cluster::Pool),
+    /// Every connection it creates asks the Sentinels which node is the primary (and
+    /// checks that node's `ROLE`), so a connection made after a failover reaches the
+    /// new primary.
+    Sentinel(deadpool_redis::sentinel::Pool),
 }
 
 /// A pool plus a few cached handles used round-robin.
@@ -141,6 +267,35 @@ impl Connections {
                         .map_err(|e| StoreError::Pool(e.to_string()))?,
                 )
             }
+            Target::Sentinel(t) => {
+                use deadpool_redis::sentinel::{
+                    Config, SentinelNodeConnectionInfo, SentinelServerType, TlsMode,
+                };
+                let node = SentinelNodeConnectionInfo {
+                    tls_mode: t.tls.then_some(TlsMode::Secure),
+                    redis_connection_info: Some(deadpool_redis::RedisConnectionInfo {
+                        db: t.db,
+                        username: t.username.clone(),
+                        password: t.password.clone(),
+                        ..Default::default()
+                    }),
+                };
+                let mut cfg = Config::from_urls(
+                    t.sentinels.clone(),
+                    t.master.clone(),
+                    SentinelServerType::Master,
+                )
+                .with_node_connection_info(Some(node));
+                cfg.pool = Some(deadpool_redis::PoolConfig {
+                    max_size: size,
+                    timeouts,
+                    ..Default::default()
+                });
+                // Errors from here may quote a URL: say only what failed.
+                Pool::Sentinel(cfg.create_pool(Some(Runtime::Tokio1)).map_err(|_| {
+                    StoreError::Pool("the Sentinel URL's hosts are not valid".to_owned())
+                })?)
+            }
         };
         Ok(Self {
             pool,
@@ -150,10 +305,10 @@ impl Connections {
     }
 
     /// A handle: a cached one, or a fresh one from the pool.
-    pub(crate) async fn handle(&self) -> Result<(usize, Handle), StoreError> {
+    pub(crate) async fn handle(&self) -> Result<Handle, StoreError> {
         let slot = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.cached.len();
         if let Some(h) = self.cached[slot].lock().clone() {
-            return Ok((slot, h));
+            return Ok(h);
         }
         let handle = match &self.pool {
             Pool::Single(p) => {
@@ -164,22 +319,36 @@ impl Connections {
                 let conn = p.get().await.map_err(pool_error)?;
                 Handle::Cluster((*conn).clone())
             }
+            Pool::Sentinel(p) => {
+                let conn = p.get().await.map_err(pool_error)?;
+                Handle::Single((*conn).clone())
+            }
         };
         *self.cached[slot].lock() = Some(handle.clone());
-        Ok((slot, handle))
+        Ok(handle)
     }
 
-    /// Forgets cached handle `slot` after an error that says Redis is unreachable, and
-    /// every pooled connection with it: a pooled cluster connection still answers the
-    /// pool's health check (any node will do) while it routes a slot to a master that
-    /// died, so only a fresh connection, with a fresh slot map, follows a failover.
-    pub(crate) fn discard(&self, slot: usize) {
-        *self.cached[slot].lock() = None;
+    /// Forgets every cached handle after an error that says Redis is unreachable, and
+    /// every pooled connection with them. The cached handles are connections to the same
+    /// node, gone or demoted as well: each would otherwise fail once more (and count
+    /// against the breaker) before it is replaced. The pool goes too: a pooled cluster
+    /// connection still answers the pool's health check (any node will do) while it
+    /// routes a slot to a master that died, and a pooled connection to a primary that
+    /// Sentinel demoted answers `PING` as a replica (`READONLY` to writes), so only a
+    /// fresh connection (a fresh slot map, a fresh question to the Sentinels) follows a
+    /// failover.
+    pub(crate) fn discard(&self) {
+        for cached in self.cached.iter() {
+            *cached.lock() = None;
+        }
         match &self.pool {
             Pool::Single(p) => {
                 p.retain(|_, _| false);
             }
             Pool::Cluster(p) => {
+                p.retain(|_, _| false);
+            }
+            Pool::Sentinel(p) => {
                 p.retain(|_, _| false);
             }
         }
@@ -214,7 +383,7 @@ impl RedisConnection {
         let target = Target::parse(url).map_err(StoreError::Pool)?;
         let conns = Connections::new(&target, 1, timeout)?;
         match tokio::time::timeout(timeout, conns.handle()).await {
-            Ok(Ok((_, handle))) => Ok(Self(handle)),
+            Ok(Ok(handle)) => Ok(Self(handle)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(StoreError::Timeout(timeout)),
         }
@@ -263,6 +432,54 @@ mod tests {
             Target::Cluster(vec!["rediss://h1:7000".into()])
         );
         assert!(Target::parse("redis://127.0.0.1:6379/0").is_ok());
+    }
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_the_master_and_its_credentials() {
+        let Target::Sentinel(t) =
+            Target::parse("redis+sentinel://app:p%40ss@s1:26379,s2:26380/sluice/2").unwrap()
+        else {
+            panic!("not a Sentinel target");
+        };
+        assert_eq!(t.sentinels, ["redis://s1:26379", "redis://s2:26380"]);
+        assert_eq!((t.master.as_str(), t.db, t.tls), ("sluice", 2, false));
+        assert_eq!(t.username.as_deref(), Some("app"));
+        assert_eq!(t.password.as_deref(), Some("p@ss"), "percent-decoded");
+        assert!(
+            !format!("{t:?}").contains("p@ss"),
+            "Debug hides the password"
+        );
+
+        let Target::Sentinel(t) = Target::parse(
+            "rediss+sentinel://:pw@s1:26379/m?sentinel_username=sent&sentinel_password=spw",
+        )
+        .unwrap() else {
+            panic!("not a Sentinel target");
+        };
+        assert_eq!(t.sentinels, ["rediss://sent:spw@s1:26379"]);
+        assert_eq!((t.master.as_str(), t.db, t.tls), ("m", 0, true));
+        assert_eq!((t.username, t.password.as_deref()), (None, Some("pw")));
+    }
+
+    #[test]
+    fn bad_sentinel_urls_say_what_is_missing_without_the_password() {
+        for (url, expect) in [
+            ("redis+sentinel://:hunter2@s1:26379", "master name"),
+            ("redis+sentinel://:hunter2@/m", "at least one Sentinel"),
+            ("redis+sentinel://:hunter2@s1:1/m/x", "must be a number"),
+            (
+                "redis+sentinel://:hunter2@s1:1/m/0/extra",
+                "/<master name>[/<db>]",
+            ),
+            (
+                "redis+sentinel://:hunter2@s1:1/m?password=x",
+                "sentinel_password",
+            ),
+        ] {
+            let err = Target::parse(url).unwrap_err();
+            assert!(err.contains(expect), "{url}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

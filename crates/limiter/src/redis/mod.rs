@@ -1,5 +1,5 @@
 //! [`RedisStore`]: the shared limiter, one Lua script call per decision, on a
-//! standalone Redis or a Redis Cluster.
+//! standalone Redis, a Redis Cluster or a primary found through Redis Sentinel.
 
 mod connection;
 mod script;
@@ -90,7 +90,10 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// A store for `url`: `redis://` or `rediss://` for one server,
-    /// `redis+cluster://h1:p1,h2:p2` (or `rediss+cluster://`) for a cluster.
+    /// `redis+cluster://h1:p1,h2:p2` (or `rediss+cluster://`) for a cluster,
+    /// `redis+sentinel://s1:p1,s2:p2/<master name>` (or `rediss+sentinel://`) for the
+    /// primary Redis Sentinel names (each new connection asks the Sentinels again, so
+    /// the store follows a failover).
     /// Nothing is dialled until the first decision.
     pub fn new(url: &str, options: RedisOptions) -> Result<Self, StoreError> {
         let target = Target::parse(url).map_err(StoreError::Pool)?;
@@ -110,7 +113,7 @@ impl RedisStore {
 
     /// Sends `PING`; for readiness probes.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let (slot, mut handle) = self.handle().await?;
+        let mut handle = self.handle().await?;
         match tokio::time::timeout(
             self.options.timeout,
             connection::query(&mut handle, &redis::cmd("PING")),
@@ -119,11 +122,11 @@ impl RedisStore {
         {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
-                self.conns.discard(slot);
+                self.conns.discard();
                 Err(StoreError::Redis(e))
             }
             Err(_) => {
-                self.conns.discard(slot);
+                self.conns.discard();
                 Err(StoreError::Timeout(self.options.timeout))
             }
         }
@@ -190,7 +193,7 @@ impl RedisStore {
         Ok(int(&reply)? == 2)
     }
 
-    async fn handle(&self) -> Result<(usize, connection::Handle), StoreError> {
+    async fn handle(&self) -> Result<connection::Handle, StoreError> {
         match tokio::time::timeout(self.options.timeout, self.conns.handle()).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(self.options.timeout)),
@@ -224,18 +227,18 @@ impl RedisStore {
             return Err(StoreError::CircuitOpen);
         }
         let result = async {
-            let (slot, mut handle) = self.handle().await?;
+            let mut handle = self.handle().await?;
             let call = script.invoke(&mut handle, keys, args);
             match tokio::time::timeout(self.options.timeout, call).await {
                 Ok(Ok(v)) => Ok(v),
                 Ok(Err(e)) => {
                     if is_unavailable(&e) && !is_full(&e) {
-                        self.conns.discard(slot);
+                        self.conns.discard();
                     }
                     Err(StoreError::Redis(e))
                 }
                 Err(_) => {
-                    self.conns.discard(slot);
+                    self.conns.discard();
                     Err(StoreError::Timeout(self.options.timeout))
                 }
             }
@@ -265,9 +268,11 @@ impl RedisStore {
 /// True for errors that say Redis is unreachable, rather than that a command was wrong.
 /// A full Redis (`OOM command not allowed when used memory > 'maxmemory'`, see
 /// [`is_full`]) counts: it cannot record a decision, so the breaker and the `on_error`
-/// policy apply as when it is down.
+/// policy apply as when it is down. So do the Sentinels naming no primary that answers
+/// as one (between a primary's failure and its replica's promotion).
 fn is_unavailable(e: &redis::RedisError) -> bool {
     is_full(e)
+        || e.kind() == redis::ErrorKind::MasterNameNotFoundBySentinel
         || e.is_io_error()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
