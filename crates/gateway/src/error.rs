@@ -66,6 +66,9 @@ pub(crate) enum ApiError {
     Busy,
     /// The model is not configured.
     ModelNotFound(String),
+    /// The model's upstream does not speak the API the request came through (a
+    /// Messages request to an OpenAI upstream, a Responses request to Anthropic).
+    WrongApi { model: String, api: &'static str },
     /// A pass-through path that neither the dialect nor the upstream's `passthrough`
     /// list defines (404, never forwarded).
     UnknownUrl { method: String, path: String },
@@ -99,6 +102,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "too_large",
             ApiError::Busy => "busy",
             ApiError::ModelNotFound(_) => "model_not_found",
+            ApiError::WrongApi { .. } => "wrong_api",
             ApiError::UnknownUrl { .. } => "unknown_url",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::TooLarge { .. } => "too_large",
@@ -298,6 +302,13 @@ impl ApiError {
                 "invalid_request_error",
                 Some("model"),
                 Some("model_not_found"),
+            ),
+            ApiError::WrongApi { model, api } => body(
+                StatusCode::BAD_REQUEST,
+                format!("The model `{model}` is served by an upstream that does not speak /v1{api}; send it through the API of its provider (nothing is translated between dialects)."),
+                "invalid_request_error",
+                Some("model"),
+                Some("wrong_api"),
             ),
             ApiError::MethodNotAllowed { method, path } => body(
                 StatusCode::METHOD_NOT_ALLOWED,

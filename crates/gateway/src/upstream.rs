@@ -13,6 +13,7 @@
 use http::{HeaderMap, HeaderValue, Method};
 use sluice_provider::Provider;
 
+use crate::estimate::Endpoint;
 use crate::state::{Account, ModelState};
 
 /// The `anthropic-version` sent when the client named none (probes, and chat-shaped
@@ -70,6 +71,19 @@ pub(crate) fn request(
         .request(method, url)
         .headers(forward)
         .header(account.auth.0.clone(), account.auth.1.clone())
+}
+
+/// Whether `model`'s upstream can take a request of `endpoint` as it is: Messages
+/// only in Anthropic's dialect, the Responses API only in an OpenAI-compatible one;
+/// chat, completions and embeddings everywhere (Anthropic serves an OpenAI-compatible
+/// chat endpoint too). Nothing is translated between dialects.
+pub(crate) fn speaks(model: &ModelState, endpoint: Endpoint) -> bool {
+    let anthropic = model.provider == Provider::Anthropic;
+    match endpoint {
+        Endpoint::Messages => anthropic,
+        Endpoint::Responses => !anthropic,
+        Endpoint::Chat | Endpoint::Completions | Endpoint::Embeddings => true,
+    }
 }
 
 /// The smallest request that asks `model`'s provider whether an account works: its

@@ -229,6 +229,29 @@ async fn refusals_and_bad_requests_on_messages_are_anthropic_shaped() {
         1,
         "the refusal never reached the provider"
     );
+    // Nothing is translated between dialects: Messages to an OpenAI upstream and the
+    // Responses API to Anthropic are refused before anything is charged.
+    let a = post(&c, &gw, "/v1/messages", message("resp-m", 8, false)).await;
+    assert_eq!(a.status, 400, "{a:?}");
+    let b: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/messages"),
+        "{b}"
+    );
+    let a = post(
+        &c,
+        &gw,
+        "/v1/responses",
+        respond("claude-refusing-m", 8, false),
+    )
+    .await;
+    assert_eq!(a.status, 400, "{a:?}");
+    let b: serde_json::Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(b["error"]["code"], "wrong_api", "{b}");
 }
 
 /// Three gateways on one Redis, one account whose token limit binds, closed-loop

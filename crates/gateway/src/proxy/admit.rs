@@ -1,0 +1,377 @@
+//! The admit stage: a request of one model waits its turn at the model's fair gate,
+//! asks the limiter for a slot on one of the model's accounts (one atomic decision
+//! over every account and limit), and sleeps until that slot; or learns why not (a
+//! [`Failure`] that names the account and the limit that bound it).
+//!
+//! Invariants: nothing goes upstream without a reservation; a refusal charges nothing
+//! (the limiter's own rule); a client that goes away while waiting gives its slot back
+//! ([`AbandonedWait`]); the wait never exceeds the request's deadline (the limiter
+//! refuses a slot beyond it).
+
+use std::time::{Duration, Instant};
+
+use sluice_limiter::{
+    Cost, Decision, LimitError, LimitId, RefusalReason, ReleaseOutcome, Remaining, Reservation,
+    Store,
+};
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
+
+use super::{Bound, Failure};
+use crate::error::{ApiError, RateLimited};
+use crate::state::{Gateway, ModelState};
+use crate::telemetry::SPANS;
+
+/// Who is asking, for how long, for what.
+pub(super) struct Ask {
+    /// The tenant (its index) and its fair-share weight.
+    pub(super) tenant: usize,
+    pub(super) weight: u32,
+    /// The request's cost as estimated for this model.
+    pub(super) cost: Cost,
+    /// When the request must have its slot, and the maximum wait that set it.
+    pub(super) deadline: Instant,
+    pub(super) max_wait: Duration,
+    /// This attempt's number on this model (0-based, for the span).
+    pub(super) attempt: u32,
+}
+
+/// Admits a request on model `mi`: its reservation once its slot has come.
+pub(super) async fn admit(gw: &Gateway, mi: usize, ask: &Ask) -> Result<Reservation, Failure> {
+    let inner = &*gw.inner;
+    let model = &inner.models[mi];
+    let Ask {
+        tenant,
+        weight,
+        cost,
+        deadline,
+        max_wait,
+        attempt,
+    } = *ask;
+    let queue_span = tracing::trace_span!(
+        target: SPANS,
+        "queue_wait",
+        attempt = attempt + 1,
+        model = %model.cfg.name,
+        gate_wait_ms = Empty,
+        slot_wait_ms = Empty,
+        wait_ms = Empty,
+        outcome = Empty,
+    );
+    let gate_t0 = Instant::now();
+    let remaining = deadline.saturating_duration_since(gate_t0);
+    let Some(permit) = model.gate.admit(tenant, weight, remaining).await else {
+        queue_span.record("outcome", "queue_full");
+        return Err(Failure::Refused(
+            RateLimited {
+                model: model.cfg.name.clone(),
+                retry_after: model.booked_ahead().max(Duration::from_millis(100)),
+                what: format!(
+                    "queue full at this gateway: queue.booked_ahead = {} requests of this model already hold a slot",
+                    inner.config.queue.booked_ahead
+                ),
+                remaining: Vec::new(),
+            },
+            Bound {
+                account: "none".into(),
+                limit: "queue.booked_ahead at this gateway".into(),
+            },
+        ));
+    };
+    let t0 = Instant::now();
+    let remaining = deadline.saturating_duration_since(t0);
+    let acquire_span = tracing::trace_span!(
+        target: SPANS,
+        parent: &queue_span,
+        "limiter.acquire",
+        candidates = model.keys.len(),
+        cost_tokens = cost.input_tokens + cost.output_tokens,
+        otel.status_code = Empty,
+        decision = Empty,
+        account = Empty,
+        quota_key = Empty,
+        reason = Empty,
+        limit = Empty,
+        retry_after_ms = Empty,
+        remaining = Empty,
+    );
+    let decision = inner
+        .limiter
+        .acquire(&model.keys, &model.quota, cost, remaining)
+        .instrument(acquire_span.clone())
+        .await;
+    metrics::histogram!("sluice_limiter_seconds", "op" => "acquire")
+        .record(t0.elapsed().as_secs_f64());
+    if !queue_span.is_disabled() {
+        queue_span.record("gate_wait_ms", ms(t0 - gate_t0));
+        record_decision(&acquire_span, &decision, model);
+    }
+    drop(acquire_span);
+    let res = match decision {
+        Ok(Decision::Granted(res)) => res,
+        Ok(Decision::Refused(r)) => {
+            queue_span.record("outcome", "refused");
+            return Err(match r.reason {
+                RefusalReason::Disabled(reason) => Failure::Disabled {
+                    model: model.cfg.name.clone(),
+                    reason,
+                },
+                RefusalReason::Unavailable => {
+                    Failure::StoreDown(r.retry_after.unwrap_or(Duration::from_secs(1)))
+                }
+                reason => Failure::Refused(
+                    RateLimited {
+                        model: model.cfg.name.clone(),
+                        retry_after: r
+                            .retry_after
+                            .unwrap_or(max_wait)
+                            .max(Duration::from_millis(1)),
+                        what: describe(&reason, &r.remaining, model),
+                        remaining: r.remaining.clone(),
+                    },
+                    Bound {
+                        account: model
+                            .accounts
+                            .get(r.candidate)
+                            .map_or("none", |a| a.name.as_str())
+                            .to_owned(),
+                        limit: binding_limit(&reason, &r.remaining, model),
+                    },
+                ),
+            });
+        }
+        Err(LimitError::InsufficientCapacity {
+            limit,
+            capacity,
+            cost,
+        }) => {
+            return Err(Failure::TooLarge(ApiError::TooLarge {
+                model: model.cfg.name.clone(),
+                limit: limit.to_string(),
+                capacity,
+                cost,
+            }));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "limiter failed");
+            return Err(Failure::StoreDown(Duration::from_secs(1)));
+        }
+    };
+    model.booked_ahead_us.store(
+        res.wait.as_micros() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    metrics::histogram!("sluice_queue_wait_seconds", "model" => model.cfg.name.clone())
+        .record(res.wait.as_secs_f64());
+    // Until the request is sent, a client that goes away (hyper drops this
+    // future) gives the slot back for a later waiter.
+    let waiting = AbandonedWait::new(gw, mi, res);
+    if !waiting.wait().is_zero() {
+        tokio::time::sleep(waiting.wait()).await;
+    }
+    let res = waiting.sent();
+    drop(permit);
+    if !queue_span.is_disabled() {
+        queue_span.record("outcome", "slot");
+        queue_span.record("slot_wait_ms", ms(res.wait));
+        queue_span.record("wait_ms", ms(gate_t0.elapsed()));
+    }
+    drop(queue_span);
+    Ok(res)
+}
+
+/// A limit of the model in words, as the operator configured it: `100 requests per 60s`
+/// (the quota's own window is a little longer, by the latency allowance).
+fn describe_limit(id: &LimitId, model: &ModelState) -> String {
+    use sluice_config::LimitUnit;
+    use sluice_limiter::Unit;
+    let Some(l) = model.quota.limits().iter().find(|l| l.id() == id) else {
+        return format!("limit {id}");
+    };
+    let window = l.window().length();
+    let per = model
+        .cfg
+        .limits
+        .iter()
+        .filter(|s| {
+            s.amount.get() == l.amount()
+                && s.per <= window
+                && matches!(
+                    (s.unit, l.unit()),
+                    (LimitUnit::Requests, Unit::Requests)
+                        | (LimitUnit::Tokens, Unit::Tokens)
+                        | (LimitUnit::InputTokens, Unit::InputTokens)
+                        | (LimitUnit::OutputTokens, Unit::OutputTokens)
+                )
+        })
+        .map(|s| s.per)
+        .max()
+        .unwrap_or(window);
+    format!("{} {} per {per:?}", l.amount(), l.unit().as_str())
+}
+
+/// The limit with the least left, as a share of what it allows.
+fn tightest(remaining: &[Remaining]) -> Option<&Remaining> {
+    remaining
+        .iter()
+        .min_by_key(|r| (r.remaining as u128 * 1_000_000) / u128::from(r.effective.max(1)))
+}
+
+/// The limit that bound a refusal, in words (for its log line and span).
+fn binding_limit(reason: &RefusalReason, remaining: &[Remaining], model: &ModelState) -> String {
+    match reason {
+        RefusalReason::Limit(id) => describe_limit(id, model),
+        RefusalReason::Queue => tightest(remaining).map_or_else(
+            || "the shared queue".into(),
+            |r| describe_limit(&r.limit, model),
+        ),
+        RefusalReason::Pacing => "pacing".into(),
+        RefusalReason::Cooldown => "provider cooldown".into(),
+        RefusalReason::Disabled(_) => "accounts out of rotation".into(),
+        RefusalReason::Unavailable => "store unavailable".into(),
+        _ => "no slot".into(),
+    }
+}
+
+/// The reason of a refusal, as a span attribute.
+fn reason_label(reason: &RefusalReason) -> &'static str {
+    match reason {
+        RefusalReason::Limit(_) => "limit",
+        RefusalReason::Queue => "queue",
+        RefusalReason::Pacing => "pacing",
+        RefusalReason::Cooldown => "cooldown",
+        RefusalReason::Disabled(_) => "disabled",
+        RefusalReason::Unavailable => "unavailable",
+        _ => "other",
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Records the limiter's decision on its span (only called when the span is enabled).
+fn record_decision(span: &Span, decision: &Result<Decision, LimitError>, model: &ModelState) {
+    let remaining = |rs: &[Remaining]| {
+        rs.iter()
+            .map(|r| format!("{}={}/{}", r.limit, r.remaining, r.effective))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let account = |i: usize| model.accounts.get(i).map_or("none", |a| a.name.as_str());
+    match decision {
+        Ok(Decision::Granted(res)) => {
+            span.record("decision", "granted");
+            span.record("account", account(res.candidate));
+            span.record("quota_key", res.key.to_string());
+            span.record("remaining", remaining(&res.remaining));
+        }
+        Ok(Decision::Refused(r)) => {
+            span.record("decision", "refused");
+            span.record("account", account(r.candidate));
+            if let Some(k) = model.keys.get(r.candidate) {
+                span.record("quota_key", k.to_string());
+            }
+            span.record("reason", reason_label(&r.reason));
+            span.record("limit", binding_limit(&r.reason, &r.remaining, model));
+            span.record(
+                "retry_after_ms",
+                r.retry_after.map(|d| d.as_millis() as u64),
+            );
+            span.record("remaining", remaining(&r.remaining));
+        }
+        Err(LimitError::InsufficientCapacity { limit, .. }) => {
+            span.record("decision", "too_large");
+            span.record("limit", describe_limit(limit, model));
+        }
+        Err(_) => {
+            span.record("decision", "error");
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+}
+
+pub(super) fn describe(
+    reason: &RefusalReason,
+    remaining: &[Remaining],
+    model: &ModelState,
+) -> String {
+    match reason {
+        RefusalReason::Limit(id) => describe_limit(id, model),
+        RefusalReason::Queue => match tightest(remaining) {
+            Some(r) => format!(
+                "earlier requests hold every slot of {} up to the deadline",
+                describe_limit(&r.limit, model)
+            ),
+            None => "earlier requests hold every slot up to the deadline".into(),
+        },
+        RefusalReason::Pacing => {
+            "requests are paced and the next slot is after the deadline".into()
+        }
+        RefusalReason::Cooldown => "the provider asked to slow down".into(),
+        RefusalReason::Disabled(r) => format!("accounts out of rotation: {r}"),
+        RefusalReason::Unavailable => "the shared store is unavailable".into(),
+        _ => "no slot".into(),
+    }
+}
+
+/// A reservation waiting for its slot: dropped before [`sent`](Self::sent) (the client
+/// went away and hyper dropped the handler), it releases the reservation in the
+/// background, so that the slot can serve a later waiter (`Store::release`).
+pub(super) struct AbandonedWait {
+    gw: Gateway,
+    model: usize,
+    reservation: Option<Reservation>,
+}
+
+impl AbandonedWait {
+    pub(super) fn new(gw: &Gateway, model: usize, reservation: Reservation) -> Self {
+        Self {
+            gw: gw.clone(),
+            model,
+            reservation: Some(reservation),
+        }
+    }
+
+    /// How long until the slot.
+    pub(super) fn wait(&self) -> Duration {
+        self.reservation.as_ref().map_or(Duration::ZERO, |r| r.wait)
+    }
+
+    /// The slot has come and the request goes upstream: the reservation is used.
+    pub(super) fn sent(mut self) -> Reservation {
+        self.reservation.take().expect("taken only here")
+    }
+}
+
+impl Drop for AbandonedWait {
+    fn drop(&mut self) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let gw = self.gw.clone();
+        let mi = self.model;
+        runtime.spawn(async move {
+            let m = &gw.inner.models[mi];
+            match gw.inner.limiter.release(&m.quota, &reservation).await {
+                Ok(outcome) => {
+                    let outcome = match outcome {
+                        ReleaseOutcome::Reusable => "reusable",
+                        ReleaseOutcome::Passed => "passed",
+                        ReleaseOutcome::AlreadySettled => "settled",
+                        _ => "dropped",
+                    };
+                    metrics::counter!("sluice_reservations_released_total", "model" => m.cfg.name.clone(), "outcome" => outcome)
+                        .increment(1);
+                    tracing::debug!(model = %m.cfg.name, account = %m.accounts[reservation.candidate].name, outcome, "client went away while queued; slot released");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, model = %m.cfg.name, "releasing an abandoned slot failed; it ages out");
+                }
+            }
+        });
+    }
+}
