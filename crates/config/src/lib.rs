@@ -22,7 +22,8 @@
 //!     upstream = "dashscope"
 //! "#, &[], &env).unwrap();
 //! assert_eq!(config.models[0].preset, Some("qwen3-max")); // no figures: the preset's
-//! assert_eq!(config.upstreams[0].keys[0].expose(), "sk-a");
+//! assert_eq!(config.upstreams[0].accounts[0].keys[0].expose(), "sk-a");
+//! assert_eq!(config.upstreams[0].accounts[0].name, "key-0");
 //! ```
 //!
 //! This crate knows nothing of HTTP or Redis: the gateway and the sidecar both load it.
@@ -42,7 +43,7 @@ pub use duration::parse_duration;
 pub use env::{Env, ProcessEnv};
 pub use error::ConfigError;
 pub use model::{
-    Config, Dialect, FailurePolicy, LimitSpec, LimitUnit, Model, PacingMode, Price, Queue, Retry,
+    Account, Config, Dialect, FailurePolicy, LimitSpec, LimitUnit, Model, PacingMode, Price, Queue, Retry,
     Server, Sidecar, Store, Tenant, Tokenizer, Upstream,
 };
 pub use presets::{PRESETS, Preset, preset};
@@ -108,6 +109,11 @@ fn secrets_written_in_file(root: &toml::Value, expanded: &[String]) -> Vec<Strin
     for (i, upstream) in list(root, "upstreams").iter().enumerate() {
         for (k, key) in list(upstream, "keys").iter().enumerate() {
             check(format!("upstreams[{i}].keys[{k}]"), Some(key));
+        }
+        for (a, account) in list(upstream, "accounts").iter().enumerate() {
+            for (k, key) in list(account, "keys").iter().enumerate() {
+                check(format!("upstreams[{i}].accounts[{a}].keys[{k}]"), Some(key));
+            }
         }
     }
     for (i, tenant) in list(root, "tenants").iter().enumerate() {

@@ -42,8 +42,8 @@ fn the_shipped_example_loads_as_it_stands() {
     assert_eq!(store.on_error, FailurePolicy::Local);
     assert_eq!(store.expected_replicas.get(), 3);
     assert_eq!(c.upstreams[0].dialect, Dialect::Dashscope);
-    assert_eq!(c.upstreams[0].keys.len(), 2);
-    assert_eq!(c.upstreams[0].keys[1].expose(), "sk-bbbbbbbb");
+    assert_eq!(c.upstreams[0].accounts.len(), 2);
+    assert_eq!(c.upstreams[0].accounts[1].keys[0].expose(), "sk-bbbbbbbb");
     let max = c.model("qwen3-max").unwrap();
     assert_eq!(max.limits.len(), 3);
     assert_eq!(max.fallback, ["qwen-plus", "qwen-turbo"]);

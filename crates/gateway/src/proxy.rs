@@ -457,11 +457,12 @@ async fn serve(
             );
             let mut up_headers = forward.clone();
             telemetry::inject(&up_span, &mut up_headers);
+            let auth = account.auth();
             let sent = inner
                 .client
                 .post(url)
                 .headers(up_headers)
-                .header(account.auth.0.clone(), account.auth.1.clone())
+                .header(auth.0.clone(), auth.1.clone())
                 .body(upstream_body.clone())
                 .send()
                 .instrument(up_span.clone())
@@ -1058,6 +1059,7 @@ pub(crate) async fn other(
     }
     let res = waiting.sent();
     let account = &model.accounts[res.candidate];
+    let auth = account.auth();
     let suffix = uri.path().strip_prefix("/v1").unwrap_or(uri.path());
     let mut url = format!("{}{}", model.base_url, suffix);
     if let Some(q) = uri.query() {
@@ -1067,7 +1069,7 @@ pub(crate) async fn other(
     let mut req = inner
         .client
         .request(method, url)
-        .header(account.auth.0.clone(), account.auth.1.clone())
+        .header(auth.0.clone(), auth.1.clone())
         .body(body);
     for h in FORWARD {
         if let Some(v) = headers.get(*h) {

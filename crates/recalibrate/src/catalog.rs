@@ -1,5 +1,7 @@
 //! [`Catalog`]: the configured models as the limiter sees them — one [`Quota`] and one
-//! [`QuotaKey`] per account (`<upstream>/<model>`, `key-<i>`). The gateway builds its
+//! [`QuotaKey`] per account (`<upstream>/<quota>`, `<account>`: the quota is the
+//! model's name unless it draws on a `[[quotas]]` entry, the account `key-<i>` unless
+//! the upstream groups its keys into named `accounts`). The gateway builds its
 //! quotas here too, so the gateway, the sidecar and `/v1/quotas` agree on every limit id.
 
 use std::num::NonZeroU64;
@@ -24,7 +26,8 @@ pub struct CatalogModel {
     pub provider: Provider,
     /// The quota of each account.
     pub quota: Quota,
-    /// One key per account, `key-<i>` in the upstream's key order.
+    /// One key per account of the upstream, in its order (`key-<i>`, or the names of
+    /// its `accounts`); models drawing on one `[[quotas]]` entry have the same keys.
     pub keys: Vec<QuotaKey>,
 }
 
@@ -100,9 +103,12 @@ impl Catalog {
                 source,
             };
             let up = &config.upstreams[m.upstream_index];
-            let group = format!("{}/{}", up.name, m.name);
-            let keys = (0..up.keys.len())
-                .map(|i| QuotaKey::new(group.clone(), format!("key-{i}")))
+            // Models that share a quota share its keys: one budget per account.
+            let group = format!("{}/{}", up.name, m.quota);
+            let keys = up
+                .accounts
+                .iter()
+                .map(|a| QuotaKey::new(group.clone(), a.name.clone()))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(err)?;
             models.push(CatalogModel {
