@@ -209,6 +209,9 @@ pub struct Upstream {
     /// `keys` (each key its own account, `key-0`, `key-1`, ...) or from `accounts` (keys
     /// grouped by the organisation, project or deployment the provider meters them as).
     pub accounts: Vec<Account>,
+    /// Every key of every account, in file order (the keys of [`Upstream::accounts`]
+    /// flattened).
+    pub keys: Vec<Secret>,
     /// `api_version` (Azure).
     pub api_version: Option<String>,
     /// `passthrough` (default none): extra `/v1/...` paths the gateway forwards as is

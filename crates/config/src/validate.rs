@@ -197,6 +197,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             name: u.name,
             base_url: u.base_url.trim_end_matches('/').to_owned(),
             dialect: u.dialect.unwrap_or(Dialect::Openai),
+            keys: accounts.iter().flat_map(|a| a.keys.clone()).collect(),
             accounts,
             api_version: u.api_version,
             passthrough: passthrough_list(&path, u.passthrough.unwrap_or_default())?,
