@@ -28,7 +28,7 @@
 //!
 //! This crate knows nothing of HTTP or Redis: the gateway and the sidecar both load it.
 
-mod duration;
+pub mod duration;
 mod env;
 mod error;
 mod model;
@@ -39,7 +39,7 @@ mod validate;
 
 use std::path::Path;
 
-pub use duration::parse_duration;
+pub use duration::{DurationError, parse_duration};
 pub use env::{Env, ProcessEnv};
 pub use error::ConfigError;
 pub use model::{

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 
-use crate::duration::parse_duration;
+use crate::duration;
 
 /// A duration written as text (`"30s"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,12 +24,25 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as \"250ms\", \"30s\", \"5m\" or \"1h\"")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                parse_duration(s)
-                    .map(Dur)
-                    .ok_or_else(|| E::invalid_value(Unexpected::Str(s), &self))
+                duration::parse(s).map(Dur).map_err(|why| {
+                    E::custom(format_args!(
+                        "invalid value: {}, expected {} ({why})",
+                        Unexpected::Str(s),
+                        Expecting(&self)
+                    ))
+                })
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// What a visitor expects, as text.
+struct Expecting<'a, V>(&'a V);
+
+impl<V: for<'de> Visitor<'de>> fmt::Display for Expecting<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
     }
 }
 
