@@ -65,7 +65,9 @@ fn scaled(number: &str, scale: u128) -> Result<Option<u128>, DurationError> {
     }
     let mut total: u128 = 0;
     for b in whole.bytes() {
-        let Some(t) = total.checked_mul(10).and_then(|t| t.checked_add(u128::from(b - b'0')))
+        let Some(t) = total
+            .checked_mul(10)
+            .and_then(|t| t.checked_add(u128::from(b - b'0')))
         else {
             return Ok(None);
         };

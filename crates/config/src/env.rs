@@ -267,12 +267,21 @@ mod tests {
         )
         .unwrap();
         set_override(&mut root, "upstreams.1.base_url", "http://sim/v1", "V").unwrap();
-        assert_eq!(root["upstreams"][1]["base_url"].as_str(), Some("http://sim/v1"));
+        assert_eq!(
+            root["upstreams"][1]["base_url"].as_str(),
+            Some("http://sim/v1")
+        );
         assert_eq!(root["upstreams"][0]["base_url"].as_str(), Some("https://a"));
         let err = set_override(&mut root, "upstreams.2.base_url", "x", "V").unwrap_err();
-        assert!(err.to_string().contains("`upstreams` is a list of 2"), "{err}");
+        assert!(
+            err.to_string().contains("`upstreams` is a list of 2"),
+            "{err}"
+        );
         let err = set_override(&mut root, "upstreams.x.base_url", "x", "V").unwrap_err();
-        assert!(err.to_string().contains("`x` is not one of its indexes"), "{err}");
+        assert!(
+            err.to_string().contains("`x` is not one of its indexes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -43,8 +43,8 @@ pub use duration::{DurationError, parse_duration};
 pub use env::{Env, ProcessEnv};
 pub use error::ConfigError;
 pub use model::{
-    Account, Config, Dialect, FailurePolicy, LimitSpec, LimitUnit, Model, PacingMode, Price, Queue, Retry,
-    Server, Sidecar, Store, Tenant, Tokenizer, Upstream,
+    Account, Config, Dialect, FailurePolicy, LimitSpec, LimitUnit, Model, PacingMode, Price, Queue,
+    Retry, Server, Sidecar, Store, Tenant, Tokenizer, Upstream,
 };
 pub use presets::{PRESETS, Preset, preset};
 pub use secret::{KeyDigest, Secret};

@@ -227,7 +227,10 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         {
             return Err(invalid(
                 format!("quotas[{q}].name"),
-                format!("{:?}, drawn on by models of upstreams {first:?} and {other:?}", quota.name),
+                format!(
+                    "{:?}, drawn on by models of upstreams {first:?} and {other:?}",
+                    quota.name
+                ),
                 "a quota whose models all have one upstream (a provider pools the models of one account; name one quota per upstream)",
             ));
         }
@@ -648,7 +651,10 @@ fn quotas(raw: &[RawQuota], models: &[RawModel]) -> Result<Vec<QuotaDef>, Config
         {
             return Err(invalid(
                 format!("{path}.name"),
-                format!("{:?}, also the name of a model with limits of its own", m.name),
+                format!(
+                    "{:?}, also the name of a model with limits of its own",
+                    m.name
+                ),
                 "a name that no model outside this quota has",
             ));
         }

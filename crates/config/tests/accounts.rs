@@ -44,7 +44,11 @@ fn keys_of_one_account_are_one_account_with_every_key() {
 #[test]
 fn plain_keys_are_one_account_each() {
     let c = load(&upstream(r#"keys = ["${K1}", "${K2}"]"#)).unwrap();
-    let names: Vec<&str> = c.upstreams[0].accounts.iter().map(|a| a.name.as_str()).collect();
+    let names: Vec<&str> = c.upstreams[0]
+        .accounts
+        .iter()
+        .map(|a| a.name.as_str())
+        .collect();
     assert_eq!(names, ["key-0", "key-1"]);
 }
 
@@ -54,16 +58,24 @@ fn accounts_errors_name_the_key() {
         r#"keys = ["${K1}"]
 accounts = [{ name = "a", keys = ["${K2}"] }]"#,
     ));
-    assert!(both.contains("upstreams[0].accounts") && both.contains("both keys and accounts"), "{both}");
+    assert!(
+        both.contains("upstreams[0].accounts") && both.contains("both keys and accounts"),
+        "{both}"
+    );
     let none = error(&upstream(""));
-    assert!(none.contains("upstreams[0].keys") && none.contains("accounts = ["), "{none}");
+    assert!(
+        none.contains("upstreams[0].keys") && none.contains("accounts = ["),
+        "{none}"
+    );
     let empty = error(&upstream(r#"accounts = [{ name = "a", keys = [] }]"#));
     assert!(empty.contains("upstreams[0].accounts[0].keys"), "{empty}");
     let dup = error(&upstream(
         r#"accounts = [{ name = "a", keys = ["${K1}"] }, { name = "a", keys = ["${K2}"] }]"#,
     ));
     assert!(dup.contains("upstreams[0].accounts[1].name"), "{dup}");
-    let bad = error(&upstream(r#"accounts = [{ name = "org/a", keys = ["${K1}"] }]"#));
+    let bad = error(&upstream(
+        r#"accounts = [{ name = "org/a", keys = ["${K1}"] }]"#,
+    ));
     assert!(bad.contains("upstreams[0].accounts[0].name"), "{bad}");
 }
 
@@ -120,13 +132,22 @@ fn quota_errors_name_the_key() {
     let unknown = error(&format!(
         "{QUOTA_UP}[[models]]\nname = \"m\"\nupstream = \"up\"\nquota = \"nope\"\n"
     ));
-    assert!(unknown.contains("models[0].quota") && unknown.contains("\"nope\""), "{unknown}");
+    assert!(
+        unknown.contains("models[0].quota") && unknown.contains("\"nope\""),
+        "{unknown}"
+    );
     let limits_too = error(&format!(
         "{QUOTA_UP}[[quotas]]\nname = \"q\"\nrpm = 5\n[[models]]\nname = \"m\"\nupstream = \"up\"\nquota = \"q\"\ntpm = 9\n"
     ));
-    assert!(limits_too.contains("models[0].tpm") && limits_too.contains("the quota's"), "{limits_too}");
+    assert!(
+        limits_too.contains("models[0].tpm") && limits_too.contains("the quota's"),
+        "{limits_too}"
+    );
     let no_limits = error(&format!("{QUOTA_UP}[[quotas]]\nname = \"q\"\n"));
-    assert!(no_limits.contains("quotas[0]") && no_limits.contains("at least one limit"), "{no_limits}");
+    assert!(
+        no_limits.contains("quotas[0]") && no_limits.contains("at least one limit"),
+        "{no_limits}"
+    );
     let dup = error(&format!(
         "{QUOTA_UP}[[quotas]]\nname = \"q\"\nrpm = 5\n[[quotas]]\nname = \"q\"\nrpm = 6\n"
     ));
@@ -134,30 +155,47 @@ fn quota_errors_name_the_key() {
     let clash = error(&format!(
         "{QUOTA_UP}[[quotas]]\nname = \"m\"\nrpm = 5\n[[models]]\nname = \"m\"\nupstream = \"up\"\nrpm = 9\n"
     ));
-    assert!(clash.contains("quotas[0].name") && clash.contains("also the name of a model"), "{clash}");
+    assert!(
+        clash.contains("quotas[0].name") && clash.contains("also the name of a model"),
+        "{clash}"
+    );
     let two_upstreams = error(&format!(
         "{QUOTA_UP}[[upstreams]]\nname = \"up2\"\nbase_url = \"https://example.org/v1\"\nkeys = [\"${{K2}}\"]\n\
          [[quotas]]\nname = \"q\"\nrpm = 5\n\
          [[models]]\nname = \"a\"\nupstream = \"up\"\nquota = \"q\"\n\
          [[models]]\nname = \"b\"\nupstream = \"up2\"\nquota = \"q\"\n"
     ));
-    assert!(two_upstreams.contains("quotas[0].name") && two_upstreams.contains("one upstream"), "{two_upstreams}");
+    assert!(
+        two_upstreams.contains("quotas[0].name") && two_upstreams.contains("one upstream"),
+        "{two_upstreams}"
+    );
 }
 
 #[test]
 fn an_indexed_override_swaps_one_upstream_url() {
     let env: HashMap<String, String> = [
         ("K1".to_string(), "sk-one-1234".to_string()),
-        ("SLUICE_UPSTREAMS__0__BASE_URL".to_string(), "http://127.0.0.1:9/v1".to_string()),
+        (
+            "SLUICE_UPSTREAMS__0__BASE_URL".to_string(),
+            "http://127.0.0.1:9/v1".to_string(),
+        ),
     ]
     .into();
     let c = from_str(&upstream(r#"keys = ["${K1}"]"#), &[], &env).unwrap();
     assert_eq!(c.upstreams[0].base_url, "http://127.0.0.1:9/v1");
     let env: HashMap<String, String> = [
         ("K1".to_string(), "sk-one-1234".to_string()),
-        ("SLUICE_UPSTREAMS__3__BASE_URL".to_string(), "http://x/v1".to_string()),
+        (
+            "SLUICE_UPSTREAMS__3__BASE_URL".to_string(),
+            "http://x/v1".to_string(),
+        ),
     ]
     .into();
-    let e = from_str(&upstream(r#"keys = ["${K1}"]"#), &[], &env).unwrap_err().to_string();
-    assert!(e.contains("SLUICE_UPSTREAMS__3__BASE_URL") && e.contains("list of 1"), "{e}");
+    let e = from_str(&upstream(r#"keys = ["${K1}"]"#), &[], &env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("SLUICE_UPSTREAMS__3__BASE_URL") && e.contains("list of 1"),
+        "{e}"
+    );
 }

@@ -59,12 +59,7 @@ fn the_shipped_example_loads_as_it_stands() {
 #[test]
 fn a_missing_environment_variable_names_the_key_and_the_variable() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/sluice.toml");
-    let err = load(
-        &path,
-        &[],
-        &env(&[("DASHSCOPE_KEY_A", "a")]),
-    )
-    .unwrap_err();
+    let err = load(&path, &[], &env(&[("DASHSCOPE_KEY_A", "a")])).unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("upstreams[0].keys[1]") && text.contains("DASHSCOPE_KEY_B"),

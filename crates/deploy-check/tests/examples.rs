@@ -72,7 +72,10 @@ fn the_readme_documents_a_file_for_every_provider_and_runs_the_quick_start_verba
         "vllm.toml",
         "multi-team.toml",
     ] {
-        assert!(names.iter().any(|n| n == want), "examples/{want} is missing: {names:?}");
+        assert!(
+            names.iter().any(|n| n == want),
+            "examples/{want} is missing: {names:?}"
+        );
     }
     let block = readme_quick_start();
     let file = std::fs::read_to_string(root().join("examples/sluice.toml")).unwrap();
@@ -128,7 +131,9 @@ async fn sim_for(config: &sluice_config::Config) -> sluice_sim::SimHandle {
     let models = config
         .models
         .iter()
-        .map(|m| sluice_sim::ModelConfig::new(m.upstream_model.clone(), sluice_sim::Dialect::Openai))
+        .map(|m| {
+            sluice_sim::ModelConfig::new(m.upstream_model.clone(), sluice_sim::Dialect::Openai)
+        })
         .collect();
     let mut sim = sluice_sim::Config::with_models(models);
     sim.accept_any_key = true;
@@ -231,7 +236,10 @@ async fn every_example_starts_with_its_documented_variables_and_serves_through_t
             .unwrap();
         let status = answer.status();
         let body: serde_json::Value = answer.json().await.unwrap_or_default();
-        assert_eq!(status, 200, "examples/{name}: a chat completion of {model}: {body}");
+        assert_eq!(
+            status, 200,
+            "examples/{name}: a chat completion of {model}: {body}"
+        );
         assert!(
             body["choices"][0]["message"]["content"].is_string(),
             "examples/{name}: an answer with content: {body}"
@@ -244,7 +252,10 @@ async fn every_example_starts_with_its_documented_variables_and_serves_through_t
             .flat_map(|a| a.models.values())
             .map(|m| m.accepted)
             .sum();
-        assert_eq!(served, 1, "examples/{name}: the simulator served the request");
+        assert_eq!(
+            served, 1,
+            "examples/{name}: the simulator served the request"
+        );
         server.abort();
     }
 }

@@ -55,7 +55,8 @@ async fn two_keys_of_one_account_admit_its_limit_once_and_both_keys_send() {
         &[("org-key-1", "sk-org-1"), ("org-key-2", "sk-org-2")],
     )
     .await;
-    let model = format!("[[models]]\nname = \"m\"\nupstream = \"up\"\nrpm = {LIMIT}\npacing = \"off\"\n");
+    let model =
+        format!("[[models]]\nname = \"m\"\nupstream = \"up\"\nrpm = {LIMIT}\npacing = \"off\"\n");
 
     let grouped = gateway(&config(
         &upstream.base_url(),
@@ -66,7 +67,10 @@ async fn two_keys_of_one_account_admit_its_limit_once_and_both_keys_send() {
     let c = client();
     let first = chat(&c, &grouped, ask("m", 8), &[]).await;
     assert_eq!(first.status, 200, "{first:?}");
-    assert_eq!(first.headers["x-sluice-account"], "org-a", "the account's name, never a key");
+    assert_eq!(
+        first.headers["x-sluice-account"], "org-a",
+        "the account's name, never a key"
+    );
     let mut got = vec![first.status];
     got.extend(statuses(&grouped, &["m"], 2 * LIMIT - 1).await);
     assert_eq!(
