@@ -167,3 +167,73 @@ pacing = "off"
     let got = statuses(&own, &["opus-4-1", "opus-4-0"], 2 * LIMIT + 2).await;
     assert_eq!(admitted(&got), 2 * LIMIT, "separate quotas: {got:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_redis_admit_one_accounts_shared_quota_once() {
+    let redis = sluice_testkit::RedisServer::start();
+    let big = Duration::from_secs(60);
+    let upstream = sim(
+        vec![
+            sim_model("opus-4-1", 1_000, 1_000_000, big),
+            sim_model("opus-4-0", 1_000, 1_000_000, big),
+        ],
+        &[("org-key-1", "sk-org-1"), ("org-key-2", "sk-org-2")],
+    )
+    .await;
+    let text = format!(
+        r#"
+[store]
+redis_url = "{redis}"
+on_error = "fail_closed"
+{}"#,
+        config(
+            &upstream.base_url(),
+            r#"accounts = [{ name = "org-a", keys = ["sk-org-1", "sk-org-2"] }]"#,
+            &format!(
+                r#"
+[[quotas]]
+name = "opus-4"
+rpm = {LIMIT}
+pacing = "off"
+[[models]]
+name = "opus-4-1"
+upstream = "up"
+quota = "opus-4"
+[[models]]
+name = "opus-4-0"
+upstream = "up"
+quota = "opus-4"
+"#
+            ),
+        ),
+        redis = redis.url(),
+    );
+    let (a, b) = (gateway(&text).await, gateway(&text).await);
+    let c = client();
+    let mut got = Vec::new();
+    for i in 0..2 * LIMIT + 2 {
+        let base = if i % 2 == 0 { &a } else { &b };
+        let model = if (i / 2) % 2 == 0 {
+            "opus-4-1"
+        } else {
+            "opus-4-0"
+        };
+        let answer = chat(&c, base, ask(model, 8), &[]).await;
+        assert!(answer.status == 200 || answer.status == 429, "{answer:?}");
+        got.push(answer.status);
+    }
+    assert_eq!(
+        admitted(&got),
+        LIMIT,
+        "two replicas, two keys of one account, two names of one quota: the limit once: {got:?}"
+    );
+    let stats = upstream.sim().stats();
+    let sent: u64 = ["org-key-1", "org-key-2"]
+        .iter()
+        .flat_map(|k| ["opus-4-1", "opus-4-0"].map(|m| stats.get(k, m).map_or(0, |r| r.accepted)))
+        .sum();
+    assert_eq!(
+        sent, LIMIT as u64,
+        "the provider saw exactly what was admitted"
+    );
+}
