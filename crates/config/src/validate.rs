@@ -410,6 +410,25 @@ fn sidecar(raw: crate::raw::RawSidecar) -> Result<Sidecar, ConfigError> {
     })
 }
 
+/// Account names: they appear in URL paths (`/v1/admin/accounts/{upstream}/{account}`),
+/// metric labels and headers, so letters, digits, `-`, `_` and `.` only.
+fn check_account_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            format!("{name:?}"),
+            "1 to 100 letters, digits, '-', '_' or '.' (e.g. \"org-main\")",
+        ))
+    }
+}
+
 fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
     check_name_with(path, name, false)
 }
@@ -722,7 +741,7 @@ fn accounts(
             let mut groups = Vec::with_capacity(list.len());
             for (a, account) in list.into_iter().enumerate() {
                 let apath = format!("{path}.accounts[{a}]");
-                check_name(&format!("{apath}.name"), &account.name)?;
+                check_account_name(&format!("{apath}.name"), &account.name)?;
                 if groups.iter().any(|(n, _, _)| *n == account.name) {
                     return Err(ConfigError::Duplicate {
                         path: format!("{apath}.name"),

@@ -73,10 +73,15 @@ accounts = [{ name = "a", keys = ["${K2}"] }]"#,
         r#"accounts = [{ name = "a", keys = ["${K1}"] }, { name = "a", keys = ["${K2}"] }]"#,
     ));
     assert!(dup.contains("upstreams[0].accounts[1].name"), "{dup}");
-    let bad = error(&upstream(
-        r#"accounts = [{ name = "org/a", keys = ["${K1}"] }]"#,
-    ));
-    assert!(bad.contains("upstreams[0].accounts[0].name"), "{bad}");
+    for name in ["org/a", "org?a", "org a", ""] {
+        let bad = error(&upstream(&format!(
+            r#"accounts = [{{ name = "{name}", keys = ["${{K1}}"] }}]"#
+        )));
+        assert!(
+            bad.contains("upstreams[0].accounts[0].name") && bad.contains("letters, digits"),
+            "{bad}"
+        );
+    }
 }
 
 #[test]
