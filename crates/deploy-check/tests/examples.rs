@@ -126,13 +126,22 @@ fn each_example_says_how_its_provider_meters_and_runs_its_own_command() {
     }
 }
 
-/// The simulator, serving every upstream model of `config` with no limits, any key.
+/// The simulator, serving every upstream model of `config` in its upstream's dialect,
+/// with no limits, any key.
 async fn sim_for(config: &sluice_config::Config) -> sluice_sim::SimHandle {
+    use sluice_config::Dialect as D;
+    use sluice_sim::Dialect as S;
     let models = config
         .models
         .iter()
         .map(|m| {
-            sluice_sim::ModelConfig::new(m.upstream_model.clone(), sluice_sim::Dialect::Openai)
+            let dialect = match config.upstreams[m.upstream_index].dialect {
+                D::Dashscope => S::Dashscope,
+                D::Azure => S::Azure,
+                D::Anthropic => S::Anthropic,
+                D::Openai => S::Openai,
+            };
+            sluice_sim::ModelConfig::new(m.upstream_model.clone(), dialect)
         })
         .collect();
     let mut sim = sluice_sim::Config::with_models(models);
