@@ -108,15 +108,18 @@ SLUICE_LOG=warn "$bin/sluice-gateway" --config "$work/gateway.toml" >"$work/gw.o
 pids+=($!)
 gw=$(wait_line "$work/gw.out")
 
-# The README's quick start: examples/sluice.toml as it stands, with only the variables the
-# README exports, its upstream swapped for a simulator of its own (any key, DashScope's
-# models) through the documented override, on a free port instead of 8080.
+# The README's quick start: examples/sluice.toml as it stands, with only the variables of
+# the README's own `export` line (values as written there), its upstream swapped for a
+# simulator of its own (any key, DashScope's models) through the documented override, on
+# a free port instead of 8080.
+readme_export=$(grep -m1 -E '^export DASHSCOPE_KEY_A=' README.md | sed -e 's/^export //' -e 's/ #.*//')
+[ -n "$readme_export" ] || { echo "README.md has no 'export DASHSCOPE_KEY_A=...' line" >&2; exit 1; }
 "$bin/sluice-sim" --listen 127.0.0.1:0 --dialect dashscope --models qwen3-max,qwen-plus,qwen-turbo \
   >"$work/sim-readme.out" 2>"$work/sim-readme.out.err" &
 pids+=($!)
 sim_readme=$(wait_line "$work/sim-readme.out")
 env -i PATH="$PATH" HOME="${HOME:-/tmp}" SLUICE_LOG=warn \
-  DASHSCOPE_KEY_A=sk-readme-a DASHSCOPE_KEY_B=sk-readme-b \
+  $readme_export \
   SLUICE_UPSTREAMS__0__BASE_URL="http://$sim_readme/v1" \
   "$bin/sluice-gateway" --config examples/sluice.toml --listen 127.0.0.1:0 \
   >"$work/gw-readme.out" 2>"$work/gw-readme.out.err" &

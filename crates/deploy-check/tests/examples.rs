@@ -1,6 +1,6 @@
 //! Every configuration in `examples/` works as its header documents it (issue #18): with
-//! only the environment variables of its `export` line set (for `examples/sluice.toml`,
-//! those of the README's quick start), the gateway loads it, passes the exposure check,
+//! only the environment variables of its `export` lines set, to the values written there
+//! (for `examples/sluice.toml`, the README's quick start), the gateway loads it, passes the exposure check,
 //! answers `/healthz` and serves one chat completion through `sluice-sim`.
 //!
 //! The one change to each file is the honest one a test needs: every upstream's
@@ -9,7 +9,7 @@
 //! URL, such as `VLLM_BASE_URL`, is set to the simulator too), and `--listen
 //! 127.0.0.1:0` takes a free port, as the binary's flag would.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,13 +17,14 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The `NAME` of every `NAME=value` on the `export` lines of `text` (shell or `# ` comments).
-fn exported(text: &str) -> BTreeSet<String> {
+/// Every `NAME=value` of the `export` lines of `text` (shell lines, or `#   export …`
+/// in a file's header), less trailing `# comments`: what a user copies.
+fn exported(text: &str) -> BTreeMap<String, String> {
     text.lines()
         .map(|l| l.trim_start_matches('#').trim())
         .filter_map(|l| l.strip_prefix("export "))
-        .flat_map(|l| l.split_whitespace())
-        .filter_map(|w| w.split_once('=').map(|(name, _)| name.to_owned()))
+        .flat_map(|l| l.split(" #").next().unwrap_or("").split_whitespace())
+        .filter_map(|w| w.split_once('=').map(|(n, v)| (n.to_owned(), v.to_owned())))
         .collect()
 }
 
@@ -46,16 +47,6 @@ fn examples() -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-/// What each documented variable is set to: the simulator's URL for a URL, else a
-/// placeholder that can serve as a key (at least 8 characters) or a host name.
-fn placeholder(var: &str, sim_url: &str) -> String {
-    if var.ends_with("_BASE_URL") {
-        sim_url.to_owned()
-    } else {
-        format!("test-{}-value", var.to_ascii_lowercase().replace('_', "-"))
-    }
 }
 
 #[test]
@@ -149,9 +140,9 @@ async fn sim_for(config: &sluice_config::Config) -> sluice_sim::SimHandle {
     sluice_sim::spawn(sim).await.expect("the simulator starts")
 }
 
-/// The documented environment of `path`: the README's quick start for `sluice.toml`,
-/// the file's own `export` line for the others.
-fn documented_env(path: &Path) -> BTreeSet<String> {
+/// The documented environment of `path`, values as written: the README's quick start
+/// for `sluice.toml`, the file's own `export` lines for the others.
+fn documented_env(path: &Path) -> BTreeMap<String, String> {
     let text = std::fs::read_to_string(path).unwrap();
     if path.ends_with("sluice.toml") {
         exported(&readme_quick_start())
@@ -192,14 +183,9 @@ async fn every_example_starts_with_its_documented_variables_and_serves_through_t
             .as_array()
             .unwrap()
             .len();
-        // First load as documented, to know the models the simulator must serve.
-        let mut env: HashMap<String, String> = documented_env(&path)
-            .into_iter()
-            .map(|v| {
-                let value = placeholder(&v, "http://127.0.0.1:9/v1");
-                (v, value)
-            })
-            .collect();
+        // First load exactly as documented (the values as written: the gateway must start
+        // with them), to know the models the simulator must serve.
+        let mut env: HashMap<String, String> = documented_env(&path).into_iter().collect();
         let flags = [("server.listen".to_owned(), "127.0.0.1:0".to_owned())];
         let config = sluice_config::load(&path, &flags, &env).unwrap_or_else(|e| {
             panic!("examples/{name} loads with only its documented variables set: {e}")
