@@ -592,20 +592,22 @@ fn list_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
     }
 }
 
+/// What the shorthands of [`RawLimits::shorthand`] count and over how many seconds, in
+/// their order: `rpm`, `tpm`, `rps`, `tps`, `rpd`, `tpd`.
+const SHORTHAND_MEANING: [(LimitUnit, u64); 6] = [
+    (LimitUnit::Requests, 60),
+    (LimitUnit::Tokens, 60),
+    (LimitUnit::Requests, 1),
+    (LimitUnit::Tokens, 1),
+    (LimitUnit::Requests, 86_400),
+    (LimitUnit::Tokens, 86_400),
+];
+
 /// The limits written at `path` (shorthands, then `limits`), at most one per unit and
 /// window; empty when none are written.
 fn limits_of(path: &str, raw: &RawLimits<'_>) -> Result<Vec<LimitSpec>, ConfigError> {
     let mut limits = Vec::new();
-    let window = [60, 60, 1, 1, 86_400, 86_400];
-    let unit = [
-        LimitUnit::Requests,
-        LimitUnit::Tokens,
-        LimitUnit::Requests,
-        LimitUnit::Tokens,
-        LimitUnit::Requests,
-        LimitUnit::Tokens,
-    ];
-    for (j, (key, value)) in raw.shorthand.iter().enumerate() {
+    for ((key, value), (unit, secs)) in raw.shorthand.iter().zip(SHORTHAND_MEANING) {
         if let Some(Num(v)) = *value {
             let amount = NonZeroU64::new(v).ok_or_else(|| {
                 invalid(
@@ -617,9 +619,9 @@ fn limits_of(path: &str, raw: &RawLimits<'_>) -> Result<Vec<LimitSpec>, ConfigEr
             limits.push((
                 format!("{path}.{key}"),
                 LimitSpec {
-                    unit: unit[j],
+                    unit,
                     amount,
-                    per: Duration::from_secs(window[j]),
+                    per: Duration::from_secs(secs),
                 },
             ));
         }
