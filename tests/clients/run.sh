@@ -108,13 +108,33 @@ SLUICE_LOG=warn "$bin/sluice-gateway" --config "$work/gateway.toml" >"$work/gw.o
 pids+=($!)
 gw=$(wait_line "$work/gw.out")
 
-echo "sim http://$sim  gateway http://$gw  capture http://$cap  binaries $bin"
+# The README's quick start: examples/sluice.toml as it stands, with only the variables of
+# the README's own `export` line (values as written there), its upstream swapped for a
+# simulator of its own (any key, DashScope's models) through the documented override, on
+# a free port instead of 8080.
+readme_export=$(grep -m1 -E '^export DASHSCOPE_KEY_A=' README.md | sed -e 's/^export //' -e 's/ #.*//')
+[ -n "$readme_export" ] || { echo "README.md has no 'export DASHSCOPE_KEY_A=...' line" >&2; exit 1; }
+"$bin/sluice-sim" --listen 127.0.0.1:0 --dialect dashscope --models qwen3-max,qwen-plus,qwen-turbo \
+  >"$work/sim-readme.out" 2>"$work/sim-readme.out.err" &
+pids+=($!)
+sim_readme=$(wait_line "$work/sim-readme.out")
+env -i PATH="$PATH" HOME="${HOME:-/tmp}" SLUICE_LOG=warn \
+  $readme_export \
+  SLUICE_UPSTREAMS__0__BASE_URL="http://$sim_readme/v1" \
+  "$bin/sluice-gateway" --config examples/sluice.toml --listen 127.0.0.1:0 \
+  >"$work/gw-readme.out" 2>"$work/gw-readme.out.err" &
+pids+=($!)
+gw_readme=$(wait_line "$work/gw-readme.out")
+
+echo "sim http://$sim  gateway http://$gw  capture http://$cap  readme gateway http://$gw_readme  binaries $bin"
 set +e
 SLUICE_GATEWAY="http://$gw" SLUICE_SIM="http://$sim" SLUICE_CAPTURED="$work/captured.jsonl" \
+  SLUICE_README_GATEWAY="http://$gw_readme" SLUICE_README_SIM="http://$sim_readme" \
   "$venv/bin/python" -m pytest -q -p no:cacheprovider tests/clients "$@"
 status=$?
 set -e
 if [ $status -ne 0 ]; then
   echo "--- gateway log"; tail -n 40 "$work/gw.out.err" || true
+  echo "--- README gateway log"; tail -n 20 "$work/gw-readme.out.err" || true
 fi
 exit $status

@@ -167,7 +167,9 @@ fn expand_str(s: &str, env: &dyn Env) -> Result<(String, bool), ExpandError> {
 }
 
 /// Applies an override `section.key = text` to the raw tree. The text is read as a TOML
-/// value when it is one (`3`, `true`, `["a","b"]`), else as a string.
+/// value when it is one (`3`, `true`, `["a","b"]`), else as a string. A part that is a
+/// number indexes an array of tables: `upstreams.0.base_url` is the `base_url` of the
+/// first `[[upstreams]]` (variable `SLUICE_UPSTREAMS__0__BASE_URL`), which must exist.
 pub(crate) fn set_override(
     root: &mut toml::Value,
     path: &str,
@@ -176,15 +178,34 @@ pub(crate) fn set_override(
 ) -> Result<(), ConfigError> {
     let value = parse_scalar(text);
     let parts: Vec<&str> = path.split('.').collect();
+    let fail = |message: String| ConfigError::Override {
+        origin: source.to_owned(),
+        message,
+    };
     let mut node = root;
     for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        if let toml::Value::Array(items) = node {
+            let len = items.len();
+            let at = parts[..i].join(".");
+            let Some(item) = part.parse::<usize>().ok().and_then(|n| items.get_mut(n)) else {
+                return Err(fail(format!(
+                    "`{at}` is a list of {len}: `{part}` is not one of its indexes (0 to {})",
+                    len.saturating_sub(1)
+                )));
+            };
+            if last {
+                return Err(fail(format!(
+                    "`{at}.{part}` is a whole entry: override one of its keys"
+                )));
+            }
+            node = item;
+            continue;
+        }
         let toml::Value::Table(table) = node else {
-            return Err(ConfigError::Override {
-                origin: source.to_owned(),
-                message: format!("`{}` is not a table", parts[..i].join(".")),
-            });
+            return Err(fail(format!("`{}` is not a table", parts[..i].join("."))));
         };
-        if i + 1 == parts.len() {
+        if last {
             table.insert((*part).to_owned(), value);
             return Ok(());
         }
@@ -237,6 +258,30 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn overrides_index_arrays_of_tables() {
+        let mut root: toml::Value = toml::from_str(
+            "[[upstreams]]\nname = \"a\"\nbase_url = \"https://a\"\n[[upstreams]]\nname = \"b\"\nbase_url = \"https://b\"",
+        )
+        .unwrap();
+        set_override(&mut root, "upstreams.1.base_url", "http://sim/v1", "V").unwrap();
+        assert_eq!(
+            root["upstreams"][1]["base_url"].as_str(),
+            Some("http://sim/v1")
+        );
+        assert_eq!(root["upstreams"][0]["base_url"].as_str(), Some("https://a"));
+        let err = set_override(&mut root, "upstreams.2.base_url", "x", "V").unwrap_err();
+        assert!(
+            err.to_string().contains("`upstreams` is a list of 2"),
+            "{err}"
+        );
+        let err = set_override(&mut root, "upstreams.x.base_url", "x", "V").unwrap_err();
+        assert!(
+            err.to_string().contains("`x` is not one of its indexes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -22,12 +22,13 @@
 //!     upstream = "dashscope"
 //! "#, &[], &env).unwrap();
 //! assert_eq!(config.models[0].preset, Some("qwen3-max")); // no figures: the preset's
-//! assert_eq!(config.upstreams[0].keys[0].expose(), "sk-a");
+//! assert_eq!(config.upstreams[0].accounts[0].keys[0].expose(), "sk-a");
+//! assert_eq!(config.upstreams[0].accounts[0].name, "key-0");
 //! ```
 //!
 //! This crate knows nothing of HTTP or Redis: the gateway and the sidecar both load it.
 
-mod duration;
+pub mod duration;
 mod env;
 mod error;
 mod model;
@@ -38,12 +39,12 @@ mod validate;
 
 use std::path::Path;
 
-pub use duration::parse_duration;
+pub use duration::{DurationError, parse_duration};
 pub use env::{Env, ProcessEnv};
 pub use error::ConfigError;
 pub use model::{
-    Config, Dialect, FailurePolicy, LimitSpec, LimitUnit, Model, PacingMode, Price, Queue, Retry,
-    Server, Sidecar, Store, Tenant, Tokenizer, Upstream,
+    Account, Config, Dialect, FailurePolicy, LimitSpec, LimitUnit, Model, PacingMode, Price, Queue,
+    Retry, Server, Sidecar, Store, Tenant, Tokenizer, Upstream,
 };
 pub use presets::{PRESETS, Preset, preset};
 pub use secret::{KeyDigest, Secret};
@@ -108,6 +109,11 @@ fn secrets_written_in_file(root: &toml::Value, expanded: &[String]) -> Vec<Strin
     for (i, upstream) in list(root, "upstreams").iter().enumerate() {
         for (k, key) in list(upstream, "keys").iter().enumerate() {
             check(format!("upstreams[{i}].keys[{k}]"), Some(key));
+        }
+        for (a, account) in list(upstream, "accounts").iter().enumerate() {
+            for (k, key) in list(account, "keys").iter().enumerate() {
+                check(format!("upstreams[{i}].accounts[{a}].keys[{k}]"), Some(key));
+            }
         }
     }
     for (i, tenant) in list(root, "tenants").iter().enumerate() {

@@ -206,7 +206,12 @@ pub struct Upstream {
     pub base_url: String,
     /// `dialect` (default `openai`).
     pub dialect: Dialect,
-    /// `keys`: each key is one account with the model's limits. Index `i` is account `key-i`.
+    /// The accounts the provider meters separately, each with the model's limits: from
+    /// `keys` (each key its own account, `key-0`, `key-1`, ...) or from `accounts` (keys
+    /// grouped by the organisation, project or deployment the provider meters them as).
+    pub accounts: Vec<Account>,
+    /// Every key of every account, in file order (the keys of [`Upstream::accounts`]
+    /// flattened).
     pub keys: Vec<Secret>,
     /// `api_version` (Azure).
     pub api_version: Option<String>,
@@ -215,6 +220,20 @@ pub struct Upstream {
     /// `["/v1/files", "/v1/batches/*"]`; `*` is exactly one segment). Validated at
     /// load: under `/v1/`, no empty, dot or percent-encoded segment.
     pub passthrough: Vec<String>,
+}
+
+/// One provider account: what the provider meters as one budget (an OpenAI
+/// organisation or project, an Azure deployment, an Anthropic organisation, a DashScope
+/// root account). All its keys draw on the same limits; the gateway decides once per
+/// account and sends with its keys in turn.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Account {
+    /// `name` (`key-<i>` for an entry of `keys`): the account in metrics, logs,
+    /// `x-sluice-account`, the limiter's keys and `/v1/admin/accounts/...`. Never a key.
+    pub name: String,
+    /// Its API keys, at least one.
+    pub keys: Vec<Secret>,
 }
 
 /// What a limit counts.
@@ -287,8 +306,13 @@ pub struct Model {
     pub upstream_index: usize,
     /// `upstream_model`: the name sent upstream (default: `name`).
     pub upstream_model: String,
-    /// The limits in force (the operator's, or the preset's).
+    /// The limits in force (the operator's, the preset's, or those of the `[[quotas]]`
+    /// entry it draws on).
     pub limits: Vec<LimitSpec>,
+    /// The pool its limits count in: the name of the `[[quotas]]` entry it names with
+    /// `quota`, else its own name. Models with the same `quota` (always of one upstream)
+    /// share one budget per account, as Anthropic pools a model family.
+    pub quota: String,
     /// The name of the preset the limits come from, if any.
     pub preset: Option<&'static str>,
     /// `fallback`: models to try, in order, when this one cannot serve in time.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Unexpected, Visitor};
 
-use crate::duration::parse_duration;
+use crate::duration;
 
 /// A duration written as text (`"30s"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,12 +24,25 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as \"250ms\", \"30s\", \"5m\" or \"1h\"")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<Dur, E> {
-                parse_duration(s)
-                    .map(Dur)
-                    .ok_or_else(|| E::invalid_value(Unexpected::Str(s), &self))
+                duration::parse(s).map(Dur).map_err(|why| {
+                    E::custom(format_args!(
+                        "invalid value: {}, expected {} ({why})",
+                        Unexpected::Str(s),
+                        Expecting(&self)
+                    ))
+                })
             }
         }
         d.deserialize_any(V)
+    }
+}
+
+/// What a visitor expects, as text.
+struct Expecting<'a, V>(&'a V);
+
+impl<V: for<'de> Visitor<'de>> fmt::Display for Expecting<'_, V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
     }
 }
 
@@ -84,6 +97,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) models: Vec<RawModel>,
     #[serde(default)]
+    pub(crate) quotas: Vec<RawQuota>,
+    #[serde(default)]
     pub(crate) queue: RawQueue,
     #[serde(default)]
     pub(crate) tenants: Vec<RawTenant>,
@@ -125,9 +140,77 @@ pub(crate) struct RawUpstream {
     pub(crate) name: String,
     pub(crate) base_url: String,
     pub(crate) dialect: Option<crate::Dialect>,
-    pub(crate) keys: Vec<String>,
+    pub(crate) keys: Option<Vec<String>>,
+    pub(crate) accounts: Option<Vec<RawAccount>>,
     pub(crate) api_version: Option<String>,
     pub(crate) passthrough: Option<Vec<String>>,
+}
+
+/// `upstreams[i].accounts[j]`: keys the provider meters as one account.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccount {
+    pub(crate) name: String,
+    pub(crate) keys: Vec<String>,
+}
+
+/// The limits as written on a `[[models]]` or `[[quotas]]` entry: shorthands and `limits`.
+pub(crate) struct RawLimits<'a> {
+    pub(crate) shorthand: [(&'static str, Option<Num<u64>>); 6],
+    pub(crate) limits: Option<&'a [RawLimit]>,
+}
+
+impl RawLimits<'_> {
+    /// The keys given (`rpm`, `limits`, ...), for errors.
+    pub(crate) fn given(&self) -> Vec<&'static str> {
+        let mut keys: Vec<&'static str> = self
+            .shorthand
+            .iter()
+            .filter_map(|(k, v)| v.map(|_| *k))
+            .collect();
+        if self.limits.is_some() {
+            keys.push("limits");
+        }
+        keys
+    }
+}
+
+macro_rules! raw_limits {
+    ($t:ty) => {
+        impl $t {
+            /// Its limits as written.
+            pub(crate) fn raw_limits(&self) -> RawLimits<'_> {
+                RawLimits {
+                    shorthand: [
+                        ("rpm", self.rpm),
+                        ("tpm", self.tpm),
+                        ("rps", self.rps),
+                        ("tps", self.tps),
+                        ("rpd", self.rpd),
+                        ("tpd", self.tpd),
+                    ],
+                    limits: self.limits.as_deref(),
+                }
+            }
+        }
+    };
+}
+raw_limits!(RawModel);
+raw_limits!(RawQuota);
+
+/// `[[quotas]]`: one pool of limits that several models draw on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawQuota {
+    pub(crate) name: String,
+    pub(crate) rpm: Option<Num<u64>>,
+    pub(crate) tpm: Option<Num<u64>>,
+    pub(crate) rps: Option<Num<u64>>,
+    pub(crate) tps: Option<Num<u64>>,
+    pub(crate) rpd: Option<Num<u64>>,
+    pub(crate) tpd: Option<Num<u64>>,
+    pub(crate) limits: Option<Vec<RawLimit>>,
+    pub(crate) pacing: Option<crate::PacingMode>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,6 +219,7 @@ pub(crate) struct RawModel {
     pub(crate) name: String,
     pub(crate) upstream: String,
     pub(crate) upstream_model: Option<String>,
+    pub(crate) quota: Option<String>,
     pub(crate) rpm: Option<Num<u64>>,
     pub(crate) tpm: Option<Num<u64>>,
     pub(crate) rps: Option<Num<u64>>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::error::ConfigError;
 use crate::model::*;
 use crate::presets::preset;
-use crate::raw::{Num, RawConfig, RawLimit, RawModel};
+use crate::raw::{Num, RawAccount, RawConfig, RawLimit, RawLimits, RawModel, RawQuota};
 use crate::secret::{KeyDigest, Secret};
 
 fn invalid(path: impl Into<String>, value: impl std::fmt::Display, expected: &str) -> ConfigError {
@@ -199,33 +199,20 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 "an http:// or https:// URL",
             ));
         }
-        if u.keys.is_empty() {
-            return Err(invalid(
-                format!("{path}.keys"),
-                "[]",
-                "at least one API key (each key is one account)",
-            ));
-        }
-        for (k, key) in u.keys.iter().enumerate() {
-            if key.trim().is_empty() {
-                return Err(invalid(
-                    format!("{path}.keys[{k}]"),
-                    "an empty string",
-                    "an API key (is its environment variable empty?)",
-                ));
-            }
-        }
+        let accounts = accounts(&path, u.keys, u.accounts)?;
         upstreams.push(Upstream {
             name: u.name,
             base_url: u.base_url.trim_end_matches('/').to_owned(),
             dialect: u.dialect.unwrap_or(Dialect::Openai),
-            keys: u.keys.into_iter().map(Secret::new).collect(),
+            keys: accounts.iter().flat_map(|a| a.keys.clone()).collect(),
+            accounts,
             api_version: u.api_version,
             passthrough: passthrough_list(&path, u.passthrough.unwrap_or_default())?,
         });
     }
 
     let names: Vec<String> = raw.models.iter().map(|m| m.name.clone()).collect();
+    let quotas = quotas(&raw.quotas, &raw.models)?;
     let mut models = Vec::with_capacity(raw.models.len());
     for (i, m) in raw.models.into_iter().enumerate() {
         if names[..i].contains(&m.name) {
@@ -235,7 +222,25 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 name: m.name,
             });
         }
-        models.push(model(i, m, &upstreams, &names)?);
+        models.push(model(i, m, &upstreams, &names, &quotas)?);
+    }
+    for (q, quota) in raw.quotas.iter().enumerate() {
+        let mut upstreams_of = models
+            .iter()
+            .filter(|m| m.quota == quota.name)
+            .map(|m| m.upstream.as_str());
+        if let Some(first) = upstreams_of.next()
+            && let Some(other) = upstreams_of.find(|u| *u != first)
+        {
+            return Err(invalid(
+                format!("quotas[{q}].name"),
+                format!(
+                    "{:?}, drawn on by models of upstreams {first:?} and {other:?}",
+                    quota.name
+                ),
+                "a quota whose models all have one upstream (a provider pools the models of one account; name one quota per upstream)",
+            ));
+        }
     }
 
     let queue = crate::model::Queue {
@@ -412,6 +417,25 @@ fn sidecar(raw: crate::raw::RawSidecar) -> Result<Sidecar, ConfigError> {
     })
 }
 
+/// Account names: they appear in URL paths (`/v1/admin/accounts/{upstream}/{account}`),
+/// metric labels and headers, so letters, digits, `-`, `_` and `.` only.
+fn check_account_name(path: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            path,
+            format!("{name:?}"),
+            "1 to 100 letters, digits, '-', '_' or '.' (e.g. \"org-main\")",
+        ))
+    }
+}
+
 fn check_name(path: &str, name: &str) -> Result<(), ConfigError> {
     check_name_with(path, name, false)
 }
@@ -440,6 +464,7 @@ fn model(
     m: RawModel,
     upstreams: &[Upstream],
     names: &[String],
+    quotas: &[QuotaDef],
 ) -> Result<Model, ConfigError> {
     let path = format!("models[{i}]");
     check_name_with(&format!("{path}.name"), &m.name, true)?;
@@ -462,52 +487,36 @@ fn model(
     }
     let upstream_model = m.upstream_model.clone().unwrap_or_else(|| m.name.clone());
 
-    let mut limits = Vec::new();
-    let shorthand = [
-        ("rpm", m.rpm, LimitUnit::Requests, 60),
-        ("tpm", m.tpm, LimitUnit::Tokens, 60),
-        ("rps", m.rps, LimitUnit::Requests, 1),
-        ("tps", m.tps, LimitUnit::Tokens, 1),
-        ("rpd", m.rpd, LimitUnit::Requests, 86_400),
-        ("tpd", m.tpd, LimitUnit::Tokens, 86_400),
-    ];
-    for (key, value, unit, secs) in shorthand {
-        if let Some(Num(v)) = value {
-            let amount = NonZeroU64::new(v).ok_or_else(|| {
-                invalid(
+    let shared = match &m.quota {
+        None => None,
+        Some(name) => {
+            let Some(q) = quotas.iter().find(|q| q.name == *name) else {
+                return Err(invalid(
+                    format!("{path}.quota"),
+                    format!("{name:?}"),
+                    &format!(
+                        "the name of a [[quotas]] entry (known: {})",
+                        list_names(quotas.iter().map(|q| q.name.as_str()))
+                    ),
+                ));
+            };
+            let written = m.raw_limits().given();
+            if let Some(key) = written.first().or(m.pacing.as_ref().map(|_| &"pacing")) {
+                return Err(invalid(
                     format!("{path}.{key}"),
-                    v,
-                    "at least 1 (omit the key for no limit)",
-                )
-            })?;
-            limits.push((
-                format!("{path}.{key}"),
-                LimitSpec {
-                    unit,
-                    amount,
-                    per: Duration::from_secs(secs),
-                },
-            ));
+                    format!("a limit on a model that draws on quota {name:?}"),
+                    "no limits or pacing on the model: they are the quota's (write them on its [[quotas]] entry)",
+                ));
+            }
+            Some(q)
         }
-    }
-    for (j, l) in m.limits.iter().flatten().enumerate() {
-        let lpath = format!("{path}.limits[{j}]");
-        limits.push((lpath.clone(), limit(&lpath, l)?));
-    }
-    for (a, (pa, la)) in limits.iter().enumerate() {
-        if let Some((_, _)) = limits[..a]
-            .iter()
-            .find(|(_, lb)| lb.unit == la.unit && lb.per == la.per)
-        {
-            return Err(invalid(
-                pa,
-                format!("{:?} per {:?}", la.unit, la.per),
-                "at most one limit per unit and window",
-            ));
-        }
-    }
+    };
+    let limits = match shared {
+        Some(q) => q.limits.clone(),
+        None => limits_of(&path, &m.raw_limits())?,
+    };
     let mut preset_name = None;
-    let mut limits: Vec<LimitSpec> = limits.into_iter().map(|(_, l)| l).collect();
+    let mut limits = limits;
     if limits.is_empty() {
         let Some(p) = preset(&upstream_model).or_else(|| preset(&m.name)) else {
             return Err(ConfigError::NoLimits {
@@ -571,9 +580,228 @@ fn model(
         output_estimate: m.output_estimate.map_or(1024, |n| n.0),
         tokenizer,
         price,
-        pacing: m.pacing.unwrap_or(PacingMode::Auto),
+        pacing: shared
+            .map(|q| q.pacing)
+            .or(m.pacing)
+            .unwrap_or(PacingMode::Auto),
+        quota: m.quota.unwrap_or_else(|| m.name.clone()),
         name: m.name,
     })
+}
+
+/// `"a", "b"` for an error message, or `none`.
+fn list_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<String> = names.map(|n| format!("{n:?}")).collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// What the shorthands of [`RawLimits::shorthand`] count and over how many seconds, in
+/// their order: `rpm`, `tpm`, `rps`, `tps`, `rpd`, `tpd`.
+const SHORTHAND_MEANING: [(LimitUnit, u64); 6] = [
+    (LimitUnit::Requests, 60),
+    (LimitUnit::Tokens, 60),
+    (LimitUnit::Requests, 1),
+    (LimitUnit::Tokens, 1),
+    (LimitUnit::Requests, 86_400),
+    (LimitUnit::Tokens, 86_400),
+];
+
+/// The limits written at `path` (shorthands, then `limits`), at most one per unit and
+/// window; empty when none are written.
+fn limits_of(path: &str, raw: &RawLimits<'_>) -> Result<Vec<LimitSpec>, ConfigError> {
+    let mut limits = Vec::new();
+    for ((key, value), (unit, secs)) in raw.shorthand.iter().zip(SHORTHAND_MEANING) {
+        if let Some(Num(v)) = *value {
+            let amount = NonZeroU64::new(v).ok_or_else(|| {
+                invalid(
+                    format!("{path}.{key}"),
+                    v,
+                    "at least 1 (omit the key for no limit)",
+                )
+            })?;
+            limits.push((
+                format!("{path}.{key}"),
+                LimitSpec {
+                    unit,
+                    amount,
+                    per: Duration::from_secs(secs),
+                },
+            ));
+        }
+    }
+    for (j, l) in raw.limits.into_iter().flatten().enumerate() {
+        let lpath = format!("{path}.limits[{j}]");
+        limits.push((lpath.clone(), limit(&lpath, l)?));
+    }
+    for (a, (pa, la)) in limits.iter().enumerate() {
+        if limits[..a]
+            .iter()
+            .any(|(_, lb)| lb.unit == la.unit && lb.per == la.per)
+        {
+            return Err(invalid(
+                pa,
+                format!("{:?} per {:?}", la.unit, la.per),
+                "at most one limit per unit and window",
+            ));
+        }
+    }
+    Ok(limits.into_iter().map(|(_, l)| l).collect())
+}
+
+/// A `[[quotas]]` entry, validated.
+struct QuotaDef {
+    name: String,
+    limits: Vec<LimitSpec>,
+    pacing: PacingMode,
+}
+
+/// `[[quotas]]`: unique names, limits of their own, and no name that is also the name of
+/// a model drawing on another pool (their limiter keys would collide).
+fn quotas(raw: &[RawQuota], models: &[RawModel]) -> Result<Vec<QuotaDef>, ConfigError> {
+    let mut out: Vec<QuotaDef> = Vec::with_capacity(raw.len());
+    for (q, quota) in raw.iter().enumerate() {
+        let path = format!("quotas[{q}]");
+        check_name_with(&format!("{path}.name"), &quota.name, true)?;
+        if out.iter().any(|d| d.name == quota.name) {
+            return Err(ConfigError::Duplicate {
+                path: format!("{path}.name"),
+                what: "quota",
+                name: quota.name.clone(),
+            });
+        }
+        if let Some(m) = models
+            .iter()
+            .find(|m| m.name == quota.name && m.quota.as_deref() != Some(&quota.name))
+        {
+            return Err(invalid(
+                format!("{path}.name"),
+                format!(
+                    "{:?}, also the name of a model with limits of its own",
+                    m.name
+                ),
+                "a name that no model outside this quota has",
+            ));
+        }
+        let limits = limits_of(&path, &quota.raw_limits())?;
+        if limits.is_empty() {
+            return Err(invalid(
+                path,
+                "no limits",
+                "at least one limit (rpm, tpm, rps, tps, rpd, tpd or limits)",
+            ));
+        }
+        out.push(QuotaDef {
+            name: quota.name.clone(),
+            limits,
+            pacing: quota.pacing.unwrap_or(PacingMode::Auto),
+        });
+    }
+    Ok(out)
+}
+
+/// An upstream's accounts: `keys` (each key its own account, `key-<i>`) or `accounts`
+/// (named groups of keys), exactly one of the two; no key listed twice (two entries of
+/// one key are one account at the provider, and would double what is admitted).
+fn accounts(
+    path: &str,
+    keys: Option<Vec<String>>,
+    accounts: Option<Vec<RawAccount>>,
+) -> Result<Vec<Account>, ConfigError> {
+    let groups: Vec<(String, String, Vec<String>)> = match (keys, accounts) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("{path}.accounts"),
+                "both keys and accounts",
+                "one of keys (each key its own account) or accounts (keys grouped by account)",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                format!("{path}.keys"),
+                "nothing",
+                "keys = [\"${KEY}\", ...] (each key one account) or accounts = [{ name = \"org\", keys = [...] }]",
+            ));
+        }
+        (Some(keys), None) => {
+            if keys.is_empty() {
+                return Err(invalid(
+                    format!("{path}.keys"),
+                    "[]",
+                    "at least one API key (each key is one account)",
+                ));
+            }
+            keys.into_iter()
+                .enumerate()
+                .map(|(k, key)| (format!("key-{k}"), format!("{path}.keys[{k}]"), vec![key]))
+                .collect()
+        }
+        (None, Some(list)) => {
+            if list.is_empty() {
+                return Err(invalid(
+                    format!("{path}.accounts"),
+                    "[]",
+                    "at least one account",
+                ));
+            }
+            let mut groups = Vec::with_capacity(list.len());
+            for (a, account) in list.into_iter().enumerate() {
+                let apath = format!("{path}.accounts[{a}]");
+                check_account_name(&format!("{apath}.name"), &account.name)?;
+                if groups.iter().any(|(n, _, _)| *n == account.name) {
+                    return Err(ConfigError::Duplicate {
+                        path: format!("{apath}.name"),
+                        what: "account",
+                        name: account.name,
+                    });
+                }
+                if account.keys.is_empty() {
+                    return Err(invalid(
+                        format!("{apath}.keys"),
+                        "[]",
+                        "at least one API key of this account",
+                    ));
+                }
+                groups.push((account.name, format!("{apath}.keys"), account.keys));
+            }
+            groups
+        }
+    };
+    let mut seen: Vec<(&str, String)> = Vec::new();
+    for (_, kpath, keys) in &groups {
+        for (k, key) in keys.iter().enumerate() {
+            let at = if kpath.ends_with(']') {
+                kpath.clone()
+            } else {
+                format!("{kpath}[{k}]")
+            };
+            if key.trim().is_empty() {
+                return Err(invalid(
+                    at,
+                    "an empty string",
+                    "an API key (is its environment variable empty?)",
+                ));
+            }
+            if let Some((_, first)) = seen.iter().find(|(other, _)| *other == key.as_str()) {
+                return Err(invalid(
+                    at,
+                    format!("the same key as {first}"),
+                    "each key once: one key is one account at the provider, and listing it twice would double what the gateway admits (to send with several keys of one account, group them under accounts)",
+                ));
+            }
+            seen.push((key.as_str(), at));
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(name, _, keys)| Account {
+            name,
+            keys: keys.into_iter().map(Secret::new).collect(),
+        })
+        .collect())
 }
 
 fn limit(path: &str, l: &RawLimit) -> Result<LimitSpec, ConfigError> {

@@ -5,7 +5,7 @@ use std::num::NonZeroU64;
 use std::path::Path;
 use std::time::Duration;
 
-use sluice_config::{ConfigError, Dialect, FailurePolicy, LimitUnit, from_str, load};
+use sluice_config::{ConfigError, Dialect, LimitUnit, from_str, load};
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -18,7 +18,6 @@ fn example_env() -> HashMap<String, String> {
     env(&[
         ("DASHSCOPE_KEY_A", "sk-aaaaaaaa"),
         ("DASHSCOPE_KEY_B", "sk-bbbbbbbb"),
-        ("SLUICE_KEY_CHECKOUT", "tenant-checkout-key"),
     ])
 }
 
@@ -38,12 +37,12 @@ fn the_shipped_example_loads_as_it_stands() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/sluice.toml");
     let c = load(&path, &[], &example_env()).unwrap();
     assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
-    let store = c.store.as_ref().unwrap();
-    assert_eq!(store.on_error, FailurePolicy::Local);
-    assert_eq!(store.expected_replicas.get(), 3);
+    // The quick start runs the embedded limiter and serves this machine without tenant keys.
+    assert!(c.store.is_none());
+    assert!(c.tenants.is_empty());
     assert_eq!(c.upstreams[0].dialect, Dialect::Dashscope);
-    assert_eq!(c.upstreams[0].keys.len(), 2);
-    assert_eq!(c.upstreams[0].keys[1].expose(), "sk-bbbbbbbb");
+    assert_eq!(c.upstreams[0].accounts.len(), 2);
+    assert_eq!(c.upstreams[0].accounts[1].keys[0].expose(), "sk-bbbbbbbb");
     let max = c.model("qwen3-max").unwrap();
     assert_eq!(max.limits.len(), 3);
     assert_eq!(max.fallback, ["qwen-plus", "qwen-turbo"]);
@@ -52,25 +51,15 @@ fn the_shipped_example_loads_as_it_stands() {
     assert_eq!(plus.limits[2].per, Duration::from_secs(1));
     assert_eq!(plus.limits[1].amount, NonZeroU64::new(1_000_000).unwrap());
     assert_eq!(c.queue.max_wait, Duration::from_secs(30));
-    assert_eq!(c.tenants[0].weight.get(), 3);
-    assert_eq!(c.tenants[0].max_wait, Some(Duration::from_secs(5)));
     // Secrets never print.
     let debug = format!("{c:?}");
-    assert!(!debug.contains("sk-aaaaaaaa") && !debug.contains("tenant-checkout-key"));
+    assert!(!debug.contains("sk-aaaaaaaa") && !debug.contains("sk-bbbbbbbb"));
 }
 
 #[test]
 fn a_missing_environment_variable_names_the_key_and_the_variable() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/sluice.toml");
-    let err = load(
-        &path,
-        &[],
-        &env(&[
-            ("DASHSCOPE_KEY_A", "a"),
-            ("SLUICE_KEY_CHECKOUT", "tenant-key-1"),
-        ]),
-    )
-    .unwrap_err();
+    let err = load(&path, &[], &env(&[("DASHSCOPE_KEY_A", "a")])).unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("upstreams[0].keys[1]") && text.contains("DASHSCOPE_KEY_B"),

@@ -199,8 +199,11 @@ fn provider_keys_come_from_secret_files_and_the_file_never_shows_in_errors() {
     );
     let env: HashMap<String, String> = [("KEY_B".to_owned(), "sk-from-env".to_owned())].into();
     let c = from_str(&text, &[], &env).unwrap();
-    assert_eq!(c.upstreams[0].keys[0].expose(), "sk-from-file-1234");
-    assert_eq!(c.upstreams[0].keys[1].expose(), "sk-from-env");
+    assert_eq!(
+        c.upstreams[0].accounts[0].keys[0].expose(),
+        "sk-from-file-1234"
+    );
+    assert_eq!(c.upstreams[0].accounts[1].keys[0].expose(), "sk-from-env");
     assert!(c.secrets_in_file.is_empty(), "{:?}", c.secrets_in_file);
 
     let missing = text.replace("openai-a", "openai-missing");

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
@@ -16,10 +16,20 @@ use crate::error::StartError;
 use crate::estimate::Learner;
 use crate::fair::FairGate;
 
-/// One upstream account: its label and its pre-built auth header.
+/// One upstream account: its label and the pre-built auth header of each of its keys.
+/// The limiter decides per account; its keys take turns at sending.
 pub(crate) struct Account {
     pub(crate) name: String,
-    pub(crate) auth: (http::HeaderName, HeaderValue),
+    auths: Vec<(http::HeaderName, HeaderValue)>,
+    next: AtomicUsize,
+}
+
+impl Account {
+    /// The auth header to send with now: the account's keys in turn.
+    pub(crate) fn auth(&self) -> &(http::HeaderName, HeaderValue) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.auths.len();
+        &self.auths[i]
+    }
 }
 
 /// A model as the gateway serves it.
@@ -131,31 +141,12 @@ impl Gateway {
             let cm = &catalog.models[mi];
             let keys: Vec<QuotaKey> = cm.keys.clone();
             let accounts = up
-                .keys
+                .accounts
                 .iter()
-                .enumerate()
-                .map(|(i, k)| {
-                    let (name, value) = match up.dialect {
-                        Dialect::Azure => (
-                            http::HeaderName::from_static("api-key"),
-                            k.expose().to_owned(),
-                        ),
-                        Dialect::Anthropic => (
-                            http::HeaderName::from_static("x-api-key"),
-                            k.expose().to_owned(),
-                        ),
-                        _ => (
-                            http::header::AUTHORIZATION,
-                            format!("Bearer {}", k.expose()),
-                        ),
-                    };
-                    let mut value = HeaderValue::from_str(&value)
-                        .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-                    value.set_sensitive(true);
-                    Account {
-                        name: format!("key-{i}"),
-                        auth: (name, value),
-                    }
+                .map(|a| Account {
+                    name: a.name.clone(),
+                    auths: a.keys.iter().map(|k| auth_header(up.dialect, k)).collect(),
+                    next: AtomicUsize::new(0),
                 })
                 .collect();
             let mut chain = vec![by_name[&m.name]];
@@ -313,6 +304,28 @@ impl Gateway {
             .await;
         Some((status, headers, bytes))
     }
+}
+
+/// The header that carries `key` in `dialect`, marked sensitive (never logged).
+fn auth_header(dialect: Dialect, key: &sluice_config::Secret) -> (http::HeaderName, HeaderValue) {
+    let (name, value) = match dialect {
+        Dialect::Azure => (
+            http::HeaderName::from_static("api-key"),
+            key.expose().to_owned(),
+        ),
+        Dialect::Anthropic => (
+            http::HeaderName::from_static("x-api-key"),
+            key.expose().to_owned(),
+        ),
+        _ => (
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", key.expose()),
+        ),
+    };
+    let mut value =
+        HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    value.set_sensitive(true);
+    (name, value)
 }
 
 impl Inner {

@@ -50,7 +50,8 @@ fn join(base_url: &str, api_version: Option<&str>, path: &str, query: Option<&st
     url
 }
 
-/// A request to `url` on `account`: its credentials in the dialect's header, the
+/// A request to `url` on `account`: its credentials in the dialect's header (the
+/// account's keys in turn), the
 /// client's `forward`ed headers (never its own credentials), and Anthropic's version
 /// header when the upstream speaks Anthropic and none was forwarded.
 pub(crate) fn request(
@@ -67,10 +68,11 @@ pub(crate) fn request(
             HeaderValue::from_static(ANTHROPIC_VERSION),
         );
     }
+    let (name, key) = account.auth();
     client
         .request(method, url)
         .headers(forward)
-        .header(account.auth.0.clone(), account.auth.1.clone())
+        .header(name.clone(), key.clone())
 }
 
 /// Whether `model`'s upstream can take a request of `endpoint` as it is: Messages

@@ -6,6 +6,7 @@ mod stub;
 mod support;
 
 mod abandoned_waits;
+mod accounts;
 mod admin_listener;
 mod bad_input;
 mod bounded_cost;

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use sluice_config::duration::{self, DurationError};
+
 /// The longest duration any parser returns (a year): larger values are clamped, so
 /// arithmetic on them never overflows.
 pub const MAX_DURATION: Duration = Duration::from_secs(366 * 86_400);
@@ -19,7 +21,9 @@ fn from_secs_f64(secs: f64) -> Option<Duration> {
 }
 
 /// Parses a Go `time.Duration` string: `1s`, `6m0s`, `12ms`, `1.146s`, `1h2m3.5s`,
-/// `250us`, `250µs`, `10ns`, or `0`. A leading `-` is refused.
+/// `250us`, `250µs`, `10ns`, or `0`, with Sluice's one duration grammar
+/// ([`sluice_config::duration::parse`], which also reads `d` and `min`). A leading `-`
+/// is refused; longer than [`MAX_DURATION`] is clamped to it.
 ///
 /// ```
 /// use std::time::Duration;
@@ -27,40 +31,11 @@ fn from_secs_f64(secs: f64) -> Option<Duration> {
 /// assert_eq!(sluice_provider::parse_go_duration("1.146s"), Some(Duration::from_millis(1146)));
 /// ```
 pub fn parse_go_duration(text: &str) -> Option<Duration> {
-    let mut rest = text.trim();
-    if rest == "0" {
-        return Some(Duration::ZERO);
+    match duration::parse(text) {
+        Ok(d) => Some(d.min(MAX_DURATION)),
+        Err(DurationError::TooLong) => Some(MAX_DURATION),
+        Err(_) => None,
     }
-    rest = rest.strip_prefix('+').unwrap_or(rest);
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let n = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if n == 0 {
-            return None;
-        }
-        let value: f64 = rest[..n].parse().ok()?;
-        rest = &rest[n..];
-        let u = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..u] {
-            "ns" => 1e-9,
-            "us" | "µs" | "μs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[u..];
-        total += value * scale;
-    }
-    from_secs_f64(total)
 }
 
 /// Parses seconds as a number (`6`, `1.5`, ` 30 `). Negative or non-finite: `None`.
@@ -97,6 +72,7 @@ mod tests {
         assert_eq!(parse_go_duration("250µs"), Some(Duration::from_micros(250)));
         assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
         assert_eq!(parse_go_duration("11.054s"), Some(ms(11_054)));
+        assert_eq!(parse_go_duration("99999999999999h"), Some(MAX_DURATION));
         for bad in ["", "s", "-1s", "1x", "1", "1..2s", "abc"] {
             assert_eq!(parse_go_duration(bad), None, "{bad}");
         }

@@ -1,5 +1,7 @@
 //! [`Catalog`]: the configured models as the limiter sees them — one [`Quota`] and one
-//! [`QuotaKey`] per account (`<upstream>/<model>`, `key-<i>`). The gateway builds its
+//! [`QuotaKey`] per account (`<upstream>/<quota>`, `<account>`: the quota is the
+//! model's name unless it draws on a `[[quotas]]` entry, the account `key-<i>` unless
+//! the upstream groups its keys into named `accounts`). The gateway builds its
 //! quotas here too, so the gateway, the sidecar and `/v1/quotas` agree on every limit id.
 
 use std::num::NonZeroU64;
@@ -24,7 +26,8 @@ pub struct CatalogModel {
     pub provider: Provider,
     /// The quota of each account.
     pub quota: Quota,
-    /// One key per account, `key-<i>` in the upstream's key order.
+    /// One key per account of the upstream, in its order (`key-<i>`, or the names of
+    /// its `accounts`); models drawing on one `[[quotas]]` entry have the same keys.
     pub keys: Vec<QuotaKey>,
 }
 
@@ -100,9 +103,12 @@ impl Catalog {
                 source,
             };
             let up = &config.upstreams[m.upstream_index];
-            let group = format!("{}/{}", up.name, m.name);
-            let keys = (0..up.keys.len())
-                .map(|i| QuotaKey::new(group.clone(), format!("key-{i}")))
+            // Models that share a quota share its keys: one budget per account.
+            let group = format!("{}/{}", up.name, m.quota);
+            let keys = up
+                .accounts
+                .iter()
+                .map(|a| QuotaKey::new(group.clone(), a.name.clone()))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(err)?;
             models.push(CatalogModel {
@@ -120,18 +126,30 @@ impl Catalog {
     /// The accounts an observation is about: every model of `upstream` served as
     /// `model` upstream (or called `model`), on the account named `account`. Several
     /// configured models may share one upstream model; a provider meters them together.
+    /// Each key comes once: models that draw on one `[[quotas]]` entry share their keys,
+    /// and one observation changes one budget once.
     pub fn targets<'a>(
         &'a self,
         upstream: &'a str,
         model: &'a str,
         account: &'a str,
     ) -> impl Iterator<Item = (&'a CatalogModel, &'a QuotaKey)> + 'a {
+        let about = move |m: &&CatalogModel| {
+            m.upstream == upstream && (m.upstream_model == model || m.name == model)
+        };
+        let key_of = move |m: &'a CatalogModel| m.keys.iter().find(|k| k.name() == account);
         self.models
             .iter()
-            .filter(move |m| {
-                m.upstream == upstream && (m.upstream_model == model || m.name == model)
+            .enumerate()
+            .filter(move |(_, m)| about(m))
+            .filter_map(move |(i, m)| key_of(m).map(|k| (i, m, k)))
+            .filter(move |(i, _, k)| {
+                !self.models[..*i]
+                    .iter()
+                    .filter(about)
+                    .any(|earlier| key_of(earlier) == Some(*k))
             })
-            .filter_map(move |m| m.keys.iter().find(|k| k.name() == account).map(|k| (m, k)))
+            .map(|(_, m, k)| (m, k))
     }
 
     /// Every model of `upstream` that has an account named `account`.
@@ -163,4 +181,40 @@ pub fn cooldown_without_wait(quota: &Quota, default: Duration) -> Duration {
         .min()
         .unwrap_or(default);
     default.min(shortest / 10).max(Duration::from_millis(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn catalog(models: &str) -> Catalog {
+        let text = format!(
+            "[[upstreams]]\nname = \"up\"\nbase_url = \"https://example.com/v1\"\nkeys = [\"sk-1234567\"]\n{models}"
+        );
+        let env = std::collections::HashMap::<String, String>::new();
+        Catalog::new(&sluice_config::from_str(&text, &[], &env).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn an_observation_changes_a_shared_quota_once() {
+        let shared = catalog(
+            "[[quotas]]\nname = \"q\"\nrpm = 5\n\
+             [[models]]\nname = \"a\"\nupstream = \"up\"\nupstream_model = \"x\"\nquota = \"q\"\n\
+             [[models]]\nname = \"b\"\nupstream = \"up\"\nupstream_model = \"x\"\nquota = \"q\"\n",
+        );
+        assert_eq!(
+            shared.models[0].keys, shared.models[1].keys,
+            "one quota, one key"
+        );
+        assert_eq!(shared.targets("up", "x", "key-0").count(), 1);
+        let separate = catalog(
+            "[[models]]\nname = \"a\"\nupstream = \"up\"\nupstream_model = \"x\"\nrpm = 5\n\
+             [[models]]\nname = \"b\"\nupstream = \"up\"\nupstream_model = \"x\"\nrpm = 5\n",
+        );
+        let keys: Vec<String> = separate
+            .targets("up", "x", "key-0")
+            .map(|(_, k)| k.to_string())
+            .collect();
+        assert_eq!(keys, ["up/a/key-0", "up/b/key-0"]);
+    }
 }

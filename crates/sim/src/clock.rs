@@ -164,28 +164,6 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Parses a duration written as an integer or decimal number followed by a unit:
-/// `ms`, `s`, `m`, `h` or `d` (`"60s"`, `"1m"`, `"500ms"`, `"1.5s"`, `"1d"`).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().ok()?;
-    let unit_secs = match unit {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        "d" => 86_400.0,
-        _ => return None,
-    };
-    let secs = value * unit_secs;
-    if !secs.is_finite() || secs < 0.0 {
-        return None;
-    }
-    Duration::try_from_secs_f64(secs).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,18 +195,6 @@ mod tests {
         );
         assert_eq!(rfc3339(1_755_780_059), "2025-08-21T12:40:59Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("60s"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("60"), None);
-        assert_eq!(parse_duration("s"), None);
-        assert_eq!(parse_duration("5 parsecs"), None);
     }
 
     #[test]

@@ -15,13 +15,15 @@ pub enum ConfigError {
     /// The TOML is malformed or has an unknown field.
     #[error("invalid config: {0}")]
     Toml(String),
-    /// A duration is not a number followed by ms, s, m, h or d.
-    #[error("{place}: {text:?} is not a duration like \"60s\", \"1m\" or \"500ms\"")]
+    /// A duration is not numbers followed by units (ms, s, m, h, d, ...).
+    #[error("{place}: {text:?} is not a duration like \"60s\", \"1m\" or \"500ms\" ({why})")]
     Duration {
         /// Where.
         place: String,
         /// The text.
         text: String,
+        /// What is wrong with it.
+        why: sluice_config::DurationError,
     },
     /// A dialect name is not one of openai, dashscope, azure, anthropic.
     #[error("unknown dialect {0:?}: expected openai, dashscope, azure or anthropic")]

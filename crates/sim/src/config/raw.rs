@@ -8,7 +8,6 @@ use super::{
     AccountConfig, AccountModel, AccountState, Background, BurstConfig, CompletionTokens, Config,
     Dialect, FaultRule, Latency, Limit, ModelConfig, TokenRule,
 };
-use crate::clock::parse_duration;
 use crate::error::ConfigError;
 
 #[derive(Debug, Deserialize)]
@@ -127,10 +126,12 @@ struct RawFault {
 /// Default extra delay of the `slow` fault.
 pub const DEFAULT_SLOW_MS: u64 = 2_000;
 
+/// A duration with Sluice's one grammar ([`sluice_config::duration::parse`]).
 fn duration(text: &str, place: &str) -> Result<Duration, ConfigError> {
-    parse_duration(text).ok_or_else(|| ConfigError::Duration {
+    sluice_config::duration::parse(text).map_err(|why| ConfigError::Duration {
         place: place.to_owned(),
         text: text.to_owned(),
+        why,
     })
 }
 
