@@ -1,11 +1,12 @@
 //! Bounded cost of a request's estimate and of its stream (issue #12): a huge
-//! single-word prompt for a tiktoken model is answered without stalling the gateway
-//! (`/healthz` answers throughout, little CPU spent), and a CRLF-framed stream is
-//! relayed as it comes and its usage reconciled.
+//! single-word prompt for a tiktoken model is answered while `/healthz` keeps answering,
+//! and a CRLF-framed stream is relayed as it comes and its usage reconciled.
 //!
-//! The figures (100 ms per `/healthz`, 1 s of CPU) are the issue's, deliberately
-//! generous; the prompt size can be lowered with `SLUICE_TEST_PROMPT_BYTES` to time the
-//! quadratic estimator on older code.
+//! No timing is asserted here (the project's rule: time belongs in benchmarks). The
+//! figures — gateway CPU for the prompt, slowest `/healthz` while it is handled — are
+//! printed, and measured against baselines by `cargo bench -p sluice-gateway --bench
+//! bounded_cost` (`docs/benchmarks.md`). The prompt size can be lowered with
+//! `SLUICE_TEST_PROMPT_BYTES`.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,8 @@ use crate::support::*;
 /// A safety net only: far longer than the request should take.
 const HUNG: Duration = Duration::from_secs(120);
 
-/// The gateway process's CPU time so far (user + system), from `/proc/<pid>/stat`.
+/// The gateway process's CPU time so far (user + system), from `/proc/<pid>/stat`
+/// (printed, not asserted).
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
     // Fields after the command name (which is in parentheses and may contain spaces).
@@ -116,13 +118,10 @@ async fn a_16_mib_single_word_prompt_is_answered() {
     .await;
     let gw = GatewayProcess::start(&config(&sim.base_url(), ""));
     let (status, slowest, polls) = send_while_polling(&gw.url, single_word(16 << 20)).await;
-    // Over the default 16 MiB body limit with its JSON around it: refused, at once.
+    eprintln!("16 MiB prompt answered {status}, slowest /healthz {slowest:?} over {polls} polls");
+    // Over the default 16 MiB body limit with its JSON around it: refused.
     assert_eq!(status, 413);
-    assert!(polls >= 1);
-    assert!(
-        slowest < Duration::from_millis(100),
-        "/healthz took {slowest:?}"
-    );
+    assert!(polls >= 1, "/healthz was polled while the prompt was handled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,15 +156,10 @@ async fn a_single_word_prompt_just_under_the_body_limit_is_answered_cheaply() {
     );
     // Served, or refused by the simulator's own body limit or the quota: an answer.
     assert!(matches!(status, 200 | 400 | 413), "status {status}");
-    assert!(polls >= 1);
-    assert!(
-        slowest < Duration::from_millis(100),
-        "/healthz took {slowest:?}"
-    );
-    assert!(
-        cpu < Duration::from_secs(1),
-        "the gateway spent {cpu:?} of CPU"
-    );
+    assert!(polls >= 1, "/healthz was polled while the prompt was handled");
+    // Still serving ordinary requests after it.
+    let after = chat(&client(), &gw.url, ask("gpt-4o", 8), &[]).await;
+    assert_eq!(after.status, 200, "{after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,18 +212,19 @@ async fn a_crlf_framed_stream_is_relayed_as_it_comes_and_its_usage_reconciled() 
         eventually(Duration::from_secs(10), || {
             let (c, url) = (c.clone(), url.clone());
             async move {
-                metric(
+                // Polled: the series appears with the reconcile.
+                try_metric(
                     &c,
                     &url,
                     "sluice_tokens_total",
                     &["source=\"actual\"", "kind=\"output\""],
                 )
                 .await
-                    == 40.0
+                    == Some(40.0)
             }
         })
         .await,
-        "usage not reconciled: {}",
-        metric(&c, &gw.url, "sluice_tokens_total", &["source=\"actual\""]).await
+        "usage not reconciled: {:?}",
+        try_metric(&c, &gw.url, "sluice_tokens_total", &["source=\"actual\""]).await
     );
 }

@@ -41,15 +41,16 @@ async fn stats(sim: &SimHandle) -> sluice_sim::stats::StatsReport {
 /// observation the gateway made (so that what it would disable, it has disabled).
 async fn observations_applied(c: &reqwest::Client, gw: &str) {
     let applied = eventually(Duration::from_secs(10), || async {
-        let errors = metric(c, gw, "sluice_upstream_errors_total", &[]).await;
-        let consumed = metric(
+        // Polled: neither series exists before its first increment.
+        let errors = try_metric(c, gw, "sluice_upstream_errors_total", &[]).await;
+        let consumed = try_metric(
             c,
             gw,
             "sluice_observations_consumed_total",
             &["source=\"local\""],
         )
         .await;
-        errors >= 1.0 && consumed >= errors
+        matches!((errors, consumed), (Some(e), Some(c)) if e >= 1.0 && c >= e)
     })
     .await;
     assert!(applied, "the recalibrator did not apply the observations");
@@ -100,7 +101,8 @@ async fn an_echoed_400_leaves_every_account_active_and_later_requests_are_served
         "{hostile:?}"
     );
     observations_applied(&c, &gw.url).await;
-    let disabled = metric(&c, &gw.url, "sluice_accounts_disabled_total", &[]).await;
+    // Absent means none was ever disabled: the counter is created on its first increment.
+    let disabled = metric_or_zero(&c, &gw.url, "sluice_accounts_disabled_total", &[]).await;
     assert_eq!(disabled, 0.0, "an echoed 400 took accounts out of rotation");
     assert_eq!(
         stats(&sim).await.rejected.echoed,
