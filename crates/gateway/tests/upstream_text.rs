@@ -202,7 +202,7 @@ async fn quotas_text(c: &reqwest::Client, gw: &str) -> String {
         .expect("the gateway serves /v1/quotas")
         .text()
         .await
-        .unwrap_or_default()
+        .expect("a /v1/quotas body")
 }
 
 /// How many accounts `/v1/quotas` shows out of rotation.
@@ -212,7 +212,10 @@ async fn disabled_in_quotas(c: &reqwest::Client, gw: &str) -> usize {
 
 /// How many accounts `/v1/quotas` shows in `state`.
 async fn accounts_in_quotas(c: &reqwest::Client, gw: &str, state: &str) -> usize {
-    let v: serde_json::Value = serde_json::from_str(&quotas_text(c, gw).await).unwrap_or_default();
+    let text = quotas_text(c, gw).await;
+    // Not JSON must fail, not count as "no account disabled".
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("/v1/quotas is not JSON ({e}): {text}"));
     let mut n = 0;
     let mut stack = vec![&v];
     while let Some(x) = stack.pop() {
