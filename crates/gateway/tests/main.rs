@@ -12,6 +12,7 @@ mod bounded_cost;
 mod e2e_fleet;
 mod faults;
 mod flow;
+mod metrics_doc;
 mod http_fuzz;
 mod routes;
 mod safe_defaults;

@@ -190,14 +190,18 @@ pub(crate) async fn try_metric(
 
 /// Like [`metric`], but 0 when no sample matches. Only for a counter that is created on
 /// its first increment and whose absence therefore means "never happened" — each caller
-/// says why absence is meaningful there. The metric's name itself is checked against
-/// the documented list by `metrics_doc.rs`, so a renamed metric is still caught.
+/// says why absence is meaningful there. `name` must be in the documented metrics list
+/// (which `metrics_doc.rs` holds to what is emitted), so a renamed metric still fails.
 pub(crate) async fn metric_or_zero(
     client: &reqwest::Client,
     base: &str,
     name: &str,
     labels: &[&str],
 ) -> f64 {
+    assert!(
+        crate::metrics_doc::documented().contains(name),
+        "{name} is not a documented metric (docs/operations.md)"
+    );
     try_metric(client, base, name, labels).await.unwrap_or(0.0)
 }
 
