@@ -92,7 +92,13 @@ async fn measure(c: &reqwest::Client, base: &str, pid: u32, body: Vec<u8>) -> Ru
             .await
             .expect("the gateway answers");
         let status = resp.status().as_u16();
-        let _ = resp.bytes().await;
+        let body = resp.bytes().await.unwrap_or_default();
+        if status != 200 {
+            eprintln!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            );
+        }
         status
     };
     let (status, slowest, polls) = poll_until(c, base, send).await;

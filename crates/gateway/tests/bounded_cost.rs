@@ -121,7 +121,10 @@ async fn a_16_mib_single_word_prompt_is_answered() {
     eprintln!("16 MiB prompt answered {status}, slowest /healthz {slowest:?} over {polls} polls");
     // Over the default 16 MiB body limit with its JSON around it: refused.
     assert_eq!(status, 413);
-    assert!(polls >= 1, "/healthz was polled while the prompt was handled");
+    assert!(
+        polls >= 1,
+        "/healthz was polled while the prompt was handled"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,7 +159,10 @@ async fn a_single_word_prompt_just_under_the_body_limit_is_answered_cheaply() {
     );
     // Served, or refused by the simulator's own body limit or the quota: an answer.
     assert!(matches!(status, 200 | 400 | 413), "status {status}");
-    assert!(polls >= 1, "/healthz was polled while the prompt was handled");
+    assert!(
+        polls >= 1,
+        "/healthz was polled while the prompt was handled"
+    );
     // Still serving ordinary requests after it.
     let after = chat(&client(), &gw.url, ask("gpt-4o", 8), &[]).await;
     assert_eq!(after.status, 200, "{after:?}");

@@ -26,10 +26,16 @@ const NOT_HERE: &[(&str, &str)] = &[
         "sluice_observations_dropped_total",
         "needs a full observation queue",
     ),
-    ("sluice_configured_limit", "sidecar only (its metrics_doc test)"),
+    (
+        "sluice_configured_limit",
+        "sidecar only (its metrics_doc test)",
+    ),
     ("sluice_window_used", "sidecar only (its metrics_doc test)"),
     ("sluice_observations_claimed_total", "sidecar only"),
-    ("sluice_observations_failed_total", "sidecar only, on a failing apply"),
+    (
+        "sluice_observations_failed_total",
+        "sidecar only, on a failing apply",
+    ),
     (
         "sluice_observations_ignored_total",
         "stale or unknown observations: sidecar's metrics_doc test",
@@ -65,7 +71,10 @@ pub(crate) fn documented() -> BTreeSet<String> {
             names.insert(name.to_owned());
         }
     }
-    assert!(names.len() > 10, "the metrics list was not found: {names:?}");
+    assert!(
+        names.len() > 10,
+        "the metrics list was not found: {names:?}"
+    );
     names
 }
 
@@ -336,7 +345,10 @@ async fn the_documented_metrics_are_what_a_gateway_emits() {
             documented.contains(*name),
             "{name} is excused here ({why}) but not documented"
         );
-        assert!(in_sources(name), "{name} is documented but no source emits it");
+        assert!(
+            in_sources(name),
+            "{name} is documented but no source emits it"
+        );
     }
     let embedded = embedded_gateway_metrics().await;
     let shared = redis_gateway_metrics().await;

@@ -419,8 +419,14 @@ async fn nothing_is_exported_without_an_endpoint() {
         &up,
         &[
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-            ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", format!("{otlp}/v1/metrics")),
-            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", format!("{otlp}/v1/logs")),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                format!("{otlp}/v1/metrics"),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                format!("{otlp}/v1/logs"),
+            ),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
             ("OTEL_TRACES_EXPORTER", "otlp".into()),
             ("OTEL_TRACES_SAMPLER", "always_on".into()),

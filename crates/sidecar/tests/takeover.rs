@@ -144,7 +144,10 @@ async fn a_killed_sidecars_pending_observations_are_claimed_by_another() {
         async move { group_exists(&mut c).await.then_some(()) }
     })
     .await;
-    assert!(created.is_some(), "sidecar a never created the group {GROUP}");
+    assert!(
+        created.is_some(),
+        "sidecar a never created the group {GROUP}"
+    );
     let mut left_behind = 0;
     for _ in 0..200 {
         if eventually(Duration::from_secs(10), || {
@@ -185,13 +188,7 @@ async fn a_killed_sidecars_pending_observations_are_claimed_by_another() {
         "observations left pending or unread: {:?}",
         pending(&mut conn).await
     );
-    let claimed = metric(
-        &client(),
-        &b.url,
-        "sluice_observations_claimed_total",
-        &[],
-    )
-    .await as u64;
+    let claimed = metric(&client(), &b.url, "sluice_observations_claimed_total", &[]).await as u64;
     println!(
         "takeover: a was killed holding {left_behind} unacknowledged observations; b claimed {claimed}"
     );
