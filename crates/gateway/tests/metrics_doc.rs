@@ -4,7 +4,8 @@
 //! metric — served, queued, fallen back, an account dead for billing, a last live
 //! account refused, a client gone while queued, learned limits, Redis away and back.
 //! Then every `sluice_*` metric emitted is documented, and every documented metric is
-//! emitted, except those named in [`NOT_HERE`] with the reason.
+//! emitted, except those named in [`NOT_HERE`] with the reason; and every metric of
+//! `docs/gateway.md`'s table is emitted.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -76,6 +77,17 @@ pub(crate) fn documented() -> BTreeSet<String> {
         "the metrics list was not found: {names:?}"
     );
     names
+}
+
+/// The metric names of `docs/gateway.md`'s metrics table (the first cell of each row).
+fn in_gateway_md() -> BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/gateway.md");
+    let doc = std::fs::read_to_string(path).expect("docs/gateway.md");
+    doc.lines()
+        .filter(|l| l.starts_with("| `sluice_"))
+        .filter_map(|row| row.split('`').nth(1))
+        .map(|n| n.split('{').next().unwrap_or(n).to_owned())
+        .collect()
 }
 
 /// The `sluice_*` metric families in a `/metrics` text (histograms by their base name).
@@ -359,6 +371,14 @@ async fn the_documented_metrics_are_what_a_gateway_emits() {
     assert!(
         undocumented.is_empty(),
         "emitted but not in docs/operations.md's metrics list: {undocumented:?}"
+    );
+    // docs/gateway.md's own table names only metrics a gateway emits.
+    let gateway_md = in_gateway_md();
+    assert!(gateway_md.len() > 5, "no metrics table in docs/gateway.md");
+    let stale: Vec<_> = gateway_md.difference(&seen).collect();
+    assert!(
+        stale.is_empty(),
+        "docs/gateway.md lists metrics the gateway did not emit: {stale:?}"
     );
     let excused: BTreeSet<String> = NOT_HERE.iter().map(|(n, _)| n.to_string()).collect();
     let missing: Vec<_> = documented
