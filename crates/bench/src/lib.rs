@@ -19,7 +19,6 @@ pub mod fleet;
 pub mod modes;
 pub mod procs;
 pub mod report;
-mod resp;
 pub mod runner;
 pub mod scenario;
 pub mod soak;

@@ -1,11 +1,12 @@
 //! Bounded cost of a request's estimate and of its stream (issue #12): a huge
-//! single-word prompt for a tiktoken model is answered without stalling the gateway
-//! (`/healthz` answers throughout, little CPU spent), and a CRLF-framed stream is
-//! relayed as it comes and its usage reconciled.
+//! single-word prompt for a tiktoken model is answered while `/healthz` keeps answering,
+//! and a CRLF-framed stream is relayed as it comes and its usage reconciled.
 //!
-//! The figures (100 ms per `/healthz`, 1 s of CPU) are the issue's, deliberately
-//! generous; the prompt size can be lowered with `SLUICE_TEST_PROMPT_BYTES` to time the
-//! quadratic estimator on older code.
+//! No timing is asserted here (the project's rule: time belongs in benchmarks). The
+//! figures — gateway CPU for the prompt, slowest `/healthz` while it is handled — are
+//! printed, and measured against baselines by `cargo bench -p sluice-gateway --bench
+//! bounded_cost` (`docs/benchmarks.md`). The prompt size can be lowered with
+//! `SLUICE_TEST_PROMPT_BYTES`.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,8 @@ use crate::support::*;
 /// A safety net only: far longer than the request should take.
 const HUNG: Duration = Duration::from_secs(120);
 
-/// The gateway process's CPU time so far (user + system), from `/proc/<pid>/stat`.
+/// The gateway process's CPU time so far (user + system), from `/proc/<pid>/stat`
+/// (printed, not asserted).
 fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
     // Fields after the command name (which is in parentheses and may contain spaces).
@@ -77,7 +79,9 @@ async fn send_while_polling(base: &str, body: Vec<u8>) -> (u16, Duration, usize)
     };
     let (mut slowest, mut polls) = (Duration::ZERO, 0usize);
     let started = Instant::now();
-    while !big.is_finished() {
+    // At least one poll, however fast the big request is answered (whether a poll
+    // overlaps it is timing, measured by the bounded_cost bench, not asserted here).
+    loop {
         assert!(started.elapsed() < HUNG, "the big request hangs");
         let t = Instant::now();
         let r = c
@@ -88,6 +92,9 @@ async fn send_while_polling(base: &str, body: Vec<u8>) -> (u16, Duration, usize)
         assert_eq!(r.status(), 200);
         slowest = slowest.max(t.elapsed());
         polls += 1;
+        if big.is_finished() {
+            break;
+        }
         // Pacing of the probe (not synchronisation): back-to-back polls would be most
         // of the CPU measured.
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -116,13 +123,9 @@ async fn a_16_mib_single_word_prompt_is_answered() {
     .await;
     let gw = GatewayProcess::start(&config(&sim.base_url(), ""));
     let (status, slowest, polls) = send_while_polling(&gw.url, single_word(16 << 20)).await;
-    // Over the default 16 MiB body limit with its JSON around it: refused, at once.
+    eprintln!("16 MiB prompt answered {status}, slowest /healthz {slowest:?} over {polls} polls");
+    // Over the default 16 MiB body limit with its JSON around it: refused.
     assert_eq!(status, 413);
-    assert!(polls >= 1);
-    assert!(
-        slowest < Duration::from_millis(100),
-        "/healthz took {slowest:?}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,17 +158,13 @@ async fn a_single_word_prompt_just_under_the_body_limit_is_answered_cheaply() {
         "prompt answered {status} in {:?}, gateway CPU {cpu:?}, slowest /healthz {slowest:?} over {polls} polls",
         t.elapsed()
     );
-    // Served, or refused by the simulator's own body limit or the quota: an answer.
-    assert!(matches!(status, 200 | 400 | 413), "status {status}");
-    assert!(polls >= 1);
-    assert!(
-        slowest < Duration::from_millis(100),
-        "/healthz took {slowest:?}"
-    );
-    assert!(
-        cpu < Duration::from_secs(1),
-        "the gateway spent {cpu:?} of CPU"
-    );
+    // An answer: served, or refused by the simulator's own 2 MiB body limit (its 413,
+    // or — when it closes the connection before the gateway has sent the whole body —
+    // the gateway's 502 `upstream_unreachable`), or by the quota.
+    assert!(matches!(status, 200 | 400 | 413 | 502), "status {status}");
+    // Still serving ordinary requests after it.
+    let after = chat(&client(), &gw.url, ask("gpt-4o", 8), &[]).await;
+    assert_eq!(after.status, 200, "{after:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,18 +217,19 @@ async fn a_crlf_framed_stream_is_relayed_as_it_comes_and_its_usage_reconciled() 
         eventually(Duration::from_secs(10), || {
             let (c, url) = (c.clone(), url.clone());
             async move {
-                metric(
+                // Polled: the series appears with the reconcile.
+                try_metric(
                     &c,
                     &url,
                     "sluice_tokens_total",
                     &["source=\"actual\"", "kind=\"output\""],
                 )
                 .await
-                    == 40.0
+                    == Some(40.0)
             }
         })
         .await,
-        "usage not reconciled: {}",
-        metric(&c, &gw.url, "sluice_tokens_total", &["source=\"actual\""]).await
+        "usage not reconciled: {:?}",
+        try_metric(&c, &gw.url, "sluice_tokens_total", &["source=\"actual\""]).await
     );
 }

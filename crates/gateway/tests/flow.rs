@@ -242,27 +242,17 @@ async fn streaming_and_plain_requests_reconcile_to_the_sims_counts() {
         .find_map(|a| a.models.get("recon-m"))
         .unwrap();
     assert_eq!(r.accepted, 3);
-    let metrics = c
-        .get(format!("{gw}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let actual: u64 = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("sluice_tokens_total")
-                && l.contains("model=\"recon-m\"")
-                && l.contains("source=\"actual\"")
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum();
+    let actual = metric(
+        &c,
+        &gw,
+        "sluice_tokens_total",
+        &["model=\"recon-m\"", "source=\"actual\""],
+    )
+    .await;
     assert_eq!(
         actual,
-        r.prompt_tokens + r.completion_tokens,
-        "every answer reconciled to the sim's counts:\n{metrics}"
+        (r.prompt_tokens + r.completion_tokens) as f64,
+        "every answer reconciled to the sim's counts"
     );
 }
 

@@ -14,6 +14,7 @@ mod e2e_fleet;
 mod faults;
 mod flow;
 mod http_fuzz;
+mod metrics_doc;
 mod native_apis;
 mod routes;
 mod safe_defaults;

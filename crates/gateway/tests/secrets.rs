@@ -60,7 +60,11 @@ impl Seen {
                 String::from_utf8_lossy(v.as_bytes()).into_owned(),
             ));
         }
-        let body = resp.text().await.unwrap_or_default();
+        // An unreadable body must fail, not be searched as "" (which holds no secret).
+        let body = resp
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the body could not be read: {e}"));
         self.0.push((format!("{what}: body ({status})"), body));
         status
     }

@@ -135,30 +135,74 @@ pub(crate) fn assert_honest(a: &Answer) {
     }
 }
 
-/// The sum of every sample of the Prometheus metric `name` at `{base}/metrics` whose
-/// labels contain each of `labels` (e.g. `model="m"`); 0 when there is none.
-pub(crate) async fn metric(
-    client: &reqwest::Client,
-    base: &str,
-    name: &str,
-    labels: &[&str],
-) -> f64 {
-    let text = client
+/// `{base}/metrics` as text (panics when it is not served with 200).
+pub(crate) async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    let resp = client
         .get(format!("{base}/metrics"))
         .send()
         .await
-        .expect("the gateway serves /metrics")
-        .text()
-        .await
-        .unwrap_or_default();
-    text.lines()
+        .expect("the gateway serves /metrics");
+    assert_eq!(resp.status(), 200, "GET {base}/metrics");
+    resp.text().await.expect("a /metrics body")
+}
+
+/// The sum of every sample of the Prometheus metric `name` in `text` whose labels
+/// contain each of `labels` (e.g. `model="m"`); `None` when no sample matches.
+pub(crate) fn metric_in(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
         .filter(|l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// The sum of every sample of the Prometheus metric `name` at `{base}/metrics` whose
+/// labels contain each of `labels`. A series that is not there is an error (a renamed
+/// metric or label must not read as 0): panics naming the series asked for and showing
+/// what `/metrics` held. Where "absent" legitimately means "nothing counted yet", use
+/// [`metric_or_zero`]; to poll for a series to appear, [`try_metric`].
+pub(crate) async fn metric(
+    client: &reqwest::Client,
+    base: &str,
+    name: &str,
+    labels: &[&str],
+) -> f64 {
+    let text = metrics_text(client, base).await;
+    metric_in(&text, name, labels).unwrap_or_else(|| {
+        panic!("no sample of {name} with labels {labels:?} at {base}/metrics, which held:\n{text}")
+    })
+}
+
+/// Like [`metric`], but `None` when no sample matches (for polling until it appears).
+pub(crate) async fn try_metric(
+    client: &reqwest::Client,
+    base: &str,
+    name: &str,
+    labels: &[&str],
+) -> Option<f64> {
+    metric_in(&metrics_text(client, base).await, name, labels)
+}
+
+/// Like [`metric`], but 0 when no sample matches. Only for a counter that is created on
+/// its first increment and whose absence therefore means "never happened" — each caller
+/// says why absence is meaningful there. `name` must be in the documented metrics list
+/// (which `metrics_doc.rs` holds to what is emitted), so a renamed metric still fails.
+pub(crate) async fn metric_or_zero(
+    client: &reqwest::Client,
+    base: &str,
+    name: &str,
+    labels: &[&str],
+) -> f64 {
+    assert!(
+        crate::metrics_doc::documented().contains(name),
+        "{name} is not a documented metric (docs/operations.md)"
+    );
+    try_metric(client, base, name, labels).await.unwrap_or(0.0)
 }
 
 /// Polls `ready` every 20 ms until it holds or `timeout` passes (the async twin of

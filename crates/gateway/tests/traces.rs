@@ -109,11 +109,21 @@ async fn traces(State(s): State<Shared>, body: bytes::Bytes) -> impl IntoRespons
     )
 }
 
+/// Anything sent elsewhere than `/v1/traces` (metrics, logs, a wrong path): counted as a
+/// post, so that "nothing was sent" means nothing at all.
+async fn other_signal(State(s): State<Shared>, body: bytes::Bytes) -> impl IntoResponse {
+    let mut got = s.lock().unwrap();
+    got.posts += 1;
+    got.bodies.push(body.to_vec());
+    axum::http::StatusCode::OK
+}
+
 /// A tiny OTLP/HTTP receiver on a real socket (`listener`); returns its base URL.
 async fn receiver(listener: tokio::net::TcpListener) -> (String, Shared) {
     let shared = Shared::default();
     let app = Router::new()
         .route("/v1/traces", post(traces))
+        .fallback(other_signal)
         .with_state(shared.clone());
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -389,15 +399,39 @@ async fn spans_trace_a_served_and_a_refused_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_exported_without_an_endpoint() {
-    // The receiver listens where an exporter sends by default (127.0.0.1:4318) when that
-    // port is free; the other checks hold either way.
-    let listener = match tokio::net::TcpListener::bind("127.0.0.1:4318").await {
-        Ok(l) => l,
-        Err(_) => tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    // A receiver on a free port, named explicitly in every OTLP variable but the two
+    // that turn trace export on (the metrics and logs endpoints, the protocol, the
+    // exporter and sampler choice): a gateway that exported anything on these alone
+    // would post here, whatever else listens on this machine.
+    let any_port = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (otlp, got) = receiver(any_port).await;
+    // And where an exporter sends by default (127.0.0.1:4318), when that port is free:
+    // the check above holds its meaning either way, this one adds the default target.
+    let default_target = match tokio::net::TcpListener::bind("127.0.0.1:4318").await {
+        Ok(l) => Some(receiver(l).await.1),
+        Err(e) => {
+            eprintln!("127.0.0.1:4318 is taken ({e}): the default OTLP target is not watched");
+            None
+        }
     };
-    let (_otlp, got) = receiver(listener).await;
     let (up, up_seen) = upstream().await;
-    let mut gw = Gateway::start(&up, &[("OTEL_BSP_SCHEDULE_DELAY", "100".into())]);
+    let mut gw = Gateway::start(
+        &up,
+        &[
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+            (
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+                format!("{otlp}/v1/metrics"),
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                format!("{otlp}/v1/logs"),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()),
+            ("OTEL_TRACES_EXPORTER", "otlp".into()),
+            ("OTEL_TRACES_SAMPLER", "always_on".into()),
+        ],
+    );
     let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
     let served = chat(&gw.url, &[("traceparent", &caller)]).await;
     assert_eq!(served.status(), 200);
@@ -411,5 +445,16 @@ async fn nothing_is_exported_without_an_endpoint() {
         !up_headers[0].contains_key("traceparent"),
         "no trace context upstream when tracing is off"
     );
-    assert_eq!(got.lock().unwrap().posts, 0, "nothing exported");
+    assert_eq!(
+        got.lock().unwrap().posts,
+        0,
+        "nothing exported to the configured OTLP receiver"
+    );
+    if let Some(default_target) = default_target {
+        assert_eq!(
+            default_target.lock().unwrap().posts,
+            0,
+            "nothing exported to 127.0.0.1:4318"
+        );
+    }
 }

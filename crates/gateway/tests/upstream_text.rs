@@ -41,15 +41,16 @@ async fn stats(sim: &SimHandle) -> sluice_sim::stats::StatsReport {
 /// observation the gateway made (so that what it would disable, it has disabled).
 async fn observations_applied(c: &reqwest::Client, gw: &str) {
     let applied = eventually(Duration::from_secs(10), || async {
-        let errors = metric(c, gw, "sluice_upstream_errors_total", &[]).await;
-        let consumed = metric(
+        // Polled: neither series exists before its first increment.
+        let errors = try_metric(c, gw, "sluice_upstream_errors_total", &[]).await;
+        let consumed = try_metric(
             c,
             gw,
             "sluice_observations_consumed_total",
             &["source=\"local\""],
         )
         .await;
-        errors >= 1.0 && consumed >= errors
+        matches!((errors, consumed), (Some(e), Some(c)) if e >= 1.0 && c >= e)
     })
     .await;
     assert!(applied, "the recalibrator did not apply the observations");
@@ -100,7 +101,8 @@ async fn an_echoed_400_leaves_every_account_active_and_later_requests_are_served
         "{hostile:?}"
     );
     observations_applied(&c, &gw.url).await;
-    let disabled = metric(&c, &gw.url, "sluice_accounts_disabled_total", &[]).await;
+    // Absent means none was ever disabled: the counter is created on its first increment.
+    let disabled = metric_or_zero(&c, &gw.url, "sluice_accounts_disabled_total", &[]).await;
     assert_eq!(disabled, 0.0, "an echoed 400 took accounts out of rotation");
     assert_eq!(
         stats(&sim).await.rejected.echoed,
@@ -200,7 +202,7 @@ async fn quotas_text(c: &reqwest::Client, gw: &str) -> String {
         .expect("the gateway serves /v1/quotas")
         .text()
         .await
-        .unwrap_or_default()
+        .expect("a /v1/quotas body")
 }
 
 /// How many accounts `/v1/quotas` shows out of rotation.
@@ -210,7 +212,10 @@ async fn disabled_in_quotas(c: &reqwest::Client, gw: &str) -> usize {
 
 /// How many accounts `/v1/quotas` shows in `state`.
 async fn accounts_in_quotas(c: &reqwest::Client, gw: &str, state: &str) -> usize {
-    let v: serde_json::Value = serde_json::from_str(&quotas_text(c, gw).await).unwrap_or_default();
+    let text = quotas_text(c, gw).await;
+    // Not JSON must fail, not count as "no account disabled".
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("/v1/quotas is not JSON ({e}): {text}"));
     let mut n = 0;
     let mut stack = vec![&v];
     while let Some(x) = stack.pop() {

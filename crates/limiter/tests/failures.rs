@@ -279,6 +279,53 @@ async fn used(l: &Limiter, k: &QuotaKey, q: &Quota) -> u64 {
     l.status(k, q).await.unwrap().limits[0].used
 }
 
+/// A `redis-server` stopped with `SIGSTOP`: it keeps its data and its connections, the
+/// kernel still accepts new ones, but nothing is answered until [`Frozen::resume`] (or
+/// the drop) sends `SIGCONT` — a pause that ends when the test says so, unlike
+/// `CLIENT PAUSE <ms>` (which Redis 7.0 does not let even `CLIENT UNPAUSE` cut short).
+struct Frozen {
+    pid: String,
+    resumed: bool,
+}
+
+impl Frozen {
+    fn stop(server: &RedisServer) -> Self {
+        let info = server.cli(&["INFO", "server"]);
+        let pid = info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("process_id:"))
+            .unwrap_or_else(|| panic!("no process_id in INFO server: {info}"))
+            .to_owned();
+        assert!(signal(&pid, "-STOP"), "kill -STOP {pid} failed");
+        Self {
+            pid,
+            resumed: false,
+        }
+    }
+
+    fn resume(mut self) {
+        assert!(signal(&self.pid, "-CONT"), "kill -CONT {} failed", self.pid);
+        self.resumed = true;
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.resumed {
+            // Not asserted: a drop may run while a failed assertion unwinds.
+            let _ = signal(&self.pid, "-CONT");
+        }
+    }
+}
+
+/// `kill <sig> <pid>`; true when it succeeded.
+fn signal(pid: &str, sig: &str) -> bool {
+    std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Makes read-only checks until one is decided on Redis again (wall-clock bound: a
 /// hang becomes a failure).
 async fn until_shared(l: &Limiter, k: &QuotaKey, q: &Quota) {
@@ -409,21 +456,22 @@ async fn a_paused_redis_gets_local_usage_back_once() {
     let limiter = Arc::new(pausable(&server, &clock));
     // 20 per minute, 10 per replica; Redis holds 8.
     let (q, a) = twenty_with_shared(&limiter, 8).await;
-    // Redis 7.0 queues even `CLIENT UNPAUSE` behind `CLIENT PAUSE … ALL`: the pause runs
-    // its course, long enough for the few local decisions below.
-    assert!(server.pause_clients(Duration::from_secs(6)));
+    // Frozen (SIGSTOP) rather than `CLIENT PAUSE <ms>`: the pause lasts until the test
+    // ends it, however slow the machine, so every decision below is taken while Redis
+    // is away.
+    let frozen = Frozen::stop(&server);
     // The call that finds Redis paused is read-only: when Redis runs it later, it
     // charges nothing.
     assert!(decide(&limiter, &a, &q, Cost::ZERO).await.is_ok());
     assert!(limiter.is_degraded());
-    // 12 left in Redis: 6 for this replica. (Should the pause end during these, the
-    // rest are shared: the final count below holds either way.)
+    // 12 left in Redis: 6 for this replica.
     let (shared_before, local_before) = drain(&limiter, &a, &q, 20).await;
+    assert_eq!(shared_before, 0, "no shared grant while Redis is frozen");
     assert!(
         local_before > 0 && local_before <= 6,
         "{local_before} local grants; at most 12 ÷ 2 = 6"
     );
-    // A `PING` from another client answers when the pause is over.
+    frozen.resume();
     assert_eq!(server.cli(&["PING"]).trim(), "PONG");
 
     let mut tasks = tokio::task::JoinSet::new();
@@ -464,7 +512,8 @@ async fn shared_grants_queue_after_a_hand_back_placed_ahead() {
     let limiter = pausable(&server, &clock);
     // 20 per minute, 10 per replica; Redis holds 4.
     let (q, a) = twenty_with_shared(&limiter, 4).await;
-    assert!(server.pause_clients(Duration::from_secs(4)));
+    // Frozen until the local grant queued ahead is made (see `Frozen`).
+    let frozen = Frozen::stop(&server);
     assert!(decide(&limiter, &a, &q, Cost::ZERO).await.is_ok());
     // Local: what is left of the share now, then one more queued a window ahead.
     let (_, local_now) = drain(&limiter, &a, &q, 20).await;
@@ -478,11 +527,13 @@ async fn shared_grants_queue_after_a_hand_back_placed_ahead() {
         "a local grant queued ahead",
     )
     .await;
-    if queued.origin != Origin::Local {
-        // The pause ended before: nothing was decided ahead locally.
-        return;
-    }
+    assert_eq!(
+        queued.origin,
+        Origin::Local,
+        "decided while Redis is frozen: {queued:?}"
+    );
     assert!(queued.wait > Duration::ZERO, "{queued:?}");
+    frozen.resume();
     assert_eq!(server.cli(&["PING"]).trim(), "PONG");
     // The first grant decided on Redis again (queued: a plain check with no wait would
     // be refused, the queue being ahead).

@@ -73,7 +73,10 @@ struct Model {
     limits: Vec<(u64, u64, u64, bool)>, // (limit, window us, bucket us, counts requests)
     buckets: Vec<BTreeMap<u64, u64>>,
     tail: u64,
-    tat: u64,
+    /// Every slot booked with a request (not a taken hole), in booking order: pacing is
+    /// checked against this timeline, not against a theoretical arrival time.
+    booked: Vec<u64>,
+    /// Pacing interval `T` and burst tolerance `tau` (µs).
     pacing: Option<(u64, u64)>,
     marks: Vec<Option<Vec<u64>>>,
     /// Per granted reservation: released (its client went away).
@@ -131,7 +134,7 @@ impl Model {
             buckets: vec![BTreeMap::new(); limits.len()],
             limits,
             tail: 0,
-            tat: 0,
+            booked: Vec::new(),
             pacing,
             marks: Vec::new(),
             released: Vec::new(),
@@ -167,11 +170,7 @@ impl Model {
     fn acquire(&mut self, cost: &Cost, max_wait: u64, now: u64) -> Outcome {
         let mut slot = now.max(self.tail);
         if let Some((t, tau)) = self.pacing {
-            let mut paced = self.tat.saturating_sub(tau);
-            if self.tail > now {
-                paced = paced.max(self.tail + t);
-            }
-            slot = slot.max(paced);
+            slot = slot.max(self.earliest_paced(t, tau, now));
         }
         let from = slot;
         for i in 0..self.limits.len() {
@@ -215,7 +214,7 @@ impl Model {
             };
         }
         if let Some(j) = hole {
-            // Inherits the hole's charge: nothing is added, the tail and tat stay.
+            // Inherits the hole's charge: nothing is added or booked, the tail stays.
             self.holes.remove(j);
             self.took_hole = true;
             return Outcome::Granted {
@@ -230,13 +229,36 @@ impl Model {
             }
         }
         self.tail = self.tail.max(slot);
-        if let Some((t, _)) = self.pacing {
-            self.tat = self.tat.max(slot) + t;
-        }
+        self.booked.push(slot);
         Outcome::Granted {
             wait,
             remaining: self.remaining(now),
         }
+    }
+
+    /// The earliest slot pacing allows, from its definition over the timeline of booked
+    /// slots rather than from a running state (so that a slip in `window.rs`'s GCRA
+    /// bookkeeping is not copied here):
+    /// - a rate of one request per `T` with a burst tolerance `tau`: the new request and
+    ///   the `n` booked since (and including) any booked slot `s` span at least
+    ///   `n × T − tau`, i.e. no `n + 1` requests closer together than `n` intervals minus
+    ///   the tolerance;
+    /// - the tolerance serves only an arrival with nobody queued ahead: while a slot is
+    ///   booked after `now`, the new one is at least `T` after the latest.
+    fn earliest_paced(&self, t: u64, tau: u64, now: u64) -> u64 {
+        let n = self.booked.len() as u64;
+        let by_rate = self
+            .booked
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (s + (n - i as u64) * t).saturating_sub(tau))
+            .max()
+            .unwrap_or(0);
+        let queued = match self.booked.iter().max() {
+            Some(&latest) if latest > now => latest + t,
+            _ => 0,
+        };
+        by_rate.max(queued)
     }
 
     fn add(&mut self, i: usize, k: u64, delta: i128) {

@@ -98,40 +98,33 @@ async fn xlen(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .arg(STREAM)
         .query_async(conn)
         .await
-        .unwrap_or(0)
+        .expect("XLEN of the observations stream")
 }
 
 /// The group's `lag` (entries never delivered, Redis 7+) and `pending` (delivered, not
-/// acknowledged), from `XINFO GROUPS`.
+/// acknowledged), from `XINFO GROUPS`; `None` while the group does not exist. A Redis
+/// error or a reply without those fields fails the test (it must not read as "none").
 async fn group_backlog(conn: &mut redis::aio::MultiplexedConnection) -> Option<(u64, u64)> {
     let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(STREAM)
         .query_async(conn)
         .await
-        .ok()?;
+        .expect("XINFO GROUPS of the observations stream");
     let g = groups.into_iter().find(|g| {
         matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n.as_slice() == GROUP.as_bytes())
     })?;
     let int = |k: &str| match g.get(k) {
-        Some(redis::Value::Int(n)) => Some(*n as u64),
-        _ => None,
+        Some(redis::Value::Int(n)) => *n as u64,
+        other => panic!("XINFO GROUPS: {k} is {other:?}: {g:?}"),
     };
-    Some((int("lag")?, int("pending")?))
+    Some((int("lag"), int("pending")))
 }
 
 /// `limits[0].effective` of account `key-0` in a process's `/v1/quotas`.
 async fn effective(client: &reqwest::Client, base: &str) -> Option<u64> {
     let q = get_json(client, &format!("{base}/v1/quotas")).await;
     q["models"][0]["accounts"][0]["limits"][0]["effective"].as_u64()
-}
-
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 /// The simulator's real limit is half of what Sluice is configured with (headers say
@@ -288,15 +281,13 @@ async fn gateways_keep_the_learned_limit_while_the_sidecar_is_down() {
         "backlog not drained: (lag, pending) = {:?}",
         group_backlog(&mut conn).await
     );
-    let metrics = client
-        .get(format!("{}/metrics", sidecar.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let consumed = counter(&metrics, "sluice_observations_consumed_total");
+    let consumed = metric(
+        &client,
+        &sidecar.url,
+        "sluice_observations_consumed_total",
+        &[],
+    )
+    .await as u64;
     println!("sidecar back: backlog {backlog} + {pending_down} pending; consumed {consumed}");
     assert!(
         consumed >= backlog,

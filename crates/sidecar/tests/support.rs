@@ -126,6 +126,44 @@ pub(crate) async fn get_json(client: &reqwest::Client, url: &str) -> serde_json:
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
+/// `{base}/metrics` as text (panics when it is not served with 200).
+pub(crate) async fn metrics_text(client: &reqwest::Client, base: &str) -> String {
+    let resp = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("the process serves /metrics");
+    assert_eq!(resp.status(), 200, "GET {base}/metrics");
+    resp.text().await.expect("a /metrics body")
+}
+
+/// The sum of every sample of the Prometheus metric `name` at `{base}/metrics` whose
+/// labels contain each of `labels`. A series that is not there is an error (a renamed
+/// metric or label must not read as 0): panics naming the series and showing what
+/// `/metrics` held.
+pub(crate) async fn metric(
+    client: &reqwest::Client,
+    base: &str,
+    name: &str,
+    labels: &[&str],
+) -> f64 {
+    let text = metrics_text(client, base).await;
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    assert!(
+        !values.is_empty(),
+        "no sample of {name} with labels {labels:?} at {base}/metrics, which held:\n{text}"
+    );
+    values.iter().sum()
+}
+
 /// Polls `check` every 50 ms until it returns `Some` or `timeout` passes.
 pub(crate) async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where

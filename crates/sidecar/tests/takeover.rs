@@ -20,39 +20,61 @@ type PendingSummary = (
     Option<Vec<(String, String)>>,
 );
 
-/// Pending entries per consumer (`XPENDING stream group`).
+/// Pending entries per consumer (`XPENDING stream group`). An error fails the test: it
+/// must not read as "nothing pending" (which is what the takeover is checked by).
 async fn pending(conn: &mut redis::aio::MultiplexedConnection) -> Vec<(String, u64)> {
-    let reply: redis::RedisResult<PendingSummary> = redis::cmd("XPENDING")
+    let (_, _, _, per): PendingSummary = redis::cmd("XPENDING")
         .arg(STREAM)
         .arg(GROUP)
         .query_async(conn)
-        .await;
-    match reply {
-        Ok((_, _, _, per)) => per
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(c, n)| (c, n.parse().unwrap_or(0)))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+        .await
+        .expect("XPENDING of the sidecars' group");
+    per.unwrap_or_default()
+        .into_iter()
+        .map(|(c, n)| {
+            let n = n
+                .parse()
+                .unwrap_or_else(|e| panic!("XPENDING count {n:?} of {c}: {e}"));
+            (c, n)
+        })
+        .collect()
+}
+
+/// Whether the sidecars' consumer group exists yet (a sidecar creates it at start).
+async fn group_exists(conn: &mut redis::aio::MultiplexedConnection) -> bool {
+    let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(STREAM)
+        .query_async(conn)
+        .await
+        .expect("XINFO GROUPS of the observations stream");
+    groups.iter().any(|g| {
+        matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n.as_slice() == GROUP.as_bytes())
+    })
 }
 
 fn of(p: &[(String, u64)], name: &str) -> u64 {
     p.iter().find(|(c, _)| c == name).map_or(0, |(_, n)| *n)
 }
 
-/// `XINFO GROUPS`: the group's `lag` (entries never delivered) on Redis 7+.
-async fn lag(conn: &mut redis::aio::MultiplexedConnection) -> Option<u64> {
+/// `XINFO GROUPS`: the group's `lag` (entries never delivered; Redis 7+). An error, a
+/// missing group or a missing `lag` fails the test rather than reading as 0.
+async fn lag(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
     let groups: Vec<std::collections::HashMap<String, redis::Value>> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(STREAM)
         .query_async(conn)
         .await
-        .ok()?;
-    let g = groups.into_iter().next()?;
-    match g.get("lag")? {
-        redis::Value::Int(n) => Some(*n as u64),
-        _ => None,
+        .expect("XINFO GROUPS of the observations stream");
+    let g = groups
+        .iter()
+        .find(|g| {
+            matches!(g.get("name"), Some(redis::Value::BulkString(n)) if n.as_slice() == GROUP.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no group {GROUP} on {STREAM}: {groups:?}"));
+    match g.get("lag") {
+        Some(redis::Value::Int(n)) => *n as u64,
+        other => panic!("the group's lag is {other:?} (Redis 7+ reports it): {g:?}"),
     }
 }
 
@@ -117,6 +139,15 @@ async fn a_killed_sidecars_pending_observations_are_claimed_by_another() {
 
     // Sidecar "a" starts consuming; freeze it while it holds unacknowledged entries, then kill it.
     let a = SidecarProcess::start(&toml, "a");
+    let created = eventually(Duration::from_secs(10), || {
+        let mut c = conn.clone();
+        async move { group_exists(&mut c).await.then_some(()) }
+    })
+    .await;
+    assert!(
+        created.is_some(),
+        "sidecar a never created the group {GROUP}"
+    );
     let mut left_behind = 0;
     for _ in 0..200 {
         if eventually(Duration::from_secs(10), || {
@@ -147,7 +178,7 @@ async fn a_killed_sidecars_pending_observations_are_claimed_by_another() {
         async move {
             let p = pending(&mut c).await;
             let total: u64 = p.iter().map(|(_, n)| n).sum();
-            let lag = lag(&mut c).await.unwrap_or(0);
+            let lag = lag(&mut c).await;
             (total == 0 && lag == 0).then_some(())
         }
     })
@@ -157,20 +188,7 @@ async fn a_killed_sidecars_pending_observations_are_claimed_by_another() {
         "observations left pending or unread: {:?}",
         pending(&mut conn).await
     );
-    let metrics = client()
-        .get(format!("{}/metrics", b.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let claimed: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("sluice_observations_claimed_total"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let claimed = metric(&client(), &b.url, "sluice_observations_claimed_total", &[]).await as u64;
     println!(
         "takeover: a was killed holding {left_behind} unacknowledged observations; b claimed {claimed}"
     );
