@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Real clients against a real gateway: the official OpenAI Python SDK (from PyPI) and curl.
+# Real clients against a real gateway: the official OpenAI and Anthropic Python SDKs
+# (from PyPI) and curl.
 # Creates a venv, starts sluice-sim and one sluice-gateway (the debug build of this
 # checkout), runs pytest, cleans up. Exit status is pytest's.
 #   bash tests/clients/run.sh            # everything
@@ -52,6 +53,10 @@ limits = [{ requests = 100000, per = "60s" }, { tokens = 100000000, per = "60s" 
 name = "tiny"
 dialect = "openai"
 limits = [{ requests = 100000, per = "60s" }, { tokens = 100000000, per = "60s" }]
+[[models]]
+name = "claude-sonnet-4-5"
+dialect = "anthropic"
+limits = [{ requests = 100000, per = "60s" }, { tokens = 100000000, per = "60s" }]
 [[accounts]]
 name = "acct"
 key = "sk-upstream"
@@ -75,6 +80,11 @@ base_url = "http://$sim/v1"
 dialect = "openai"
 keys = ["sk-upstream"]
 [[upstreams]]
+name = "claude"
+base_url = "http://$sim/v1"
+dialect = "anthropic"
+keys = ["sk-upstream"]
+[[upstreams]]
 name = "capture"
 base_url = "http://$cap/v1"
 dialect = "openai"
@@ -92,6 +102,11 @@ tpm = 100000000
 [[models]]
 name = "tool-model"
 upstream = "capture"
+rpm = 100000
+tpm = 100000000
+[[models]]
+name = "claude-sonnet-4-5"
+upstream = "claude"
 rpm = 100000
 tpm = 100000000
 [[models]]
