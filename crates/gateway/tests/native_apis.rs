@@ -264,11 +264,34 @@ async fn fleet_through(path: &'static str) {
     // full) then leave 100 ms between a grant and its arrival at the provider, which a
     // loaded two-core machine needs; 4,000 tokens per window: about 45 requests of ~88
     // tokens, far fewer than the 1,000 requests allowed, so tokens bind.
+    // Through Messages, Anthropic's way: separate input and output budgets, the output
+    // one binding (about 31 answers of 64 tokens per window, their ~22-token prompts
+    // far inside the input budget).
     let per = Duration::from_secs(6);
+    let anthropic = path == "/v1/messages";
     let mut model = sim_model("fleet-m", 1000, 4000, per);
-    if path == "/v1/messages" {
-        model = ModelConfigExt::anthropic(model);
+    if anthropic {
+        model = ModelConfigExt::anthropic(sluice_sim::config::ModelConfig::new(
+            "fleet-m",
+            Dialect::Anthropic,
+        ));
+        for (unit, amount) in [
+            (sluice_sim::Unit::Requests, 1000),
+            (sluice_sim::Unit::InputTokens, 1500),
+            (sluice_sim::Unit::OutputTokens, 2000),
+        ] {
+            model = model.with_limit(sluice_sim::Limit {
+                unit,
+                amount,
+                window: per,
+            });
+        }
     }
+    let limits = if anthropic {
+        r#"[{ requests = 1000, per = "6s" }, { input_tokens = 1500, per = "6s" }, { output_tokens = 2000, per = "6s" }]"#
+    } else {
+        r#"[{ requests = 1000, per = "6s" }, { tokens = 4000, per = "6s" }]"#
+    };
     let sim = sim(vec![model], &[]).await;
     let upstream = if path == "/v1/messages" {
         "claude"
@@ -292,7 +315,7 @@ keys = ["sk-fleet"]
 [[models]]
 name = "fleet-m"
 upstream = "{upstream}"
-limits = [{{ requests = 1000, per = "6s" }}, {{ tokens = 4000, per = "6s" }}]
+limits = {limits}
 [queue]
 max_wait = "4s"
 "#,
@@ -361,7 +384,11 @@ max_wait = "4s"
         "every served request reached the provider once"
     );
     // Twelve seconds are two windows of 4,000 tokens: nearly all of them used.
-    let used = (r.prompt_tokens + r.completion_tokens) as f64 / (2.0 * 4000.0);
+    let used = if anthropic {
+        r.completion_tokens as f64 / (2.0 * 2000.0)
+    } else {
+        (r.prompt_tokens + r.completion_tokens) as f64 / (2.0 * 4000.0)
+    };
     assert!(used >= 0.9, "{path}: only {used:.2} of two windows used");
     eprintln!(
         "{path}: {} served, {used:.2} of the token quota, 0 refused upstream",
@@ -375,7 +402,7 @@ async fn three_gateways_share_one_token_quota_through_the_responses_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_gateways_share_one_token_quota_through_the_messages_api() {
+async fn three_gateways_share_separate_input_and_output_budgets_through_the_messages_api() {
     fleet_through("/v1/messages").await;
 }
 

@@ -184,7 +184,10 @@ pub fn request_id(dialect: Dialect, id: u64) -> String {
 pub fn limit_headers(ctx: &Context<'_>) -> HeaderMap {
     let mut h = HeaderMap::new();
     let req = ctx.headline.requests;
-    let tok = ctx.headline.tokens;
+    let tok = match ctx.dialect {
+        Dialect::Anthropic => ctx.headline.any_tokens(),
+        _ => ctx.headline.tokens,
+    };
     match ctx.dialect {
         Dialect::Openai => {
             put(&mut h, "x-request-id", ctx.request_id.to_owned());
@@ -257,6 +260,26 @@ pub fn limit_headers(ctx: &Context<'_>) -> HeaderMap {
                 );
                 put(&mut h, "anthropic-ratelimit-tokens-reset", at(v));
             }
+            const INPUT: [&str; 3] = [
+                "anthropic-ratelimit-input-tokens-limit",
+                "anthropic-ratelimit-input-tokens-remaining",
+                "anthropic-ratelimit-input-tokens-reset",
+            ];
+            const OUTPUT: [&str; 3] = [
+                "anthropic-ratelimit-output-tokens-limit",
+                "anthropic-ratelimit-output-tokens-remaining",
+                "anthropic-ratelimit-output-tokens-reset",
+            ];
+            for (names, view) in [
+                (INPUT, ctx.headline.input_tokens),
+                (OUTPUT, ctx.headline.output_tokens),
+            ] {
+                if let Some(v) = view {
+                    put(&mut h, names[0], v.limit.to_string());
+                    put(&mut h, names[1], v.remaining.to_string());
+                    put(&mut h, names[2], at(v));
+                }
+            }
         }
         Dialect::Dashscope => put(&mut h, "x-request-id", ctx.request_id.to_owned()),
     }
@@ -275,12 +298,19 @@ fn window_name(label_window: Nanos) -> (String, Option<char>) {
     }
 }
 
-/// "tokens per min (TPM)", "requests per second (RPS)", "tokens per 10s".
-fn openai_window(view: &LimitView) -> String {
-    let unit = match view.unit {
+/// How a message names what a limit counts.
+fn unit_name(unit: Unit) -> &'static str {
+    match unit {
         Unit::Requests => "requests",
         Unit::Tokens => "tokens",
-    };
+        Unit::InputTokens => "input tokens",
+        Unit::OutputTokens => "output tokens",
+    }
+}
+
+/// "tokens per min (TPM)", "requests per second (RPS)", "tokens per 10s".
+fn openai_window(view: &LimitView) -> String {
+    let unit = unit_name(view.unit);
     let (name, abbr) = window_name(view.label_window);
     match abbr {
         Some(a) => format!(
@@ -292,10 +322,7 @@ fn openai_window(view: &LimitView) -> String {
 }
 
 fn anthropic_window(view: &LimitView) -> String {
-    let unit = match view.unit {
-        Unit::Requests => "requests",
-        Unit::Tokens => "tokens",
-    };
+    let unit = unit_name(view.unit);
     let name = match window_name(view.label_window) {
         (n, Some('M')) if n == "min" => "minute".to_owned(),
         (n, _) => n,
@@ -380,7 +407,7 @@ fn openai(failure: &Failure, ctx: &Context<'_>) -> (StatusCode, ErrorBody) {
         Failure::Rate(r) => {
             let kind = match r.limit.unit {
                 Unit::Requests => "requests",
-                Unit::Tokens => "tokens",
+                _ => "tokens",
             };
             (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -514,7 +541,7 @@ fn azure(failure: &Failure, ctx: &Context<'_>) -> (StatusCode, ErrorBody) {
         Failure::Rate(r) => {
             let what = match r.limit.unit {
                 Unit::Requests => "call",
-                Unit::Tokens => "token",
+                _ => "token",
             };
             (StatusCode::TOO_MANY_REQUESTS, body("429", exceeded(what, r.wait.unwrap_or(0))))
         }
@@ -641,6 +668,7 @@ mod tests {
             headline: Headline {
                 requests: Some(view(Unit::Requests, 60, 1, 1000 * NANOS_PER_MS)),
                 tokens: Some(view(Unit::Tokens, 150_000, 16, 6 * MIN)),
+                ..Headline::default()
             },
             unix_now: u128::from(MANUAL_CLOCK_UNIX_ORIGIN_SECS) * u128::from(NANOS_PER_SEC),
         }

@@ -19,6 +19,17 @@ pub enum Unit {
     Requests,
     /// Prompt plus completion tokens.
     Tokens,
+    /// Prompt tokens only (Anthropic's input tokens per minute).
+    InputTokens,
+    /// Completion tokens only (Anthropic's output tokens per minute).
+    OutputTokens,
+}
+
+impl Unit {
+    /// Whether this unit counts tokens (of any kind).
+    pub fn is_tokens(self) -> bool {
+        self != Self::Requests
+    }
 }
 
 /// One entry of a log: an amount charged at an instant, tagged with the request that charged it.
@@ -212,19 +223,32 @@ pub struct Refusal {
 }
 
 /// What one request costs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cost {
     /// Requests (normally 1).
     pub requests: u64,
-    /// Tokens charged at arrival.
-    pub tokens: u64,
+    /// Prompt tokens charged.
+    pub input: u64,
+    /// Completion tokens charged (reserved at arrival, settled at the end).
+    pub output: u64,
 }
 
 impl Cost {
+    /// `requests` requests of `input` prompt and `output` completion tokens.
+    pub fn new(requests: u64, input: u64, output: u64) -> Self {
+        Self {
+            requests,
+            input,
+            output,
+        }
+    }
+
     fn of(&self, unit: Unit) -> u64 {
         match unit {
             Unit::Requests => self.requests,
-            Unit::Tokens => self.tokens,
+            Unit::Tokens => self.input + self.output,
+            Unit::InputTokens => self.input,
+            Unit::OutputTokens => self.output,
         }
     }
 }
@@ -265,7 +289,7 @@ impl Quota {
                 (Some(0), _) => continue,
                 (None, _) => RefusalKind::TooLarge,
                 (Some(_), Unit::Requests) => RefusalKind::Requests,
-                (Some(_), Unit::Tokens) => RefusalKind::Tokens,
+                (Some(_), _) => RefusalKind::Tokens,
             };
             worst_wait = match (worst_wait, wait) {
                 (Some(a), Some(b)) => Some(a.max(b)),
@@ -309,11 +333,12 @@ impl Quota {
         Ok(self.charge(now, cost, id))
     }
 
-    /// Settles the tokens of request `id`, reserved at `at`, from `reserved` to `actual`.
-    pub fn settle_tokens(&mut self, now: Nanos, at: Nanos, id: u64, reserved: u64, actual: u64) {
+    /// Settles the tokens of request `id`, charged at `at`, from `reserved` to `actual`
+    /// (every token limit; requests are never settled).
+    pub fn settle(&mut self, now: Nanos, at: Nanos, id: u64, reserved: Cost, actual: Cost) {
         let now = self.advance(now);
-        for log in self.logs.iter_mut().filter(|l| l.unit == Unit::Tokens) {
-            log.settle(now, at, id, actual, reserved);
+        for log in self.logs.iter_mut().filter(|l| l.unit.is_tokens()) {
+            log.settle(now, at, id, actual.of(log.unit), reserved.of(log.unit));
         }
     }
 
@@ -330,6 +355,8 @@ impl Quota {
             let slot = match view.unit {
                 Unit::Requests => &mut headline.requests,
                 Unit::Tokens => &mut headline.tokens,
+                Unit::InputTokens => &mut headline.input_tokens,
+                Unit::OutputTokens => &mut headline.output_tokens,
             };
             let replace = match slot {
                 None => true,
@@ -386,6 +413,22 @@ pub struct Headline {
     pub requests: Option<LimitView>,
     /// The binding token limit, if any token limit exists.
     pub tokens: Option<LimitView>,
+    /// The binding input-token limit, if any.
+    pub input_tokens: Option<LimitView>,
+    /// The binding output-token limit, if any.
+    pub output_tokens: Option<LimitView>,
+}
+
+impl Headline {
+    /// The binding limit of any token kind: the token limit, else the tighter of the
+    /// input and output limits (what Anthropic's `anthropic-ratelimit-tokens-*` show).
+    pub fn any_tokens(&self) -> Option<LimitView> {
+        self.tokens
+            .or_else(|| match (self.input_tokens, self.output_tokens) {
+                (Some(i), Some(o)) => Some(if o.remaining < i.remaining { o } else { i }),
+                (i, o) => i.or(o),
+            })
+    }
 }
 
 #[cfg(test)]
@@ -405,10 +448,18 @@ mod tests {
     }
 
     fn req(tokens: u64) -> Cost {
-        Cost {
-            requests: 1,
-            tokens,
-        }
+        Cost::new(1, tokens, 0)
+    }
+
+    /// Settles a test request's tokens (all counted as input here).
+    fn settle(q: &mut Quota, now: Nanos, at: Nanos, id: u64, reserved: u64, actual: u64) {
+        q.settle(
+            now,
+            at,
+            id,
+            Cost::new(0, reserved, 0),
+            Cost::new(0, actual, 0),
+        );
     }
 
     #[test]
@@ -493,7 +544,7 @@ mod tests {
         let mut q = quota(&[(Unit::Tokens, 100, MIN)]);
         q.try_admit(0, req(80), 7).unwrap();
         assert!(q.check(NANOS_PER_SEC, req(30)).is_err());
-        q.settle_tokens(2 * NANOS_PER_SEC, 0, 7, 80, 50);
+        settle(&mut q, 2 * NANOS_PER_SEC, 0, 7, 80, 50);
         assert_eq!(q.views(2 * NANOS_PER_SEC)[0].used, 50);
         assert!(q.try_admit(3 * NANOS_PER_SEC, req(50), 8).is_ok());
         // The settled entry still expires at its original instant.
@@ -505,14 +556,21 @@ mod tests {
     fn settle_up_in_window_and_after_expiry() {
         let mut q = quota(&[(Unit::Tokens, 1000, MIN)]);
         q.try_admit(0, req(10), 1).unwrap();
-        q.settle_tokens(NANOS_PER_SEC, 0, 1, 10, 25);
+        settle(&mut q, NANOS_PER_SEC, 0, 1, 10, 25);
         assert_eq!(q.views(NANOS_PER_SEC)[0].used, 25);
         assert_eq!(q.views(NANOS_PER_SEC)[0].peak, 25);
         // Entry 2 ages out before it settles: the extra lands at settle time, a refund is dropped.
         q.try_admit(2 * NANOS_PER_SEC, req(10), 2).unwrap();
         q.try_admit(3 * NANOS_PER_SEC, req(10), 3).unwrap();
-        q.settle_tokens(MIN + 5 * NANOS_PER_SEC, 2 * NANOS_PER_SEC, 2, 10, 14);
-        q.settle_tokens(MIN + 5 * NANOS_PER_SEC, 3 * NANOS_PER_SEC, 3, 10, 1);
+        settle(
+            &mut q,
+            MIN + 5 * NANOS_PER_SEC,
+            2 * NANOS_PER_SEC,
+            2,
+            10,
+            14,
+        );
+        settle(&mut q, MIN + 5 * NANOS_PER_SEC, 3 * NANOS_PER_SEC, 3, 10, 1);
         let view = q.views(MIN + 5 * NANOS_PER_SEC)[0];
         assert_eq!(view.used, 4);
         assert_eq!(view.reset, MIN);
@@ -524,7 +582,7 @@ mod tests {
         for id in 0..5 {
             q.try_admit(NANOS_PER_MS, req(10), id).unwrap();
         }
-        q.settle_tokens(NANOS_PER_MS, NANOS_PER_MS, 3, 10, 0);
+        settle(&mut q, NANOS_PER_MS, NANOS_PER_MS, 3, 10, 0);
         assert_eq!(q.views(NANOS_PER_MS)[0].used, 40);
     }
 
@@ -582,5 +640,26 @@ mod tests {
         q.replace_limits(10, vec![LimitLog::new(Unit::Requests, 5, MIN, MIN)]);
         assert!(q.try_admit(11, req(0), 9).is_err());
         assert_eq!(q.views(11)[0].used, 5);
+    }
+
+    #[test]
+    fn input_and_output_limits_count_their_own_side_and_output_settles() {
+        let mut q = quota(&[(Unit::InputTokens, 100, MIN), (Unit::OutputTokens, 50, MIN)]);
+        q.try_admit(0, Cost::new(1, 60, 40), 1).unwrap();
+        // 60 + 60 input is over 100: an input refusal, whatever the output.
+        let r = q.check(1, Cost::new(1, 60, 1)).unwrap_err();
+        assert_eq!(
+            (r.kind, r.limit.unit),
+            (RefusalKind::Tokens, Unit::InputTokens)
+        );
+        let r = q.check(1, Cost::new(1, 10, 20)).unwrap_err();
+        assert_eq!(r.limit.unit, Unit::OutputTokens);
+        // The answer used 5 of the 40 reserved: 35 output tokens come back.
+        q.settle(2, 0, 1, Cost::new(0, 60, 40), Cost::new(0, 60, 5));
+        q.try_admit(3, Cost::new(1, 10, 20), 2).unwrap();
+        let h = q.headline(3);
+        assert_eq!(h.input_tokens.map(|v| v.remaining), Some(30));
+        assert_eq!(h.output_tokens.map(|v| v.remaining), Some(25));
+        assert_eq!(h.any_tokens().map(|v| v.unit), Some(Unit::OutputTokens));
     }
 }

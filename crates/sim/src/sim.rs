@@ -113,7 +113,7 @@ pub(crate) struct Ticket {
     cell: Arc<Cell>,
     pub(crate) id: u64,
     at: Nanos,
-    reserved: u64,
+    reserved: Cost,
     pub(crate) prompt: u64,
     pub(crate) sent: u64,
     pub(crate) late: LateFaults,
@@ -129,22 +129,15 @@ impl Ticket {
         }
         self.settled = true;
         let now = self.sim.clock.now();
-        let actual = self.prompt + self.sent;
+        let actual = Cost::new(0, self.prompt, self.sent);
         let mut st = self.cell.state.lock();
         match self.cell.model.token_rule {
             TokenRule::ReserveMaxTokens => {
                 st.quota
-                    .settle_tokens(now, self.at, self.id, self.reserved, actual)
+                    .settle(now, self.at, self.id, self.reserved, actual)
             }
             TokenRule::ActualOnly => {
-                st.quota.charge(
-                    now,
-                    Cost {
-                        requests: 0,
-                        tokens: actual,
-                    },
-                    self.id,
-                );
+                st.quota.charge(now, actual, self.id);
             }
         }
         st.counters.prompt_tokens += self.prompt;
@@ -355,16 +348,10 @@ impl Sim {
                 _ => None,
             },
         };
-        let reserved = demand.prompt + demand.reserve_completion;
         let cost = match model.token_rule {
-            TokenRule::ReserveMaxTokens => Cost {
-                requests: 1,
-                tokens: reserved,
-            },
-            TokenRule::ActualOnly => Cost {
-                requests: 1,
-                tokens: 1,
-            },
+            TokenRule::ReserveMaxTokens => Cost::new(1, demand.prompt, demand.reserve_completion),
+            // Admitted while any token is left; charged at the end.
+            TokenRule::ActualOnly => Cost::new(1, 1, 0),
         };
         let mut st = cell.state.lock();
         let now = self.clock.now();
@@ -401,10 +388,7 @@ impl Sim {
         }
         let charged = match model.token_rule {
             TokenRule::ReserveMaxTokens => cost,
-            TokenRule::ActualOnly => Cost {
-                requests: 1,
-                tokens: 0,
-            },
+            TokenRule::ActualOnly => Cost::new(1, 0, 0),
         };
         let at = st.quota.charge(now, charged, id);
         st.counters.accepted += 1;
@@ -427,7 +411,7 @@ impl Sim {
             cell: Arc::clone(cell),
             id,
             at,
-            reserved: charged.tokens,
+            reserved: charged,
             prompt: demand.prompt,
             sent: 0,
             late,
@@ -441,10 +425,7 @@ impl Sim {
         let id = self.next_id();
         let mut st = cell.state.lock();
         let now = self.clock.now();
-        let cost = Cost {
-            requests: 1,
-            tokens,
-        };
+        let cost = Cost::new(1, tokens, 0);
         let admitted = account.state() == AccountState::Active
             && st.quota.check(now, cost).is_ok()
             && st.burst.as_mut().is_none_or(|b| b.check(now).is_ok());

@@ -242,3 +242,44 @@ async fn bad_messages_requests_get_anthropic_shaped_errors() {
     assert_eq!(json(bad_item).await["error"]["param"], "input[0]");
     assert_eq!(h.stats().await.rejected.bad_request, 3);
 }
+
+#[tokio::test]
+async fn anthropic_input_and_output_token_limits_are_metered_apart() {
+    let h = start(
+        r#"
+[[models]]
+name = "claude-opus-4-1"
+dialect = "anthropic"
+limits = [{ requests = 100, per = "60s" }, { input_tokens = 100, per = "60s" }, { output_tokens = 20, per = "60s" }]
+"#,
+    )
+    .await;
+    let ask = |max: u64| {
+        json!({"model": "claude-opus-4-1", "max_tokens": max,
+               "messages": [{"role": "user", "content": "Hello, world!"}]})
+    };
+    let r = post(&h, "/v1/messages", true, ask(15)).await;
+    assert_eq!(r.status(), 200);
+    // 10 input tokens of 100, 15 output tokens of 20; `tokens-*` is the tighter of the two.
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-input-tokens-remaining").as_deref(),
+        Some("90")
+    );
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-output-tokens-remaining").as_deref(),
+        Some("5")
+    );
+    assert_eq!(
+        header(&r, "anthropic-ratelimit-tokens-remaining").as_deref(),
+        Some("5")
+    );
+    // Ten more output tokens do not fit, though input has room.
+    let r = post(&h, "/v1/messages", true, ask(10)).await;
+    assert_eq!(r.status(), 429);
+    let b = json(r).await;
+    assert_eq!(b["error"]["type"], "rate_limit_error");
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(message.contains("output tokens per minute"), "{message}");
+    let r = post(&h, "/v1/messages", true, ask(5)).await;
+    assert_eq!(r.status(), 200, "five still fit");
+}

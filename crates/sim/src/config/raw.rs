@@ -9,6 +9,7 @@ use super::{
     Dialect, FaultRule, Latency, Limit, ModelConfig, TokenRule,
 };
 use crate::error::ConfigError;
+use crate::meter::Unit;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,6 +54,8 @@ fn default_dialect() -> Dialect {
 struct RawLimit {
     requests: Option<u64>,
     tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
     per: String,
 }
 
@@ -149,11 +152,21 @@ pub fn parse_limits(raw: &[RawLimitSpec], place: &str) -> Result<Vec<Limit>, Con
     raw.iter()
         .map(|l| {
             let window = duration(&l.per, place)?;
-            match (l.requests, l.tokens) {
-                (Some(n), None) => Ok(Limit::requests(n, window)),
-                (None, Some(n)) => Ok(Limit::tokens(n, window)),
+            let given = [
+                (Unit::Requests, l.requests),
+                (Unit::Tokens, l.tokens),
+                (Unit::InputTokens, l.input_tokens),
+                (Unit::OutputTokens, l.output_tokens),
+            ];
+            let mut set = given.iter().filter_map(|(u, n)| n.map(|n| (*u, n)));
+            match (set.next(), set.next()) {
+                (Some((unit, amount)), None) => Ok(Limit {
+                    unit,
+                    amount,
+                    window,
+                }),
                 _ => Err(ConfigError::Invalid(format!(
-                    "{place}: each limit has exactly one of `requests` or `tokens`"
+                    "{place}: each limit has exactly one of `requests`, `tokens`, `input_tokens` or `output_tokens`"
                 ))),
             }
         })
@@ -170,6 +183,12 @@ pub struct RawLimitSpec {
     /// Tokens per window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<u64>,
+    /// Prompt tokens per window (Anthropic's input tokens per minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<u64>,
+    /// Completion tokens per window (Anthropic's output tokens per minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u64>,
     /// The window: a number and a unit among `ms`, `s`, `m`, `h`, `d`.
     pub per: String,
 }
@@ -180,6 +199,8 @@ fn raw_limits(raw: Vec<RawLimit>, place: &str) -> Result<Vec<Limit>, ConfigError
         .map(|l| RawLimitSpec {
             requests: l.requests,
             tokens: l.tokens,
+            input_tokens: l.input_tokens,
+            output_tokens: l.output_tokens,
             per: l.per,
         })
         .collect();
