@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Method};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
 use bytes::Bytes;
 use serde_json::Value;
 use sluice_limiter::{Cost, Reservation};
@@ -16,21 +16,22 @@ use tracing::{Instrument, Span};
 mod admit;
 mod passthrough;
 mod refused;
+mod send;
 
 pub(crate) use passthrough::other;
 
 use admit::{Ask, admit};
 use refused::refused;
+use send::{send, success, unanswered};
 
 use crate::decide::{Attempt, Then, decide};
-use crate::error::{ApiError, ErrorShape, RateLimited, ratelimit_headers};
+use crate::error::{ApiError, ErrorShape, RateLimited};
 use crate::estimate::{Endpoint, output_tokens, prompt_tokens_bounded};
 use crate::request;
 use crate::state::{Gateway, Inner, ModelState};
-use crate::stream::{SseRelay, settle_traced};
 use crate::telemetry::{self, SPANS};
 use crate::upstream::{self, presented_key};
-use crate::usage::{Settle, reconcile, usage_in};
+use crate::usage::{Settle, reconcile};
 
 /// Headers never copied from an upstream answer.
 const HOP: &[&str] = &[
@@ -400,54 +401,14 @@ async fn serve(
                 metrics::gauge!("sluice_headroom", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "limit" => r.limit.to_string()).set(r.remaining as f64);
             }
 
-            let url = upstream::url(model, path, None);
-            let up_span = tracing::trace_span!(
-                target: SPANS,
-                "upstream",
-                otel.kind = "client",
-                otel.status_code = Empty,
-                attempt = attempt + 1,
-                model = %model.cfg.name,
-                upstream_model = %model.cfg.upstream_model,
-                account = %account.name,
-                status = Empty,
-                class = Empty,
-                retry_reason = Empty,
-                error = Empty,
-            );
-            let mut up_headers = p.forward.clone();
-            telemetry::inject(&up_span, &mut up_headers);
-            let sent =
-                upstream::request(&inner.client, Method::POST, url, model, account, up_headers)
-                    .body(upstream_body.clone())
-                    .send()
-                    .instrument(up_span.clone())
-                    .await;
+            let (sent, up_span) = send(gw, mi, &res, &p, &upstream_body, path, attempt).await;
             let upstream = match sent {
                 Ok(u) => u,
                 Err(e) => {
-                    up_span.in_scope(|| tracing::warn!(error = %without_url(&e), model = %model.cfg.name, account = %account.name, "upstream unreachable"));
-                    up_span.record("otel.status_code", "ERROR");
-                    up_span.record(
-                        "error",
-                        if e.is_timeout() {
-                            "timeout"
-                        } else {
-                            "unreachable"
-                        },
-                    );
-                    up_span.record("retry_reason", "unreachable");
-                    metrics::counter!("sluice_upstream_errors_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => "unreachable").increment(1);
-                    release(gw, mi, res, &request_span);
-                    failure = Failure::Unreachable(ApiError::Upstream {
-                        model: model.cfg.name.clone(),
-                        timeout: e.is_timeout(),
-                    });
-                    drop(up_span);
+                    let timeout = e.is_timeout();
+                    failure = unanswered(gw, mi, res, &e, up_span);
                     attempt += 1;
-                    let what = Attempt::Unanswered {
-                        timeout: e.is_timeout(),
-                    };
+                    let what = Attempt::Unanswered { timeout };
                     match decide(what, attempt, max_attempts).then {
                         Then::GiveUp => break 'models,
                         Then::Retry { .. } => {
@@ -527,41 +488,7 @@ async fn serve(
         }
     }
 
-    let name = name.to_owned();
-    match failure {
-        Failure::Upstream(response) => Ok(Done {
-            tenant: Some(tenant),
-            response,
-            model: name,
-            account: "none".into(),
-            outcome: "upstream_error",
-        }),
-        Failure::Refused(r, bound) => {
-            Err((Some(tenant), name, ApiError::RateLimited(r), Some(bound)))
-        }
-        Failure::TooLarge(e) | Failure::Unreachable(e) => Err((Some(tenant), name, e, None)),
-        Failure::Disabled { model, reason } => Err((
-            Some(tenant),
-            name,
-            ApiError::AccountsDisabled { model, reason },
-            None,
-        )),
-        Failure::StoreDown(retry_after) => Err((
-            Some(tenant),
-            name,
-            ApiError::StoreUnavailable { retry_after },
-            None,
-        )),
-        Failure::None => Err((
-            Some(tenant),
-            name.clone(),
-            ApiError::Upstream {
-                model: name,
-                timeout: false,
-            },
-            None,
-        )),
-    }
+    answer_with(failure, tenant, name)
 }
 
 async fn backoff(inner: &Inner, attempt: u32, deadline: Instant) {
@@ -597,71 +524,44 @@ pub(super) fn release(gw: &Gateway, mi: usize, res: Reservation, parent: &Span) 
     );
 }
 
-/// Error text without the URL (it holds nothing secret, but keep logs short).
-fn without_url(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(u) = e.url() {
-        s = s.replace(u.as_str(), "<upstream>");
-    }
-    s
-}
-
-async fn success(
-    model: &ModelState,
-    upstream: reqwest::Response,
-    endpoint: Endpoint,
-    stream: bool,
-    strip_usage: bool,
-    settle: Settle,
-    spans: (Span, Span),
-) -> Response {
-    let status = upstream.status();
-    let mut headers = HeaderMap::new();
-    for (k, v) in upstream.headers() {
-        if !HOP.contains(&k.as_str()) && !k.as_str().starts_with("x-ratelimit-") {
-            headers.append(k.clone(), v.clone());
+/// The answer when no model of the chain served: the last upstream error as it came,
+/// else the refusal of what stopped the last try.
+// The same `Result` as `serve`'s, made once per request at its end.
+#[allow(clippy::result_large_err)]
+fn answer_with(failure: Failure, tenant: usize, name: &str) -> Result<Done, Refuse> {
+    let name = name.to_owned();
+    match failure {
+        Failure::Upstream(response) => Ok(Done {
+            tenant: Some(tenant),
+            response,
+            model: name,
+            account: "none".into(),
+            outcome: "upstream_error",
+        }),
+        Failure::Refused(r, bound) => {
+            Err((Some(tenant), name, ApiError::RateLimited(r), Some(bound)))
         }
+        Failure::TooLarge(e) | Failure::Unreachable(e) => Err((Some(tenant), name, e, None)),
+        Failure::Disabled { model, reason } => Err((
+            Some(tenant),
+            name,
+            ApiError::AccountsDisabled { model, reason },
+            None,
+        )),
+        Failure::StoreDown(retry_after) => Err((
+            Some(tenant),
+            name,
+            ApiError::StoreUnavailable { retry_after },
+            None,
+        )),
+        Failure::None => Err((
+            Some(tenant),
+            name.clone(),
+            ApiError::Upstream {
+                model: name,
+                timeout: false,
+            },
+            None,
+        )),
     }
-    headers.insert("x-sluice-model", model.model_header.clone());
-    headers.insert(
-        "x-sluice-account",
-        HeaderValue::from_str(&model.accounts[settle.reservation.candidate].name)
-            .unwrap_or(HeaderValue::from_static("?")),
-    );
-    ratelimit_headers(&mut headers, &settle.reservation.remaining, None);
-    let is_sse = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
-    let body = if stream && is_sse {
-        Body::from_stream(SseRelay::new(
-            Box::pin(upstream.bytes_stream()),
-            endpoint,
-            strip_usage,
-            model.provider,
-            settle,
-            spans,
-        ))
-    } else {
-        match upstream.bytes().await {
-            Ok(bytes) => {
-                settle_traced(settle, usage_in(endpoint, &bytes), &spans.0);
-                Body::from(bytes)
-            }
-            Err(e) => {
-                tracing::warn!(error = %without_url(&e), "upstream answer cut; the estimate stands");
-                spans.1.record("error", "answer cut");
-                settle_traced(settle, None, &spans.0);
-                return ApiError::Upstream {
-                    model: model.cfg.name.clone(),
-                    timeout: e.is_timeout(),
-                }
-                .into_response();
-            }
-        }
-    };
-    let mut resp = Response::new(body);
-    *resp.status_mut() = status;
-    *resp.headers_mut() = headers;
-    resp
 }

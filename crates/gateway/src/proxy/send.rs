@@ -1,0 +1,162 @@
+//! The send stage: the request goes upstream on the account its reservation names,
+//! its URL and credentials built by [`crate::upstream`], inside an `upstream` span that
+//! the provider's trace context continues; and what comes back when it succeeded (the
+//! relay and the settle of [`crate::stream`] and [`crate::usage`]) or got no answer.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use sluice_limiter::Reservation;
+use tracing::field::Empty;
+use tracing::{Instrument, Span};
+
+use super::{Failure, HOP, Prepared, release};
+use crate::error::{ApiError, ratelimit_headers};
+use crate::estimate::Endpoint;
+use crate::state::{Gateway, ModelState};
+use crate::stream::{SseRelay, settle_traced};
+use crate::telemetry::{self, SPANS};
+use crate::upstream;
+use crate::usage::{Settle, usage_in};
+
+/// Sends `body` to `path` of model `mi`'s upstream on the reservation's account:
+/// the answer (or why there was none) and the `upstream` span it went in.
+pub(super) async fn send(
+    gw: &Gateway,
+    mi: usize,
+    res: &Reservation,
+    p: &Prepared,
+    body: &Bytes,
+    path: &str,
+    attempt: u32,
+) -> (reqwest::Result<reqwest::Response>, Span) {
+    let inner = &*gw.inner;
+    let model = &inner.models[mi];
+    let account = &model.accounts[res.candidate];
+    for r in &res.remaining {
+        metrics::gauge!("sluice_headroom", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "limit" => r.limit.to_string()).set(r.remaining as f64);
+    }
+    let url = upstream::url(model, path, None);
+    let up_span = tracing::trace_span!(
+        target: SPANS,
+        "upstream",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        attempt = attempt + 1,
+        model = %model.cfg.name,
+        upstream_model = %model.cfg.upstream_model,
+        account = %account.name,
+        status = Empty,
+        class = Empty,
+        retry_reason = Empty,
+        error = Empty,
+    );
+    let mut up_headers = p.forward.clone();
+    telemetry::inject(&up_span, &mut up_headers);
+    let sent = upstream::request(&inner.client, Method::POST, url, model, account, up_headers)
+        .body(body.clone())
+        .send()
+        .instrument(up_span.clone())
+        .await;
+    (sent, up_span)
+}
+
+/// A request that got no answer (`e`): recorded on its span, counted, its reservation
+/// released; the failure to answer with if nothing else serves.
+pub(super) fn unanswered(
+    gw: &Gateway,
+    mi: usize,
+    res: Reservation,
+    e: &reqwest::Error,
+    up_span: Span,
+) -> Failure {
+    let model = &gw.inner.models[mi];
+    let account = &model.accounts[res.candidate];
+    up_span.in_scope(|| tracing::warn!(error = %without_url(e), model = %model.cfg.name, account = %account.name, "upstream unreachable"));
+    up_span.record("otel.status_code", "ERROR");
+    up_span.record(
+        "error",
+        if e.is_timeout() {
+            "timeout"
+        } else {
+            "unreachable"
+        },
+    );
+    up_span.record("retry_reason", "unreachable");
+    metrics::counter!("sluice_upstream_errors_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => "unreachable").increment(1);
+    release(gw, mi, res, &Span::current());
+    Failure::Unreachable(ApiError::Upstream {
+        model: model.cfg.name.clone(),
+        timeout: e.is_timeout(),
+    })
+}
+
+pub(super) async fn success(
+    model: &ModelState,
+    upstream: reqwest::Response,
+    endpoint: Endpoint,
+    stream: bool,
+    strip_usage: bool,
+    settle: Settle,
+    spans: (Span, Span),
+) -> Response {
+    let status = upstream.status();
+    let mut headers = HeaderMap::new();
+    for (k, v) in upstream.headers() {
+        if !HOP.contains(&k.as_str()) && !k.as_str().starts_with("x-ratelimit-") {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+    headers.insert("x-sluice-model", model.model_header.clone());
+    headers.insert(
+        "x-sluice-account",
+        HeaderValue::from_str(&model.accounts[settle.reservation.candidate].name)
+            .unwrap_or(HeaderValue::from_static("?")),
+    );
+    ratelimit_headers(&mut headers, &settle.reservation.remaining, None);
+    let is_sse = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = if stream && is_sse {
+        Body::from_stream(SseRelay::new(
+            Box::pin(upstream.bytes_stream()),
+            endpoint,
+            strip_usage,
+            model.provider,
+            settle,
+            spans,
+        ))
+    } else {
+        match upstream.bytes().await {
+            Ok(bytes) => {
+                settle_traced(settle, usage_in(endpoint, &bytes), &spans.0);
+                Body::from(bytes)
+            }
+            Err(e) => {
+                tracing::warn!(error = %without_url(&e), "upstream answer cut; the estimate stands");
+                spans.1.record("error", "answer cut");
+                settle_traced(settle, None, &spans.0);
+                return ApiError::Upstream {
+                    model: model.cfg.name.clone(),
+                    timeout: e.is_timeout(),
+                }
+                .into_response();
+            }
+        }
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
+    resp
+}
+
+/// Error text without the URL (it holds nothing secret, but keep logs short).
+fn without_url(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(u) = e.url() {
+        s = s.replace(u.as_str(), "<upstream>");
+    }
+    s
+}
