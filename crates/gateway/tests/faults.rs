@@ -15,6 +15,7 @@ use sluice_sim::{FaultRule, SimHandle, Unit};
 use sluice_testkit::RedisServer;
 
 use crate::stub::{Fault, fault_server};
+use crate::support::sim_report as report;
 use crate::support::*;
 
 /// The limiter's count of decisions made without Redis (by the failure policy).
@@ -57,18 +58,6 @@ cap = "50ms"
 "#,
         base = sim.base_url()
     )
-}
-
-/// The simulator's report of `model` on the one account that used it (every account
-/// has a cell for every model).
-fn report(sim: &SimHandle, model: &str) -> sluice_sim::stats::ModelReport {
-    sim.sim()
-        .stats()
-        .accounts
-        .values()
-        .filter_map(|a| a.models.get(model).cloned())
-        .max_by_key(|r| r.accepted + r.refused_total())
-        .expect("the simulator serves the model")
 }
 
 fn limit_of(r: &sluice_sim::stats::ModelReport, unit: Unit) -> sluice_sim::stats::LimitReport {

@@ -11,22 +11,14 @@ use sluice_testkit::RedisServer;
 use crate::support::*;
 
 /// `POST {base}{path}` with `body`; Messages requests carry what Anthropic's SDK sends.
-async fn post(c: &reqwest::Client, base: &str, path: &str, body: serde_json::Value) -> Answer {
-    let mut req = c.post(format!("{base}{path}")).json(&body);
-    if path == "/v1/messages" {
-        req = req
-            .header("x-api-key", "unused")
-            .header("anthropic-version", "2023-06-01");
-    }
-    let resp = req.send().await.expect("the gateway answers");
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.text().await.unwrap_or_default();
-    Answer {
-        status,
-        headers,
-        body,
-    }
+async fn call(c: &reqwest::Client, base: &str, path: &str, body: serde_json::Value) -> Answer {
+    let anthropic = [("x-api-key", "unused"), ("anthropic-version", "2023-06-01")];
+    let headers: &[(&str, &str)] = if path == "/v1/messages" {
+        &anthropic
+    } else {
+        &[]
+    };
+    post(c, base, path, body, headers).await
 }
 
 fn respond(model: &str, max: u64, stream: bool) -> serde_json::Value {
@@ -38,17 +30,6 @@ fn respond(model: &str, max: u64, stream: bool) -> serde_json::Value {
 fn message(model: &str, max: u64, stream: bool) -> serde_json::Value {
     serde_json::json!({"model": model, "system": "Be brief.", "max_tokens": max, "stream": stream,
         "messages": [{"role": "user", "content": "Say something short about rate limits."}]})
-}
-
-/// The simulator's counts of `model` on the account that served it.
-fn sim_counts(sim: &sluice_sim::SimHandle, model: &str) -> sluice_sim::stats::ModelReport {
-    sim.sim()
-        .stats()
-        .accounts
-        .values()
-        .filter_map(|a| a.models.get(model).cloned())
-        .max_by_key(|r| r.accepted + r.refused_total())
-        .expect("the simulator serves the model")
 }
 
 fn config(sim: &str, extra: &str) -> String {
@@ -94,7 +75,7 @@ async fn responses_and_messages_reconcile_to_the_providers_usage_streamed_or_not
     let gw = gateway(&config(&sim.base_url(), "")).await;
     let c = client();
     for stream in [false, true] {
-        let a = post(&c, &gw, "/v1/responses", respond("resp-m", 12, stream)).await;
+        let a = call(&c, &gw, "/v1/responses", respond("resp-m", 12, stream)).await;
         assert_eq!(a.status, 200, "{a:?}");
         if stream {
             assert!(a.body.contains("event: response.incomplete"), "{}", a.body);
@@ -107,7 +88,7 @@ async fn responses_and_messages_reconcile_to_the_providers_usage_streamed_or_not
             let b: serde_json::Value = serde_json::from_str(&a.body).unwrap();
             assert_eq!(b["usage"]["output_tokens"], 12, "{b}");
         }
-        let a = post(&c, &gw, "/v1/messages", message("claude-m", 9, stream)).await;
+        let a = call(&c, &gw, "/v1/messages", message("claude-m", 9, stream)).await;
         assert_eq!(a.status, 200, "{a:?}");
         if stream {
             assert!(a.body.contains("event: message_stop"), "{}", a.body);
@@ -117,7 +98,7 @@ async fn responses_and_messages_reconcile_to_the_providers_usage_streamed_or_not
         }
     }
     for (model, kinds) in [("resp-m", 2u64), ("claude-m", 2)] {
-        let r = sim_counts(&sim, model);
+        let r = sim_report(&sim, model);
         assert_eq!(r.accepted, kinds, "{model}: {r:?}");
         let url = gw.clone();
         let (c2, want) = (c.clone(), r.prompt_tokens + r.completion_tokens);
@@ -181,7 +162,7 @@ async fn refusals_and_bad_requests_on_messages_are_anthropic_shaped() {
     let c = client();
     let mut no_max = message("claude-refusing-m", 8, false);
     no_max.as_object_mut().unwrap().remove("max_tokens");
-    let a = post(&c, &gw, "/v1/messages", no_max).await;
+    let a = call(&c, &gw, "/v1/messages", no_max).await;
     assert_eq!(a.status, 400, "{a:?}");
     let b: serde_json::Value = serde_json::from_str(&a.body).unwrap();
     assert_eq!(b["type"], "error", "{b}");
@@ -193,7 +174,7 @@ async fn refusals_and_bad_requests_on_messages_are_anthropic_shaped() {
             .contains("max_tokens")
     );
     assert_eq!(
-        post(
+        call(
             &c,
             &gw,
             "/v1/messages",
@@ -203,7 +184,7 @@ async fn refusals_and_bad_requests_on_messages_are_anthropic_shaped() {
         .status,
         200
     );
-    let refused = post(
+    let refused = call(
         &c,
         &gw,
         "/v1/messages",
@@ -215,7 +196,7 @@ async fn refusals_and_bad_requests_on_messages_are_anthropic_shaped() {
     let b: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
     assert_eq!(b["error"]["type"], "rate_limit_error", "{b}");
     // The Responses API keeps OpenAI's shape.
-    let a = post(
+    let a = call(
         &c,
         &gw,
         "/v1/responses",
@@ -226,13 +207,13 @@ async fn refusals_and_bad_requests_on_messages_are_anthropic_shaped() {
     let b: serde_json::Value = serde_json::from_str(&a.body).unwrap();
     assert_eq!(b["error"]["param"], "input", "{b}");
     assert_eq!(
-        sim_counts(&sim, "claude-refusing-m").accepted,
+        sim_report(&sim, "claude-refusing-m").accepted,
         1,
         "the refusal never reached the provider"
     );
     // Nothing is translated between dialects: Messages to an OpenAI upstream and the
     // Responses API to Anthropic are refused before anything is charged.
-    let a = post(&c, &gw, "/v1/messages", message("resp-m", 8, false)).await;
+    let a = call(&c, &gw, "/v1/messages", message("resp-m", 8, false)).await;
     assert_eq!(a.status, 400, "{a:?}");
     let b: serde_json::Value = serde_json::from_str(&a.body).unwrap();
     assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
@@ -243,7 +224,7 @@ async fn refusals_and_bad_requests_on_messages_are_anthropic_shaped() {
             .contains("/v1/messages"),
         "{b}"
     );
-    let a = post(
+    let a = call(
         &c,
         &gw,
         "/v1/responses",
@@ -341,7 +322,7 @@ max_wait = "4s"
             let (mut ok, mut other) = (0u64, Vec::new());
             let mut n = 0usize;
             while started.elapsed() < run {
-                let a = post(&c, &url, path, body(n)).await;
+                let a = call(&c, &url, path, body(n)).await;
                 n += 1;
                 match a.status {
                     200 => ok += 1,
@@ -371,7 +352,7 @@ max_wait = "4s"
         );
         served += ok;
     }
-    let r = sim_counts(&sim, "fleet-m");
+    let r = sim_report(&sim, "fleet-m");
     assert_eq!(
         r.refused_total(),
         0,

@@ -99,9 +99,18 @@ pub(crate) async fn chat(
     body: serde_json::Value,
     headers: &[(&str, &str)],
 ) -> Answer {
-    let mut req = client
-        .post(format!("{base}/v1/chat/completions"))
-        .json(&body);
+    post(client, base, "/v1/chat/completions", body, headers).await
+}
+
+/// `POST {base}{path}` with the JSON `body` and `headers`.
+pub(crate) async fn post(
+    client: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: serde_json::Value,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut req = client.post(format!("{base}{path}")).json(&body);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -114,6 +123,18 @@ pub(crate) async fn chat(
         headers,
         body,
     }
+}
+
+/// The simulator's report of `model` on the one account that used it (every account
+/// has a cell for every model).
+pub(crate) fn sim_report(sim: &SimHandle, model: &str) -> sluice_sim::stats::ModelReport {
+    sim.sim()
+        .stats()
+        .accounts
+        .values()
+        .filter_map(|a| a.models.get(model).cloned())
+        .max_by_key(|r| r.accepted + r.refused_total())
+        .expect("the simulator serves the model")
 }
 
 pub(crate) fn ask(model: &str, max_tokens: u64) -> serde_json::Value {
