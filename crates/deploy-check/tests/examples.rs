@@ -197,9 +197,9 @@ async fn every_example_starts_with_its_documented_variables_and_serves_through_t
             .await
             .unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let gateway = sluice_gateway::Gateway::new(config)
+        let gateway = sluice_proxy::Gateway::new(config)
             .unwrap_or_else(|e| panic!("examples/{name}: the gateway starts: {e}"));
-        let server = tokio::spawn(sluice_gateway::serve(
+        let server = tokio::spawn(sluice_proxy::serve(
             gateway,
             listener,
             std::future::pending(),

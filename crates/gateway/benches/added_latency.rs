@@ -104,12 +104,12 @@ fn main() {
                 &std::collections::HashMap::<String, String>::new(),
             )
             .unwrap();
-            let gw = sluice_gateway::Gateway::new(config).unwrap();
+            let gw = sluice_proxy::Gateway::new(config).unwrap();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             gw_tx
                 .send(format!("http://{}/v1", listener.local_addr().unwrap()))
                 .unwrap();
-            sluice_gateway::serve(gw, listener, std::future::pending())
+            sluice_proxy::serve(gw, listener, std::future::pending())
                 .await
                 .unwrap();
         })

@@ -1,10 +1,10 @@
-//! The `sluice-gateway` binary: flags, configuration, tracing, then [`sluice_gateway::serve`].
+//! The `sluice-gateway` binary: flags, configuration, tracing, then [`sluice_proxy::serve`].
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use sluice_gateway::Gateway;
+use sluice_proxy::Gateway;
 
 /// The OpenAI-compatible gateway that makes replicas share one provider quota.
 #[derive(Parser, Debug)]
@@ -36,7 +36,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Flushes the spans not yet exported when dropped, even on an early error return.
-    let telemetry = sluice_gateway::init_logs(args.log_json);
+    let telemetry = sluice_proxy::init_logs(args.log_json);
     let mut flags = Vec::new();
     let mut put = |k: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
         // Tests and scripts read the port from this line.
         println!("listening on {addr}");
         tracing::info!(%addr, shared = gateway.is_shared(), models = gateway.config().models.len(), "sluice-gateway started");
-        sluice_gateway::serve(gateway, listener, sluice_gateway::shutdown_signal()).await?;
+        sluice_proxy::serve(gateway, listener, sluice_proxy::shutdown_signal()).await?;
         Ok(())
     });
     // Outside the runtime: the exporter's HTTP client blocks.

@@ -37,10 +37,10 @@ async fn public_gateway(toml: &str) -> String {
         &std::collections::HashMap::<String, String>::new(),
     )
     .expect("config");
-    let gw = sluice_gateway::Gateway::new(config).expect("gateway");
+    let gw = sluice_proxy::Gateway::new(config).expect("gateway");
     let listener = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let url = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
-    tokio::spawn(sluice_gateway::serve(gw, listener, std::future::pending()));
+    tokio::spawn(sluice_proxy::serve(gw, listener, std::future::pending()));
     url
 }
 

@@ -202,7 +202,7 @@ fn arbitrary_requests_get_well_formed_answers_and_the_gateway_stays_healthy() {
         &std::collections::HashMap::<String, String>::new(),
     )
     .expect("config");
-    let gw = rt.block_on(async { sluice_gateway::Gateway::new(config).expect("gateway") });
+    let gw = rt.block_on(async { sluice_proxy::Gateway::new(config).expect("gateway") });
     let router = gw.router();
 
     // Through the router.

@@ -68,11 +68,11 @@ async fn run_refuses_the_same_configuration() {
         &std::collections::HashMap::<String, String>::new(),
     )
     .unwrap();
-    let err = sluice_gateway::run(config, std::future::ready(()))
+    let err = sluice_proxy::run(config, std::future::ready(()))
         .await
         .unwrap_err();
     assert!(
-        matches!(err, sluice_gateway::StartError::Config(_)),
+        matches!(err, sluice_proxy::StartError::Config(_)),
         "{err:?}"
     );
     assert!(

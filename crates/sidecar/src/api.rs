@@ -65,7 +65,7 @@ pub(crate) fn admin_router(state: Arc<State>, open: bool) -> Router {
 /// no `[[tenants]]` are configured); `None` for a missing or unknown key (answer
 /// [`unauthenticated`]).
 fn authenticate(s: &State, headers: &http::HeaderMap) -> Option<String> {
-    s.gw.tenant_for(sluice_gateway::presented_key(headers))
+    s.gw.tenant_for(sluice_proxy::presented_key(headers))
         .map(str::to_owned)
 }
 

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use sluice_config::Config;
-use sluice_gateway::Gateway;
+use sluice_proxy::Gateway;
 
 /// Why the sidecar cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,7 @@ use sluice_gateway::Gateway;
 pub enum SidecarError {
     /// The gateway core (limiter, quotas, upstream client) could not be built.
     #[error("{0}")]
-    Start(#[from] sluice_gateway::StartError),
+    Start(#[from] sluice_proxy::StartError),
     /// The listener failed.
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),

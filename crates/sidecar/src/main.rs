@@ -30,7 +30,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Flushes the spans not yet exported when dropped, even on an early error return.
-    let telemetry = sluice_gateway::init_logs(args.log_json);
+    let telemetry = sluice_proxy::init_logs(args.log_json);
     let mut flags = Vec::new();
     let mut put = |k: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         println!("listening on {addr}");
         tracing::info!(%addr, shared, name = %options.name, "sluice-sidecar started");
         sidecar
-            .serve(listener, sluice_gateway::shutdown_signal())
+            .serve(listener, sluice_proxy::shutdown_signal())
             .await?;
         Ok(())
     });

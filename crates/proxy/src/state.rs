@@ -13,8 +13,8 @@ use sluice_provider::Provider;
 use sluice_recalibrate::{Catalog, CatalogError, Recalibrator, Tuning};
 
 use crate::error::StartError;
-use crate::estimate::Learner;
 use crate::fair::FairGate;
+use crate::learner::Learner;
 
 /// One upstream account: its label and the pre-built auth header of each of its keys.
 /// The limiter decides per account; its keys take turns at sending.
@@ -92,28 +92,7 @@ impl Gateway {
     /// Builds the gateway from a validated configuration: connects nothing yet (Redis
     /// is reached lazily), but checks every quota.
     pub fn new(config: Config) -> Result<Self, StartError> {
-        let limiter = match &config.store {
-            None => Limiter::embedded(),
-            Some(s) => Limiter::redis(
-                s.redis_url.expose(),
-                RedisOptions {
-                    timeout: s.timeout,
-                    connections: s.connections.get() as usize,
-                    key_prefix: s.key_prefix.clone(),
-                    ..RedisOptions::default()
-                },
-                match s.on_error {
-                    FailurePolicy::FailClosed => OnError::FailClosed,
-                    FailurePolicy::FailOpen => OnError::FailOpen,
-                    FailurePolicy::Local => OnError::Local,
-                },
-                s.expected_replicas.get(),
-            )
-            .map(|l| match s.replica_index {
-                Some(i) => l.with_replica_index(i),
-                None => l,
-            })?,
-        };
+        let limiter = limiter_for(&config)?;
         // `upstream_timeout` bounds each silence of the upstream (before the answer's
         // headers, and between two reads of its body), not the whole call: a stream that
         // keeps sending may last as long as it needs, a stalled one is cut.
@@ -130,44 +109,11 @@ impl Gateway {
             .enumerate()
             .map(|(i, m)| (m.name.clone(), i))
             .collect();
-        let tenant_count = config.tenants.len().max(1);
         let catalog = Arc::new(Catalog::new(&config).map_err(|e| match e {
             CatalogError::Quota { model, source } => StartError::Quota { model, source },
             other => StartError::Catalog(other.to_string()),
         })?);
-        let mut models = Vec::with_capacity(config.models.len());
-        for (mi, m) in config.models.iter().enumerate() {
-            let up = &config.upstreams[m.upstream_index];
-            let cm = &catalog.models[mi];
-            let keys: Vec<QuotaKey> = cm.keys.clone();
-            let accounts = up
-                .accounts
-                .iter()
-                .map(|a| Account {
-                    name: a.name.clone(),
-                    auths: a.keys.iter().map(|k| auth_header(up.dialect, k)).collect(),
-                    next: AtomicUsize::new(0),
-                })
-                .collect();
-            let mut chain = vec![by_name[&m.name]];
-            chain.extend(m.fallback.iter().filter_map(|f| by_name.get(f).copied()));
-            models.push(ModelState {
-                quota: cm.quota.clone(),
-                sampled_ms: keys.iter().map(|_| AtomicU64::new(0)).collect(),
-                keys,
-                accounts,
-                provider: cm.provider,
-                base_url: up.base_url.replace("{model}", &m.upstream_model),
-                api_version: up.api_version.clone(),
-                chain,
-                learner: Learner::new(),
-                gate: FairGate::new(config.queue.booked_ahead.get() as usize, tenant_count),
-                booked_ahead_us: AtomicU64::new(0),
-                model_header: HeaderValue::from_str(&m.name)
-                    .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-                cfg: m.clone(),
-            });
-        }
+        let models = model_states(&config, &catalog, &by_name);
         let tenants = config
             .tenants
             .iter()
@@ -348,4 +294,76 @@ impl Inner {
     pub(crate) fn tenant_name(&self, i: usize) -> &str {
         self.tenants.get(i).map_or("default", |t| t.name.as_str())
     }
+}
+
+/// The limiter the configuration asks for: embedded, or Redis with its failure policy.
+fn limiter_for(config: &Config) -> Result<Limiter, StartError> {
+    let Some(s) = &config.store else {
+        return Ok(Limiter::embedded());
+    };
+    let options = RedisOptions {
+        timeout: s.timeout,
+        connections: s.connections.get() as usize,
+        key_prefix: s.key_prefix.clone(),
+        ..RedisOptions::default()
+    };
+    let on_error = match s.on_error {
+        FailurePolicy::FailClosed => OnError::FailClosed,
+        FailurePolicy::FailOpen => OnError::FailOpen,
+        FailurePolicy::Local => OnError::Local,
+    };
+    let limiter = Limiter::redis(
+        s.redis_url.expose(),
+        options,
+        on_error,
+        s.expected_replicas.get(),
+    )?;
+    Ok(match s.replica_index {
+        Some(i) => limiter.with_replica_index(i),
+        None => limiter,
+    })
+}
+
+/// Each configured model with its quota, accounts (credentials in its dialect's
+/// header), fallback chain, fair gate and estimate learner.
+fn model_states(
+    config: &Config,
+    catalog: &Catalog,
+    by_name: &HashMap<String, usize>,
+) -> Vec<ModelState> {
+    let tenant_count = config.tenants.len().max(1);
+    let mut models = Vec::with_capacity(config.models.len());
+    for (mi, m) in config.models.iter().enumerate() {
+        let up = &config.upstreams[m.upstream_index];
+        let cm = &catalog.models[mi];
+        let keys: Vec<QuotaKey> = cm.keys.clone();
+        let accounts = up
+            .accounts
+            .iter()
+            .map(|a| Account {
+                name: a.name.clone(),
+                auths: a.keys.iter().map(|k| auth_header(up.dialect, k)).collect(),
+                next: AtomicUsize::new(0),
+            })
+            .collect();
+        let mut chain = vec![by_name[&m.name]];
+        chain.extend(m.fallback.iter().filter_map(|f| by_name.get(f).copied()));
+        models.push(ModelState {
+            quota: cm.quota.clone(),
+            sampled_ms: keys.iter().map(|_| AtomicU64::new(0)).collect(),
+            keys,
+            accounts,
+            provider: cm.provider,
+            base_url: up.base_url.replace("{model}", &m.upstream_model),
+            api_version: up.api_version.clone(),
+            chain,
+            learner: Learner::new(),
+            gate: FairGate::new(config.queue.booked_ahead.get() as usize, tenant_count),
+            booked_ahead_us: AtomicU64::new(0),
+            model_header: HeaderValue::from_str(&m.name)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            cfg: m.clone(),
+        });
+    }
+    models
 }

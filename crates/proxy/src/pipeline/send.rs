@@ -13,22 +13,20 @@ use tracing::{Instrument, Span};
 
 use super::{Failure, HOP, Prepared, release};
 use crate::error::{ApiError, ratelimit_headers};
-use crate::estimate::Endpoint;
 use crate::state::{Gateway, ModelState};
 use crate::stream::{SseRelay, settle_traced};
 use crate::telemetry::{self, SPANS};
 use crate::upstream;
 use crate::usage::{Settle, usage_in};
 
-/// Sends `body` to `path` of model `mi`'s upstream on the reservation's account:
-/// the answer (or why there was none) and the `upstream` span it went in.
+/// Sends `body` to the request's path on model `mi`'s upstream, on the reservation's
+/// account: the answer (or why there was none) and the `upstream` span it went in.
 pub(super) async fn send(
     gw: &Gateway,
     mi: usize,
     res: &Reservation,
     p: &Prepared,
     body: &Bytes,
-    path: &str,
     attempt: u32,
 ) -> (reqwest::Result<reqwest::Response>, Span) {
     let inner = &*gw.inner;
@@ -37,7 +35,7 @@ pub(super) async fn send(
     for r in &res.remaining {
         metrics::gauge!("sluice_headroom", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "limit" => r.limit.to_string()).set(r.remaining as f64);
     }
-    let url = upstream::url(model, path, None);
+    let url = upstream::url(model, p.path, None);
     let up_span = tracing::trace_span!(
         target: SPANS,
         "upstream",
@@ -92,15 +90,29 @@ pub(super) fn unanswered(
     })
 }
 
+/// The answer of a request that succeeded: the provider's status and headers (less
+/// hop-by-hop and its own `x-ratelimit-*`, replaced by the tenant's), its body relayed
+/// (a stream event by event), and the reservation settled from the usage it reports.
 pub(super) async fn success(
     model: &ModelState,
     upstream: reqwest::Response,
-    endpoint: Endpoint,
-    stream: bool,
+    p: &Prepared,
     strip_usage: bool,
     settle: Settle,
     spans: (Span, Span),
 ) -> Response {
+    let c = settle.reservation.candidate;
+    if let Some(o) = &settle.gw.inner.observer {
+        let account = &model.accounts[c].name;
+        let (upstream_name, upstream_model) = (&model.cfg.upstream, &model.cfg.upstream_model);
+        o.success(
+            &model.sampled_ms[c],
+            upstream_name,
+            upstream_model,
+            account,
+            upstream.headers(),
+        );
+    }
     let status = upstream.status();
     let mut headers = HeaderMap::new();
     for (k, v) in upstream.headers() {
@@ -111,15 +123,15 @@ pub(super) async fn success(
     headers.insert("x-sluice-model", model.model_header.clone());
     headers.insert(
         "x-sluice-account",
-        HeaderValue::from_str(&model.accounts[settle.reservation.candidate].name)
-            .unwrap_or(HeaderValue::from_static("?")),
+        HeaderValue::from_str(&model.accounts[c].name).unwrap_or(HeaderValue::from_static("?")),
     );
     ratelimit_headers(&mut headers, &settle.reservation.remaining, None);
     let is_sse = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let body = if stream && is_sse {
+    let endpoint = p.endpoint;
+    let body = if p.stream && is_sse {
         Body::from_stream(SseRelay::new(
             Box::pin(upstream.bytes_stream()),
             endpoint,

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 use crate::error::ApiError;
 
 use crate::estimate::Endpoint;
-use crate::proxy;
+use crate::pipeline;
 use crate::state::Gateway;
 
 impl Gateway {
@@ -118,14 +118,20 @@ impl Gateway {
                 "/v1/chat/completions",
                 post(|State(g): State<Gateway>, req: Request| {
                     let (parts, body) = req.into_parts();
-                    proxy::completions(g, Endpoint::Chat, "/chat/completions", parts.headers, body)
+                    pipeline::completions(
+                        g,
+                        Endpoint::Chat,
+                        "/chat/completions",
+                        parts.headers,
+                        body,
+                    )
                 }),
             )
             .route(
                 "/v1/completions",
                 post(|State(g): State<Gateway>, req: Request| {
                     let (parts, body) = req.into_parts();
-                    proxy::completions(
+                    pipeline::completions(
                         g,
                         Endpoint::Completions,
                         "/completions",
@@ -138,21 +144,27 @@ impl Gateway {
                 "/v1/embeddings",
                 post(|State(g): State<Gateway>, req: Request| {
                     let (parts, body) = req.into_parts();
-                    proxy::completions(g, Endpoint::Embeddings, "/embeddings", parts.headers, body)
+                    pipeline::completions(
+                        g,
+                        Endpoint::Embeddings,
+                        "/embeddings",
+                        parts.headers,
+                        body,
+                    )
                 }),
             )
             .route(
                 "/v1/responses",
                 post(|State(g): State<Gateway>, req: Request| {
                     let (parts, body) = req.into_parts();
-                    proxy::completions(g, Endpoint::Responses, "/responses", parts.headers, body)
+                    pipeline::completions(g, Endpoint::Responses, "/responses", parts.headers, body)
                 }),
             )
             .route(
                 "/v1/messages",
                 post(|State(g): State<Gateway>, req: Request| {
                     let (parts, body) = req.into_parts();
-                    proxy::completions(g, Endpoint::Messages, "/messages", parts.headers, body)
+                    pipeline::completions(g, Endpoint::Messages, "/messages", parts.headers, body)
                 }),
             )
             .route("/v1/models", get(models))
@@ -285,7 +297,7 @@ async fn enable(
 
 async fn other(State(g): State<Gateway>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    proxy::other(g, parts.method, parts.uri, parts.headers, body).await
+    pipeline::other(g, parts.method, parts.uri, parts.headers, body).await
 }
 
 async fn models(State(g): State<Gateway>) -> Response {

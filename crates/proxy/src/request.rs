@@ -227,97 +227,7 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8]) -> Result<(Value, String), 
         Some(Value::String(s)) => s.clone(),
         Some(other) => return Err(wrong_type("model", "a string", other)),
     };
-    match endpoint {
-        Endpoint::Chat => match obj.get("messages") {
-            None | Some(Value::Null) => {
-                return Err(bad(
-                    "Missing required parameter: `messages`.",
-                    "messages",
-                    "missing_required_parameter",
-                ));
-            }
-            Some(Value::Array(m)) if m.is_empty() => {
-                return Err(bad(
-                    "Invalid value for `messages`: it must hold at least one message.",
-                    "messages",
-                    "invalid_value",
-                ));
-            }
-            Some(Value::Array(m)) => {
-                if let Some(i) = m.iter().position(|m| !m.is_object()) {
-                    return Err(bad(
-                        format!("Invalid type for `messages[{i}]`: expected an object."),
-                        "messages",
-                        "invalid_type",
-                    ));
-                }
-            }
-            Some(other) => return Err(wrong_type("messages", "an array", other)),
-        },
-        Endpoint::Completions => match obj.get("prompt") {
-            None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
-            Some(other) => return Err(wrong_type("prompt", "a string or an array", other)),
-        },
-        Endpoint::Responses => match obj.get("input") {
-            None | Some(Value::Null) => {
-                return Err(bad(
-                    "Missing required parameter: `input`.",
-                    "input",
-                    "missing_required_parameter",
-                ));
-            }
-            Some(Value::String(_)) => {}
-            Some(Value::Array(items)) => {
-                if let Some(i) = items.iter().position(|m| !m.is_object()) {
-                    return Err(bad(
-                        format!("Invalid type for `input[{i}]`: expected an object."),
-                        "input",
-                        "invalid_type",
-                    ));
-                }
-            }
-            Some(other) => return Err(wrong_type("input", "a string or an array", other)),
-        },
-        Endpoint::Messages => {
-            match obj.get("messages") {
-                Some(Value::Array(m)) if !m.is_empty() => {
-                    if let Some(i) = m.iter().position(|m| !m.is_object()) {
-                        return Err(bad(
-                            format!("Invalid type for `messages[{i}]`: expected an object."),
-                            "messages",
-                            "invalid_type",
-                        ));
-                    }
-                }
-                None | Some(Value::Null) | Some(Value::Array(_)) => {
-                    return Err(bad(
-                        "messages: at least one message is required.",
-                        "messages",
-                        "missing_required_parameter",
-                    ));
-                }
-                Some(other) => return Err(wrong_type("messages", "an array", other)),
-            }
-            if obj.get("max_tokens").is_none_or(Value::is_null) {
-                return Err(bad(
-                    "max_tokens: Field required.",
-                    "max_tokens",
-                    "missing_required_parameter",
-                ));
-            }
-        }
-        Endpoint::Embeddings => match obj.get("input") {
-            None | Some(Value::Null) => {
-                return Err(bad(
-                    "Missing required parameter: `input`.",
-                    "input",
-                    "missing_required_parameter",
-                ));
-            }
-            Some(Value::String(_) | Value::Array(_)) => {}
-            Some(other) => return Err(wrong_type("input", "a string or an array", other)),
-        },
-    }
+    check_api(endpoint, obj)?;
     count(obj, "max_tokens")?;
     count(obj, "max_completion_tokens")?;
     count(obj, "max_output_tokens")?;
@@ -335,6 +245,81 @@ pub(crate) fn parse(endpoint: Endpoint, body: &[u8]) -> Result<(Value, String), 
         Some(other) => return Err(wrong_type("stream", "a boolean", other)),
     }
     Ok((json, model))
+}
+
+/// The parameters each API requires, checked as its provider checks them (and named
+/// in its words: Anthropic's for Messages).
+fn check_api(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<(), ApiError> {
+    match endpoint {
+        Endpoint::Chat => match required(obj, "messages")? {
+            Value::Array(m) if m.is_empty() => Err(bad(
+                "Invalid value for `messages`: it must hold at least one message.",
+                "messages",
+                "invalid_value",
+            )),
+            Value::Array(m) => objects(m, "messages"),
+            other => Err(wrong_type("messages", "an array", other)),
+        },
+        Endpoint::Completions => match obj.get("prompt") {
+            None | Some(Value::Null | Value::String(_) | Value::Array(_)) => Ok(()),
+            Some(other) => Err(wrong_type("prompt", "a string or an array", other)),
+        },
+        Endpoint::Responses => match required(obj, "input")? {
+            Value::String(_) => Ok(()),
+            Value::Array(items) => objects(items, "input"),
+            other => Err(wrong_type("input", "a string or an array", other)),
+        },
+        Endpoint::Messages => {
+            match obj.get("messages") {
+                Some(Value::Array(m)) if !m.is_empty() => objects(m, "messages")?,
+                None | Some(Value::Null) | Some(Value::Array(_)) => {
+                    return Err(bad(
+                        "messages: at least one message is required.",
+                        "messages",
+                        "missing_required_parameter",
+                    ));
+                }
+                Some(other) => return Err(wrong_type("messages", "an array", other)),
+            }
+            if obj.get("max_tokens").is_none_or(Value::is_null) {
+                return Err(bad(
+                    "max_tokens: Field required.",
+                    "max_tokens",
+                    "missing_required_parameter",
+                ));
+            }
+            Ok(())
+        }
+        Endpoint::Embeddings => match required(obj, "input")? {
+            Value::String(_) | Value::Array(_) => Ok(()),
+            other => Err(wrong_type("input", "a string or an array", other)),
+        },
+    }
+}
+
+/// The value of a required parameter, or the refusal that names it.
+fn required<'a>(obj: &'a Map<String, Value>, param: &'static str) -> Result<&'a Value, ApiError> {
+    match obj.get(param) {
+        None | Some(Value::Null) => Err(bad(
+            format!("Missing required parameter: `{param}`."),
+            param,
+            "missing_required_parameter",
+        )),
+        Some(v) => Ok(v),
+    }
+}
+
+/// Every item of the array `param` is an object, or the refusal names the first that
+/// is not.
+fn objects(items: &[Value], param: &'static str) -> Result<(), ApiError> {
+    match items.iter().position(|m| !m.is_object()) {
+        Some(i) => Err(bad(
+            format!("Invalid type for `{param}[{i}]`: expected an object."),
+            param,
+            "invalid_type",
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -1,25 +1,40 @@
-//! `sluice-gateway`: the OpenAI-compatible proxy that makes a fleet of replicas share
-//! one provider quota. Clients change only their base URL; the gateway estimates each
-//! request's cost, queues it for a slot on the best account of its model through the
-//! shared limiter (Redis, or embedded), forwards it when the slot comes, retries what
-//! the provider throttled, falls back to other models, and reconciles the reservation
-//! with the provider's own token counts.
+//! `sluice-proxy`: the request pipeline of the OpenAI-compatible proxy that makes a
+//! fleet of replicas share one provider quota. The `sluice-gateway` binary serves it; the
+//! `sluice-sidecar` binary serves the same routes as its forward proxy and builds its
+//! own loops on the same core (catalog, limiter, recalibrator, upstream client, logs,
+//! metrics, shutdown). Neither binary's crate is a dependency of anything.
+//!
+//! Clients change only their base URL; the pipeline estimates each request's cost,
+//! queues it for a slot on the best account of its model through the shared limiter
+//! (Redis, or embedded), forwards it when the slot comes, retries what the provider
+//! throttled, falls back to other models, and reconciles the reservation with the
+//! provider's own token counts.
 //!
 //! The central type is [`Gateway`]: built from a [`sluice_config::Config`], it gives a
 //! [`router`](Gateway::router) to serve; [`serve`] runs it on a listener until a
 //! shutdown signal, draining in-flight requests.
 //!
-//! Request path (see `docs/gateway.md`): `routes` → `proxy::completions` (tenant auth,
-//! estimate, per-model `fair` gate, `acquire`, sleep until the slot, forward) →
-//! `stream`/`usage` (relay, reconcile, learn, count).
+//! ```no_run
+//! # async fn run(config: sluice_config::Config) -> Result<(), sluice_proxy::StartError> {
+//! let gateway = sluice_proxy::Gateway::new(config)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! sluice_proxy::serve(gateway, listener, sluice_proxy::shutdown_signal()).await
+//! # }
+//! ```
+//!
+//! The pipeline's stages (see `docs/ARCHITECTURE.md`): `routes` (authenticate, parse per
+//! API) → `estimate` → `pipeline::admit` (fair gate + limiter) → `pipeline::send`
+//! (`upstream`) → `decide` (classify: retry, fall back or answer) → `stream`/`usage`
+//! (relay, reconcile, observe, count).
 
 mod decide;
 mod error;
 mod estimate;
 mod fair;
+mod learner;
 mod observe;
 mod paths;
-mod proxy;
+mod pipeline;
 mod request;
 mod routes;
 mod state;

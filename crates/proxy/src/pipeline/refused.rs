@@ -14,8 +14,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
-use sluice_limiter::{Reservation, StateChange, Store};
-use sluice_provider::classify;
+use sluice_limiter::{QuotaKey, Reservation, StateChange, Store};
+use sluice_provider::{ErrorClass, classify};
 use tracing::Span;
 
 use super::{HOP, release};
@@ -35,10 +35,8 @@ pub(super) async fn refused(
 ) -> (Then, Response) {
     let inner = &*gw.inner;
     let model = &inner.models[mi];
-    let account = &model.accounts[res.candidate];
-    let max_attempts = inner.config.retry.max_attempts.get();
+    let account = &model.accounts[res.candidate].name;
     let status = upstream.status();
-    let request_span = Span::current();
     let up_headers = upstream.headers().clone();
     let bytes = upstream.bytes().await.unwrap_or_default();
     let c = classify(
@@ -49,30 +47,31 @@ pub(super) async fn refused(
         SystemTime::now(),
     );
     if let Some(o) = &inner.observer {
+        let (upstream_name, upstream_model) = (&model.cfg.upstream, &model.cfg.upstream_model);
         o.error(
-            &model.cfg.upstream,
-            &model.cfg.upstream_model,
-            &account.name,
+            upstream_name,
+            upstream_model,
+            account,
             status.as_u16(),
             &up_headers,
             &bytes,
         );
     }
-    metrics::counter!("sluice_upstream_errors_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => c.class.as_str()).increment(1);
+    metrics::counter!("sluice_upstream_errors_total", "model" => model.cfg.name.clone(), "account" => account.clone(), "reason" => c.class.as_str()).increment(1);
     up_span.record("class", c.class.as_str());
     up_span.record("otel.status_code", "ERROR");
-    up_span.in_scope(|| tracing::warn!(model = %model.cfg.name, account = %account.name, status = status.as_u16(), class = c.class.as_str(), retry_after_ms = c.retry_after.map(|d| d.as_millis() as u64), "upstream refused"));
+    up_span.in_scope(|| tracing::warn!(model = %model.cfg.name, account = %account, status = status.as_u16(), class = c.class.as_str(), retry_after_ms = c.retry_after.map(|d| d.as_millis() as u64), "upstream refused"));
     let key = res.key.clone();
-    release(gw, mi, res, &request_span);
+    release(gw, mi, res, &Span::current());
     let passed = passthrough(
         status,
         &up_headers,
         Bytes::from(bytes.to_vec()),
         &model.model_header,
     );
-    // Issue #12: one answer never takes the last live account out of rotation
-    // (see `decide`); the recalibrator disables it when a second refusal from
-    // another answer corroborates it (`sluice_recalibrate::Corroboration`).
+    // Issue #12: one answer never takes the last live account out of rotation (see
+    // `decide`); the recalibrator disables it when a second refusal from another
+    // answer corroborates it (`sluice_recalibrate::Corroboration`).
     let last_live = c.class.disables_account()
         && sluice_recalibrate::is_last_live(&inner.limiter, &model.keys, &model.quota, &key).await;
     let what = Attempt::Refused {
@@ -81,65 +80,64 @@ pub(super) async fn refused(
         retry_after: c.retry_after,
         last_live,
     };
-    let decision = decide(what, attempt, max_attempts);
-    let reason = || {
-        format!(
-            "{} (HTTP {}) on {}",
-            c.class.as_str(),
-            status.as_u16(),
-            account.name
-        )
-    };
-    let cooldown = match decision.account {
+    let decision = decide(what, attempt, inner.config.retry.max_attempts.get());
+    let reason = format!(
+        "{} (HTTP {}) on {account}",
+        c.class.as_str(),
+        status.as_u16()
+    );
+    act_on_account(gw, mi, &key, decision.account, c.class, reason).await;
+    if let Then::Retry { .. } | Then::Fallback = decision.then {
+        if matches!(decision.then, Then::Retry { .. }) && decision.account != AccountAction::Disable
+        {
+            metrics::counter!("sluice_retries_total", "model" => model.cfg.name.clone(), "reason" => c.class.as_str()).increment(1);
+        }
+        up_span.record("retry_reason", c.class.as_str());
+    }
+    (decision.then, passed)
+}
+
+/// Does to the account what [`decide`] said: keep it, suspect it (a short cooldown),
+/// cool it down (the provider's wait, else a default bounded by the windows), or take
+/// it out of rotation for every model of its upstream.
+async fn act_on_account(
+    gw: &Gateway,
+    mi: usize,
+    key: &QuotaKey,
+    action: AccountAction,
+    class: ErrorClass,
+    reason: String,
+) {
+    let inner = &*gw.inner;
+    let model = &inner.models[mi];
+    let account = key.name();
+    let cooldown = match action {
         AccountAction::Keep => None,
         AccountAction::Suspect => {
-            metrics::counter!("sluice_accounts_suspected_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => c.class.as_str()).increment(1);
-            tracing::warn!(model = %model.cfg.name, account = %account.name, reason = %reason(), "last live account refused: kept in rotation until a second refusal corroborates it");
+            metrics::counter!("sluice_accounts_suspected_total", "model" => model.cfg.name.clone(), "account" => account.to_owned(), "reason" => class.as_str()).increment(1);
+            tracing::warn!(model = %model.cfg.name, account, reason, "last live account refused: kept in rotation until a second refusal corroborates it");
             Some(inner.config.sidecar.default_cooldown)
         }
         AccountAction::Disable => {
-            metrics::counter!("sluice_accounts_disabled_total", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "reason" => c.class.as_str()).increment(1);
-            tracing::error!(model = %model.cfg.name, account = %account.name, reason = %reason(), "account disabled until an operator clears it");
-            disable_everywhere(
-                gw,
-                &model.cfg.upstream,
-                account.name.as_str(),
-                &key,
-                reason(),
-            )
-            .await;
+            metrics::counter!("sluice_accounts_disabled_total", "model" => model.cfg.name.clone(), "account" => account.to_owned(), "reason" => class.as_str()).increment(1);
+            tracing::error!(model = %model.cfg.name, account, reason, "account disabled until an operator clears it");
+            disable_everywhere(gw, &model.cfg.upstream, account, reason).await;
             None
         }
         AccountAction::Cooldown(wait) => Some(
             wait.unwrap_or_else(|| {
-                sluice_recalibrate::cooldown_without_wait(
-                    &model.quota,
-                    inner.config.sidecar.default_cooldown,
-                )
+                let default = inner.config.sidecar.default_cooldown;
+                sluice_recalibrate::cooldown_without_wait(&model.quota, default)
             })
             .max(Duration::from_millis(50)),
         ),
     };
-    if let Some(cooldown) = cooldown
-        && let Err(e) = inner
-            .limiter
-            .update(&key, &model.quota, StateChange::Cooldown(cooldown))
-            .await
-    {
-        tracing::warn!(error = %e, "cooldown not recorded");
-    }
-    match decision.then {
-        Then::Retry { .. } | Then::Fallback => {
-            if matches!(decision.then, Then::Retry { .. })
-                && decision.account != AccountAction::Disable
-            {
-                metrics::counter!("sluice_retries_total", "model" => model.cfg.name.clone(), "reason" => c.class.as_str()).increment(1);
-            }
-            up_span.record("retry_reason", c.class.as_str());
+    if let Some(cooldown) = cooldown {
+        let change = StateChange::Cooldown(cooldown);
+        if let Err(e) = inner.limiter.update(key, &model.quota, change).await {
+            tracing::warn!(error = %e, "cooldown not recorded");
         }
-        Then::Return | Then::GiveUp => {}
     }
-    (decision.then, passed)
 }
 
 /// An upstream answer passed on as it came (minus hop-by-hop headers).
@@ -162,13 +160,7 @@ pub(super) fn passthrough(
 
 /// Takes a dead account out of rotation for every model of the upstream that uses it
 /// (the key is the same account everywhere).
-async fn disable_everywhere(
-    gw: &Gateway,
-    upstream: &str,
-    account: &str,
-    _key: &sluice_limiter::QuotaKey,
-    reason: String,
-) {
+async fn disable_everywhere(gw: &Gateway, upstream: &str, account: &str, reason: String) {
     for m in gw
         .inner
         .models

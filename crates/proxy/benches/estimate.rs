@@ -4,7 +4,7 @@
 //! (English, CJK) and adversarial text (one long word, one repeated character, random
 //! bytes read as text).
 //!
-//! `cargo bench -p sluice-gateway --bench estimate` prints the markdown table for
+//! `cargo bench -p sluice-proxy --bench estimate` prints the markdown table for
 //! `docs/benchmarks.md` (env `MIB=16` sets the size of the bounded run, `NAIVE_KIB=32`
 //! the size of the naive run on adversarial text). The naive call is quadratic in the
 //! longest word, so on adversarial text it runs on `NAIVE_KIB` only and its per-MiB

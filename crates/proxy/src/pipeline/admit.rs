@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use sluice_limiter::{
-    Cost, Decision, LimitError, LimitId, RefusalReason, ReleaseOutcome, Remaining, Reservation,
-    Store,
+    Cost, Decision, LimitError, LimitId, Refusal, RefusalReason, ReleaseOutcome, Remaining,
+    Reservation, Store,
 };
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
@@ -38,20 +38,11 @@ pub(super) struct Ask {
 
 /// Admits a request on model `mi`: its reservation once its slot has come.
 pub(super) async fn admit(gw: &Gateway, mi: usize, ask: &Ask) -> Result<Reservation, Failure> {
-    let inner = &*gw.inner;
-    let model = &inner.models[mi];
-    let Ask {
-        tenant,
-        weight,
-        cost,
-        deadline,
-        max_wait,
-        attempt,
-    } = *ask;
+    let model = &gw.inner.models[mi];
     let queue_span = tracing::trace_span!(
         target: SPANS,
         "queue_wait",
-        attempt = attempt + 1,
+        attempt = ask.attempt + 1,
         model = %model.cfg.name,
         gate_wait_ms = Empty,
         slot_wait_ms = Empty,
@@ -59,103 +50,21 @@ pub(super) async fn admit(gw: &Gateway, mi: usize, ask: &Ask) -> Result<Reservat
         outcome = Empty,
     );
     let gate_t0 = Instant::now();
-    let remaining = deadline.saturating_duration_since(gate_t0);
-    let Some(permit) = model.gate.admit(tenant, weight, remaining).await else {
+    let remaining = ask.deadline.saturating_duration_since(gate_t0);
+    let Some(permit) = model.gate.admit(ask.tenant, ask.weight, remaining).await else {
         queue_span.record("outcome", "queue_full");
-        return Err(Failure::Refused(
-            RateLimited {
-                model: model.cfg.name.clone(),
-                retry_after: model.booked_ahead().max(Duration::from_millis(100)),
-                what: format!(
-                    "queue full at this gateway: queue.booked_ahead = {} requests of this model already hold a slot",
-                    inner.config.queue.booked_ahead
-                ),
-                remaining: Vec::new(),
-            },
-            Bound {
-                account: "none".into(),
-                limit: "queue.booked_ahead at this gateway".into(),
-            },
-        ));
+        return Err(queue_full(gw, model));
     };
     let t0 = Instant::now();
-    let remaining = deadline.saturating_duration_since(t0);
-    let acquire_span = tracing::trace_span!(
-        target: SPANS,
-        parent: &queue_span,
-        "limiter.acquire",
-        candidates = model.keys.len(),
-        cost_tokens = cost.input_tokens + cost.output_tokens,
-        otel.status_code = Empty,
-        decision = Empty,
-        account = Empty,
-        quota_key = Empty,
-        reason = Empty,
-        limit = Empty,
-        retry_after_ms = Empty,
-        remaining = Empty,
-    );
-    let decision = inner
-        .limiter
-        .acquire(&model.keys, &model.quota, cost, remaining)
-        .instrument(acquire_span.clone())
-        .await;
-    metrics::histogram!("sluice_limiter_seconds", "op" => "acquire")
-        .record(t0.elapsed().as_secs_f64());
-    if !queue_span.is_disabled() {
-        queue_span.record("gate_wait_ms", ms(t0 - gate_t0));
-        record_decision(&acquire_span, &decision, model);
-    }
-    drop(acquire_span);
+    let decision = acquire(gw, model, ask, &queue_span).await;
+    queue_span.record("gate_wait_ms", ms(t0 - gate_t0));
     let res = match decision {
         Ok(Decision::Granted(res)) => res,
         Ok(Decision::Refused(r)) => {
             queue_span.record("outcome", "refused");
-            return Err(match r.reason {
-                RefusalReason::Disabled(reason) => Failure::Disabled {
-                    model: model.cfg.name.clone(),
-                    reason,
-                },
-                RefusalReason::Unavailable => {
-                    Failure::StoreDown(r.retry_after.unwrap_or(Duration::from_secs(1)))
-                }
-                reason => Failure::Refused(
-                    RateLimited {
-                        model: model.cfg.name.clone(),
-                        retry_after: r
-                            .retry_after
-                            .unwrap_or(max_wait)
-                            .max(Duration::from_millis(1)),
-                        what: describe(&reason, &r.remaining, model),
-                        remaining: r.remaining.clone(),
-                    },
-                    Bound {
-                        account: model
-                            .accounts
-                            .get(r.candidate)
-                            .map_or("none", |a| a.name.as_str())
-                            .to_owned(),
-                        limit: binding_limit(&reason, &r.remaining, model),
-                    },
-                ),
-            });
+            return Err(refusal(r, model, ask.max_wait));
         }
-        Err(LimitError::InsufficientCapacity {
-            limit,
-            capacity,
-            cost,
-        }) => {
-            return Err(Failure::TooLarge(ApiError::TooLarge {
-                model: model.cfg.name.clone(),
-                limit: limit.to_string(),
-                capacity,
-                cost,
-            }));
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "limiter failed");
-            return Err(Failure::StoreDown(Duration::from_secs(1)));
-        }
+        Err(e) => return Err(store_failure(e, model)),
     };
     model.booked_ahead_us.store(
         res.wait.as_micros() as u64,
@@ -163,8 +72,8 @@ pub(super) async fn admit(gw: &Gateway, mi: usize, ask: &Ask) -> Result<Reservat
     );
     metrics::histogram!("sluice_queue_wait_seconds", "model" => model.cfg.name.clone())
         .record(res.wait.as_secs_f64());
-    // Until the request is sent, a client that goes away (hyper drops this
-    // future) gives the slot back for a later waiter.
+    // Until the request is sent, a client that goes away (hyper drops this future)
+    // gives the slot back for a later waiter.
     let waiting = AbandonedWait::new(gw, mi, res);
     if !waiting.wait().is_zero() {
         tokio::time::sleep(waiting.wait()).await;
@@ -176,8 +85,118 @@ pub(super) async fn admit(gw: &Gateway, mi: usize, ask: &Ask) -> Result<Reservat
         queue_span.record("slot_wait_ms", ms(res.wait));
         queue_span.record("wait_ms", ms(gate_t0.elapsed()));
     }
-    drop(queue_span);
     Ok(res)
+}
+
+/// The refusal of a request that found the model's fair gate full at this replica.
+fn queue_full(gw: &Gateway, model: &ModelState) -> Failure {
+    Failure::Refused(
+        RateLimited {
+            model: model.cfg.name.clone(),
+            retry_after: model.booked_ahead().max(Duration::from_millis(100)),
+            what: format!(
+                "queue full at this gateway: queue.booked_ahead = {} requests of this model already hold a slot",
+                gw.inner.config.queue.booked_ahead
+            ),
+            remaining: Vec::new(),
+        },
+        Bound {
+            account: "none".into(),
+            limit: "queue.booked_ahead at this gateway".into(),
+        },
+    )
+}
+
+/// One `acquire` over all of the model's accounts, under a `limiter.acquire` span.
+async fn acquire(
+    gw: &Gateway,
+    model: &ModelState,
+    ask: &Ask,
+    queue_span: &Span,
+) -> Result<Decision, LimitError> {
+    let t0 = Instant::now();
+    let acquire_span = tracing::trace_span!(
+        target: SPANS,
+        parent: queue_span,
+        "limiter.acquire",
+        candidates = model.keys.len(),
+        cost_tokens = ask.cost.input_tokens + ask.cost.output_tokens,
+        otel.status_code = Empty,
+        decision = Empty,
+        account = Empty,
+        quota_key = Empty,
+        reason = Empty,
+        limit = Empty,
+        retry_after_ms = Empty,
+        remaining = Empty,
+    );
+    let remaining = ask.deadline.saturating_duration_since(t0);
+    let decision = gw
+        .inner
+        .limiter
+        .acquire(&model.keys, &model.quota, ask.cost, remaining)
+        .instrument(acquire_span.clone())
+        .await;
+    metrics::histogram!("sluice_limiter_seconds", "op" => "acquire")
+        .record(t0.elapsed().as_secs_f64());
+    if !acquire_span.is_disabled() {
+        record_decision(&acquire_span, &decision, model);
+    }
+    decision
+}
+
+/// What a limiter refusal means for the request: accounts out of rotation, the store
+/// unavailable (under `fail_closed`), or rate limited, naming the account and limit.
+fn refusal(r: Refusal, model: &ModelState, max_wait: Duration) -> Failure {
+    match r.reason {
+        RefusalReason::Disabled(reason) => Failure::Disabled {
+            model: model.cfg.name.clone(),
+            reason,
+        },
+        RefusalReason::Unavailable => {
+            Failure::StoreDown(r.retry_after.unwrap_or(Duration::from_secs(1)))
+        }
+        reason => Failure::Refused(
+            RateLimited {
+                model: model.cfg.name.clone(),
+                retry_after: r
+                    .retry_after
+                    .unwrap_or(max_wait)
+                    .max(Duration::from_millis(1)),
+                what: describe(&reason, &r.remaining, model),
+                remaining: r.remaining.clone(),
+            },
+            Bound {
+                account: model
+                    .accounts
+                    .get(r.candidate)
+                    .map_or("none", |a| a.name.as_str())
+                    .to_owned(),
+                limit: binding_limit(&reason, &r.remaining, model),
+            },
+        ),
+    }
+}
+
+/// What a limiter error means for the request: too large for the model's windows
+/// (never admissible), or the store down.
+fn store_failure(e: LimitError, model: &ModelState) -> Failure {
+    match e {
+        LimitError::InsufficientCapacity {
+            limit,
+            capacity,
+            cost,
+        } => Failure::TooLarge(ApiError::TooLarge {
+            model: model.cfg.name.clone(),
+            limit: limit.to_string(),
+            capacity,
+            cost,
+        }),
+        e => {
+            tracing::error!(error = %e, "limiter failed");
+            Failure::StoreDown(Duration::from_secs(1))
+        }
+    }
 }
 
 /// A limit of the model in words, as the operator configured it: `100 requests per 60s`

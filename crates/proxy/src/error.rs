@@ -249,131 +249,144 @@ impl IntoResponse for ApiError {
 
 impl ApiError {
     /// The answer to the client, its body in `shape` (status and headers are the same
-    /// whatever the shape).
+    /// whatever the shape): a refusal that may be retried carries `Retry-After` (and
+    /// `retry-after-ms`); a rate-limit refusal also the shared budget's
+    /// `x-ratelimit-*`.
     pub(crate) fn render(self, shape: ErrorShape) -> Response {
-        let body = |status, message, kind: &str, param, code| {
-            body(shape, status, message, kind, param, code)
+        let (status, kind, param, code) = self.classify();
+        let mut resp = body(shape, status, self.message(), kind, param, Some(code));
+        let retry_after = match &self {
+            ApiError::Busy => Some(Duration::from_secs(1)),
+            ApiError::RateLimited(r) => Some(r.retry_after),
+            ApiError::StoreUnavailable { retry_after } => Some(*retry_after),
+            _ => None,
         };
+        if let Some(after) = retry_after {
+            let h = resp.headers_mut();
+            h.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(secs_ceil(after).max(1)),
+            );
+            h.insert(
+                "retry-after-ms",
+                HeaderValue::from(after.as_millis().max(1) as u64),
+            );
+        }
+        if let ApiError::RateLimited(r) = &self {
+            ratelimit_headers(resp.headers_mut(), &r.remaining, Some(r.retry_after));
+        }
+        resp
+    }
+
+    /// The status, OpenAI's error `type`, the parameter at fault and the `code`.
+    fn classify(&self) -> (StatusCode, &'static str, Option<&'static str>, &'static str) {
+        const INVALID: &str = "invalid_request_error";
+        const UNAVAILABLE: &str = "service_unavailable";
         match self {
-            ApiError::Unauthorized => body(
-                StatusCode::UNAUTHORIZED,
-                "Incorrect or missing API key: send your Sluice tenant key as `Authorization: Bearer <key>`.".into(),
-                "invalid_request_error",
-                None,
-                Some("invalid_api_key"),
-            ),
-            ApiError::BadRequest { message, param, code } => body(StatusCode::BAD_REQUEST, message, "invalid_request_error", param, Some(code)),
-            ApiError::BodyTooLarge { limit } => body(
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, INVALID, None, "invalid_api_key"),
+            ApiError::BadRequest { param, code, .. } => {
+                (StatusCode::BAD_REQUEST, INVALID, *param, code)
+            }
+            ApiError::BodyTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("The request body is larger than this gateway accepts ({limit} bytes, server.max_body_bytes)."),
-                "invalid_request_error",
+                INVALID,
                 None,
-                Some("body_too_large"),
+                "body_too_large",
             ),
-            ApiError::BodyTimeout { timeout } => body(
+            ApiError::BodyTimeout { .. } => (
                 StatusCode::REQUEST_TIMEOUT,
-                format!("The request body did not arrive within {} (server.body_timeout).", go_duration(timeout)),
-                "invalid_request_error",
+                INVALID,
                 None,
-                Some("request_timeout"),
+                "request_timeout",
             ),
-            ApiError::UnsupportedMediaType { got } => body(
+            ApiError::UnsupportedMediaType { .. } => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("Invalid Content-Type header ({got}): expected application/json."),
-                "invalid_request_error",
+                INVALID,
                 None,
-                Some("unsupported_media_type"),
+                "unsupported_media_type",
             ),
-            ApiError::Busy => {
-                let mut resp = body(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "This gateway is serving as many requests as it is configured to (server.max_connections). Please try again shortly.".into(),
-                    "service_unavailable",
-                    None,
-                    Some("server_busy"),
-                );
-                resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(1u64));
-                resp.headers_mut().insert("retry-after-ms", HeaderValue::from(1000u64));
-                resp
-            }
-            ApiError::ModelNotFound(model) => body(
-                StatusCode::NOT_FOUND,
-                format!("The model `{model}` is not configured on this gateway (GET /v1/models lists them)."),
-                "invalid_request_error",
-                Some("model"),
-                Some("model_not_found"),
-            ),
-            ApiError::WrongApi { model, api } => body(
-                StatusCode::BAD_REQUEST,
-                format!("The model `{model}` is served by an upstream that does not speak /v1{api}; send it through the API of its provider (nothing is translated between dialects)."),
-                "invalid_request_error",
-                Some("model"),
-                Some("wrong_api"),
-            ),
-            ApiError::MethodNotAllowed { method, path } => body(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("Invalid method for this URL ({method} {path})."),
-                "invalid_request_error",
-                None,
-                Some("method_not_allowed"),
-            ),
-            ApiError::UnknownUrl { method, path } => body(
-                StatusCode::NOT_FOUND,
-                format!("Invalid URL ({method} {path}): this gateway passes through only the paths the upstream's dialect defines and those listed in its `passthrough`."),
-                "invalid_request_error",
-                None,
-                Some("unknown_url"),
-            ),
-            ApiError::TooLarge { model, limit, capacity, cost } => body(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("Request too large for {model}: it needs {cost} against limit {limit}, which allows {capacity} per window, so it can never be served. Reduce the prompt or max_tokens."),
-                "invalid_request_error",
-                Some("messages"),
-                Some("request_too_large"),
-            ),
-            ApiError::RateLimited(r) => {
-                let mut resp = body(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "Rate limit reached for {} ({}): the shared budget has no slot within this request's maximum wait. Please try again in {}.",
-                        r.model, r.what, go_duration(r.retry_after)
-                    ),
-                    "rate_limit_exceeded",
-                    None,
-                    Some("rate_limit_exceeded"),
-                );
-                let h = resp.headers_mut();
-                h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs_ceil(r.retry_after).max(1)));
-                h.insert("retry-after-ms", HeaderValue::from(r.retry_after.as_millis().max(1) as u64));
-                ratelimit_headers(h, &r.remaining, Some(r.retry_after));
-                resp
-            }
-            ApiError::AccountsDisabled { model, reason } => body(
+            ApiError::Busy => (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("Every account of {model} is out of rotation until an operator clears it: {reason}"),
-                "service_unavailable",
+                UNAVAILABLE,
                 None,
-                Some("accounts_disabled"),
+                "server_busy",
             ),
-            ApiError::StoreUnavailable { retry_after } => {
-                let mut resp = body(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The shared rate-limit store is unavailable and this gateway is configured to fail closed.".into(),
-                    "service_unavailable",
-                    None,
-                    Some("store_unavailable"),
-                );
-                resp.headers_mut().insert(http::header::RETRY_AFTER, HeaderValue::from(secs_ceil(retry_after).max(1)));
-                resp.headers_mut().insert("retry-after-ms", HeaderValue::from(retry_after.as_millis().max(1) as u64));
-                resp
+            ApiError::ModelNotFound(_) => (
+                StatusCode::NOT_FOUND,
+                INVALID,
+                Some("model"),
+                "model_not_found",
+            ),
+            ApiError::WrongApi { .. } => {
+                (StatusCode::BAD_REQUEST, INVALID, Some("model"), "wrong_api")
             }
-            ApiError::Upstream { model, timeout } => body(
-                if timeout { StatusCode::GATEWAY_TIMEOUT } else { StatusCode::BAD_GATEWAY },
-                format!("The upstream of {model} {}.", if timeout { "did not answer in time" } else { "could not be reached" }),
+            ApiError::MethodNotAllowed { .. } => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                INVALID,
+                None,
+                "method_not_allowed",
+            ),
+            ApiError::UnknownUrl { .. } => (StatusCode::NOT_FOUND, INVALID, None, "unknown_url"),
+            ApiError::TooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                INVALID,
+                Some("messages"),
+                "request_too_large",
+            ),
+            ApiError::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_exceeded",
+                None,
+                "rate_limit_exceeded",
+            ),
+            ApiError::AccountsDisabled { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                UNAVAILABLE,
+                None,
+                "accounts_disabled",
+            ),
+            ApiError::StoreUnavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                UNAVAILABLE,
+                None,
+                "store_unavailable",
+            ),
+            ApiError::Upstream { timeout: true, .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
                 "upstream_error",
                 None,
-                Some(if timeout { "upstream_timeout" } else { "upstream_unreachable" }),
+                "upstream_timeout",
             ),
+            ApiError::Upstream { timeout: false, .. } => (
+                StatusCode::BAD_GATEWAY,
+                "upstream_error",
+                None,
+                "upstream_unreachable",
+            ),
+        }
+    }
+
+    /// The message: what happened, the setting or parameter behind it, what to do.
+    fn message(&self) -> String {
+        match self {
+            ApiError::Unauthorized => "Incorrect or missing API key: send your Sluice tenant key as `Authorization: Bearer <key>`.".into(),
+            ApiError::BadRequest { message, .. } => message.clone(),
+            ApiError::BodyTooLarge { limit } => format!("The request body is larger than this gateway accepts ({limit} bytes, server.max_body_bytes)."),
+            ApiError::BodyTimeout { timeout } => format!("The request body did not arrive within {} (server.body_timeout).", go_duration(*timeout)),
+            ApiError::UnsupportedMediaType { got } => format!("Invalid Content-Type header ({got}): expected application/json."),
+            ApiError::Busy => "This gateway is serving as many requests as it is configured to (server.max_connections). Please try again shortly.".into(),
+            ApiError::ModelNotFound(model) => format!("The model `{model}` is not configured on this gateway (GET /v1/models lists them)."),
+            ApiError::WrongApi { model, api } => format!("The model `{model}` is served by an upstream that does not speak /v1{api}; send it through the API of its provider (nothing is translated between dialects)."),
+            ApiError::MethodNotAllowed { method, path } => format!("Invalid method for this URL ({method} {path})."),
+            ApiError::UnknownUrl { method, path } => format!("Invalid URL ({method} {path}): this gateway passes through only the paths the upstream's dialect defines and those listed in its `passthrough`."),
+            ApiError::TooLarge { model, limit, capacity, cost } => format!("Request too large for {model}: it needs {cost} against limit {limit}, which allows {capacity} per window, so it can never be served. Reduce the prompt or max_tokens."),
+            ApiError::RateLimited(r) => format!(
+                "Rate limit reached for {} ({}): the shared budget has no slot within this request's maximum wait. Please try again in {}.",
+                r.model, r.what, go_duration(r.retry_after)
+            ),
+            ApiError::AccountsDisabled { model, reason } => format!("Every account of {model} is out of rotation until an operator clears it: {reason}"),
+            ApiError::StoreUnavailable { .. } => "The shared rate-limit store is unavailable and this gateway is configured to fail closed.".into(),
+            ApiError::Upstream { model, timeout } => format!("The upstream of {model} {}.", if *timeout { "did not answer in time" } else { "could not be reached" }),
         }
     }
 }
