@@ -394,3 +394,111 @@ impl Drop for AbandonedWait {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::testing::{gateway, prepared};
+    use super::*;
+    use crate::estimate::Endpoint;
+
+    const URL: &str = "http://127.0.0.1:9";
+
+    fn refusal_of(reason: RefusalReason, retry_after: Option<Duration>) -> Refusal {
+        Refusal {
+            retry_after,
+            reason,
+            candidate: 1,
+            remaining: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_window_refuses_naming_the_account_and_the_limit_as_configured() {
+        let gw = gateway(URL, "");
+        let body =
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
+        let p = prepared(&gw, Endpoint::Chat, body).await;
+        let (cost, _) = p.cost_on(&gw.inner.models[0]);
+        // Two accounts with 2 requests per minute each: four slots now, then a wait of
+        // about a minute, beyond the request's 10 s.
+        let mut accounts = Vec::new();
+        for _ in 0..4 {
+            match admit(&gw, 0, &p.ask(cost, 0)).await {
+                Ok(res) => accounts.push(gw.inner.models[0].accounts[res.candidate].name.clone()),
+                Err(_) => panic!("a slot was free"),
+            }
+        }
+        accounts.sort();
+        assert_eq!(accounts, ["a", "a", "b", "b"]);
+        match admit(&gw, 0, &p.ask(cost, 0)).await {
+            Err(Failure::Refused(r, bound)) => {
+                assert!(
+                    r.retry_after > Duration::from_secs(10),
+                    "{:?}",
+                    r.retry_after
+                );
+                assert!(
+                    ["a", "b"].contains(&bound.account.as_str()),
+                    "{}",
+                    bound.account
+                );
+                assert_eq!(bound.limit, "2 requests per 60s");
+            }
+            _ => panic!("the fifth request in a minute was not refused"),
+        }
+    }
+
+    #[tokio::test]
+    async fn limiter_refusals_map_to_what_the_client_is_told() {
+        let gw = gateway(URL, "");
+        let model = &gw.inner.models[0];
+        let wait = Duration::from_secs(10);
+        let off = refusal_of(RefusalReason::Disabled("billing".into()), None);
+        match refusal(off, model, wait) {
+            Failure::Disabled { model, reason } => {
+                assert_eq!((model.as_str(), reason.as_str()), ("m", "billing"))
+            }
+            _ => panic!("a disabled account is not a rate limit"),
+        }
+        let down = refusal_of(RefusalReason::Unavailable, Some(Duration::from_secs(3)));
+        assert!(
+            matches!(refusal(down, model, wait), Failure::StoreDown(d) if d == Duration::from_secs(3))
+        );
+        let cooling = refusal_of(RefusalReason::Cooldown, None);
+        match refusal(cooling, model, wait) {
+            Failure::Refused(r, bound) => {
+                assert_eq!(
+                    r.retry_after, wait,
+                    "no wait known: the request's own maximum"
+                );
+                assert_eq!(bound.account, "b", "the refusal's candidate");
+            }
+            _ => panic!("a cooldown is a rate limit"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_larger_than_a_window_is_too_large_and_a_store_error_is_unavailable() {
+        let gw = gateway(URL, "");
+        let model = &gw.inner.models[0];
+        let limit = model.quota.limits()[1].id().clone();
+        let huge = LimitError::InsufficientCapacity {
+            limit,
+            capacity: 100_000,
+            cost: 200_000,
+        };
+        match store_failure(huge, model) {
+            Failure::TooLarge(ApiError::TooLarge { capacity, cost, .. }) => {
+                assert_eq!((capacity, cost), (100_000, 200_000));
+            }
+            _ => panic!("an impossible request is too large, not unavailable"),
+        }
+        let broken = LimitError::Unavailable(sluice_limiter::StoreError::CircuitOpen);
+        assert!(matches!(
+            store_failure(broken, model),
+            Failure::StoreDown(_)
+        ));
+    }
+}

@@ -428,3 +428,76 @@ fn answer_with(failure: Failure, tenant: usize, name: &str) -> Result<Done, Refu
         )),
     }
 }
+
+/// What the stage tests share: a gateway on the embedded limiter, built from a TOML
+/// fragment (its upstream is never reached unless a test sends to it).
+#[cfg(test)]
+pub(super) mod testing {
+    use serde_json::Value;
+
+    use super::*;
+
+    /// Tenants `app` (`sk-app-key`) and `slow` (`sk-slow-key`, at most 2 s of waiting), an
+    /// OpenAI upstream at `base_url` with accounts `a` and `b`, and models `m` (served
+    /// upstream as `m-upstream`, 2 requests per minute) and `m2`, plus `extra`.
+    pub(super) fn gateway(base_url: &str, extra: &str) -> Gateway {
+        let toml = format!(
+            r#"
+[queue]
+max_wait = "10s"
+[[tenants]]
+name = "app"
+key = "sk-app-key"
+[[tenants]]
+name = "slow"
+key = "sk-slow-key"
+max_wait = "2s"
+[[upstreams]]
+name = "up"
+base_url = "{base_url}"
+accounts = [{{ name = "a", keys = ["sk-a"] }}, {{ name = "b", keys = ["sk-b"] }}]
+[[models]]
+name = "m"
+upstream = "up"
+upstream_model = "m-upstream"
+limits = [{{ requests = 2, per = "60s" }}, {{ tokens = 100000, per = "60s" }}]
+[[models]]
+name = "m2"
+upstream = "up"
+limits = [{{ requests = 100, per = "60s" }}]
+{extra}
+"#
+        );
+        let env = std::collections::HashMap::<String, String>::new();
+        let config = sluice_config::from_str(&toml, &[], &env).expect("config");
+        Gateway::new(config).expect("gateway")
+    }
+
+    /// Headers with tenant key `key` as a bearer token.
+    pub(super) fn bearer(key: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+        );
+        h
+    }
+
+    /// The request `body` of `endpoint` through the prepare stage, by tenant `app`.
+    pub(super) async fn prepared(gw: &Gateway, endpoint: Endpoint, body: Value) -> Prepared {
+        let body = Body::from(body.to_string());
+        match prepare(
+            gw,
+            endpoint,
+            "/chat/completions",
+            &bearer("sk-app-key"),
+            body,
+            Instant::now(),
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err((_, _, e, _)) => panic!("prepare refused: {}", e.kind()),
+        }
+    }
+}

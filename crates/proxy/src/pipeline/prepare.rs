@@ -171,3 +171,136 @@ impl Prepared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::testing::{bearer, gateway, prepared};
+    use super::*;
+
+    const URL: &str = "http://127.0.0.1:9";
+
+    async fn refusal(gw: &Gateway, headers: HeaderMap, body: Value) -> (Option<usize>, ApiError) {
+        let body = Body::from(body.to_string());
+        match prepare(
+            gw,
+            Endpoint::Chat,
+            "/chat/completions",
+            &headers,
+            body,
+            Instant::now(),
+        )
+        .await
+        {
+            Ok(_) => panic!("prepared a request that should be refused"),
+            Err((tenant, _, e, _)) => (tenant, e),
+        }
+    }
+
+    fn chat(model: &str) -> Value {
+        json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 7})
+    }
+
+    #[tokio::test]
+    async fn a_request_is_refused_before_anything_is_read_without_a_tenant_key() {
+        let gw = gateway(URL, "");
+        let (tenant, e) = refusal(&gw, bearer("sk-nobody-key"), chat("m")).await;
+        assert_eq!((tenant, e.kind()), (None, "unauthorized"));
+        let (tenant, e) = refusal(&gw, HeaderMap::new(), chat("m")).await;
+        assert_eq!((tenant, e.kind()), (None, "unauthorized"));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_model_or_a_bad_body_names_the_tenant_and_what_is_wrong() {
+        let gw = gateway(URL, "");
+        let (tenant, e) = refusal(&gw, bearer("sk-app-key"), chat("nope")).await;
+        assert_eq!((tenant, e.kind()), (Some(0), "model_not_found"));
+        let (_, e) = refusal(&gw, bearer("sk-app-key"), json!({"model": "m"})).await;
+        assert!(matches!(
+            e,
+            ApiError::BadRequest {
+                param: Some("messages"),
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_deadline_is_the_shortest_of_server_tenant_and_client() {
+        let gw = gateway(URL, "");
+        let p = prepared(&gw, Endpoint::Chat, chat("m")).await;
+        assert_eq!(
+            p.max_wait,
+            Duration::from_secs(10),
+            "the server's queue.max_wait"
+        );
+
+        let body = || Body::from(chat("m").to_string());
+        let t0 = Instant::now();
+        let headers = bearer("sk-slow-key");
+        let slow = prepare(
+            &gw,
+            Endpoint::Chat,
+            "/chat/completions",
+            &headers,
+            body(),
+            t0,
+        );
+        let slow = slow.await.ok().expect("prepared");
+        assert_eq!((slow.tenant, slow.max_wait), (1, Duration::from_secs(2)));
+        assert_eq!(slow.deadline, t0 + Duration::from_secs(2));
+
+        let mut headers = bearer("sk-slow-key");
+        headers.insert("x-sluice-max-wait", HeaderValue::from_static("500ms"));
+        let client = prepare(
+            &gw,
+            Endpoint::Chat,
+            "/chat/completions",
+            &headers,
+            body(),
+            t0,
+        );
+        let client = client.await.ok().expect("prepared");
+        assert_eq!(client.max_wait, Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn the_upstream_body_names_the_upstream_model_and_asks_for_stream_usage() {
+        let gw = gateway(URL, "");
+        let model = |name: &str| &gw.inner.models[gw.inner.by_name[name]];
+
+        // The same model name upstream, no stream: the body goes as it came.
+        let plain = prepared(&gw, Endpoint::Chat, chat("m2")).await;
+        let (body, asked) = plain.body_for(model("m2"));
+        assert_eq!((body, asked), (plain.body.clone(), false));
+
+        // Renamed upstream, streamed without usage: both rewritten, usage asked for.
+        let mut streamed = chat("m");
+        streamed["stream"] = json!(true);
+        let p = prepared(&gw, Endpoint::Chat, streamed).await;
+        assert!(p.stream && !p.client_usage);
+        let (body, asked) = p.body_for(model("m"));
+        let sent: Value = serde_json::from_slice(&body).unwrap();
+        assert!(asked);
+        assert_eq!(sent["model"], "m-upstream");
+        assert_eq!(sent["stream_options"]["include_usage"], true);
+
+        // A Responses stream always ends with its usage: nothing asked for.
+        let responses = json!({"model": "m2", "input": "hi", "stream": true});
+        let p = prepared(&gw, Endpoint::Responses, responses).await;
+        assert!(p.stream && p.client_usage);
+        assert!(!p.body_for(model("m2")).1);
+    }
+
+    #[tokio::test]
+    async fn the_cost_is_the_prompt_plus_the_maximum_output() {
+        let gw = gateway(URL, "");
+        let p = prepared(&gw, Endpoint::Chat, chat("m")).await;
+        let (cost, raw_prompt) = p.cost_on(&gw.inner.models[0]);
+        assert_eq!(cost.requests, 1);
+        assert_eq!(cost.output_tokens, 7);
+        assert!(raw_prompt > 0);
+        assert_eq!(cost.input_tokens, raw_prompt, "no correction learned yet");
+    }
+}

@@ -178,3 +178,106 @@ async fn disable_everywhere(gw: &Gateway, upstream: &str, account: &str, reason:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sluice_limiter::Decision;
+
+    use super::super::testing::gateway;
+    use super::*;
+
+    const URL: &str = "http://127.0.0.1:9";
+
+    /// A reservation of one request on model `mi`.
+    async fn reservation(gw: &Gateway, mi: usize) -> Reservation {
+        let m = &gw.inner.models[mi];
+        let one = sluice_limiter::Cost::request(1, 1);
+        match gw
+            .inner
+            .limiter
+            .acquire(&m.keys, &m.quota, one, Duration::ZERO)
+            .await
+        {
+            Ok(Decision::Granted(res)) => res,
+            other => panic!("no slot: {other:?}"),
+        }
+    }
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: serde_json::Value) -> reqwest::Response {
+        let mut b = http::Response::builder().status(status);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        reqwest::Response::from(b.body(body.to_string()).unwrap())
+    }
+
+    async fn state(gw: &Gateway, mi: usize, key: &QuotaKey) -> sluice_limiter::QuotaStatus {
+        let m = &gw.inner.models[mi];
+        gw.inner
+            .limiter
+            .status(key, &m.quota)
+            .await
+            .expect("status")
+    }
+
+    #[tokio::test]
+    async fn a_throttled_answer_cools_the_account_down_for_the_providers_wait_and_moves_on() {
+        let gw = gateway(URL, "");
+        let res = reservation(&gw, 0).await;
+        let key = res.key.clone();
+        let body = json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}});
+        let throttled = answer(429, &[("retry-after", "7"), ("connection", "close")], body);
+        let (then, passed) = refused(&gw, 0, res, throttled, 1, &Span::none()).await;
+        assert!(
+            matches!(then, Then::Retry { .. } | Then::Fallback),
+            "{then:?}"
+        );
+        assert_eq!(passed.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            passed.headers().get("connection").is_none(),
+            "hop-by-hop headers stay here"
+        );
+        assert_eq!(passed.headers()["x-sluice-model"], "m");
+        let cooldown = state(&gw, 0, &key).await.cooldown.expect("cooled down");
+        assert!(
+            cooldown > Duration::from_secs(5) && cooldown <= Duration::from_secs(7),
+            "{cooldown:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_key_is_taken_out_of_rotation_on_every_model_of_its_upstream() {
+        let gw = gateway(URL, "");
+        let res = reservation(&gw, 0).await;
+        let account = res.key.name().to_owned();
+        let body = json!({"error": {"message": "Incorrect API key provided", "type": "invalid_request_error", "code": "invalid_api_key"}});
+        let (then, passed) = refused(&gw, 0, res, answer(401, &[], body), 1, &Span::none()).await;
+        assert!(
+            matches!(then, Then::Retry { .. } | Then::Fallback),
+            "another account serves: {then:?}"
+        );
+        assert_eq!(passed.status(), StatusCode::UNAUTHORIZED);
+        for mi in 0..2 {
+            let key = gw.inner.models[mi]
+                .keys
+                .iter()
+                .find(|k| k.name() == account)
+                .unwrap()
+                .clone();
+            let off = state(&gw, mi, &key).await.disabled;
+            assert!(off.is_some_and(|r| r.contains("invalid")), "model {mi}");
+        }
+        let other = gw.inner.models[0]
+            .keys
+            .iter()
+            .find(|k| k.name() != account)
+            .unwrap()
+            .clone();
+        assert_eq!(
+            state(&gw, 0, &other).await.disabled,
+            None,
+            "the other account serves on"
+        );
+    }
+}

@@ -172,3 +172,79 @@ fn without_url(e: &reqwest::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use sluice_limiter::{Decision, Store};
+
+    use super::super::testing::{gateway, prepared};
+    use super::*;
+    use crate::estimate::Endpoint;
+
+    #[tokio::test]
+    async fn a_success_is_relayed_with_the_tenants_budget_in_place_of_the_providers() {
+        let gw = gateway("http://127.0.0.1:9", "");
+        let body =
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
+        let p = prepared(&gw, Endpoint::Chat, body).await;
+        let model = &gw.inner.models[0];
+        let (cost, raw_prompt) = p.cost_on(model);
+        let Ok(Decision::Granted(reservation)) = gw
+            .inner
+            .limiter
+            .acquire(&model.keys, &model.quota, cost, Duration::ZERO)
+            .await
+        else {
+            panic!("no slot");
+        };
+        let account = model.accounts[reservation.candidate].name.clone();
+        let answer = json!({"id": "x", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}});
+        let upstream = http::Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .header("connection", "keep-alive")
+            .header("x-ratelimit-remaining-requests", "999")
+            .header("x-provider-trace", "t-1")
+            .body(answer.to_string())
+            .unwrap();
+        let settle = Settle {
+            gw: gw.clone(),
+            model: 0,
+            tenant: p.tenant,
+            reservation,
+            raw_prompt,
+        };
+        let spans = (Span::none(), Span::none());
+        let resp = success(
+            model,
+            reqwest::Response::from(upstream),
+            &p,
+            false,
+            settle,
+            spans,
+        )
+        .await;
+        let h = resp.headers();
+        assert_eq!(resp.status(), 200);
+        assert!(h.get("connection").is_none());
+        assert_eq!(
+            h["x-provider-trace"], "t-1",
+            "the provider's own headers pass"
+        );
+        assert_eq!(h["x-sluice-model"], "m");
+        assert_eq!(h["x-sluice-account"], account.as_str());
+        // The provider's figure for its whole account is replaced by the shared budget's.
+        assert_eq!(h["x-ratelimit-limit-requests"], "2");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "1");
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+            answer
+        );
+    }
+}
