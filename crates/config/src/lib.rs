@@ -44,7 +44,7 @@ pub use env::{Env, ProcessEnv};
 pub use error::ConfigError;
 pub use model::{
     Account, Config, Dialect, FailurePolicy, LimitSpec, LimitUnit, Model, PacingMode, Price, Queue,
-    Retry, Server, Sidecar, Store, Tenant, Tokenizer, Upstream,
+    Retry, Server, Sidecar, Store, Tenant, TenantPriority, Tokenizer, Upstream,
 };
 pub use presets::{PRESETS, Preset, preset};
 pub use secret::{KeyDigest, Secret};

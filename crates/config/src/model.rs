@@ -347,10 +347,25 @@ pub struct Tenant {
     /// The digest of the bearer token the tenant sends: `key` (hashed at load) or
     /// `key_sha256` (its SHA-256 in hex, so that the file never holds the key).
     pub key: KeyDigest,
-    /// `weight` under contention (default 1).
+    /// `weight` under contention (default 1): its share of a quota's queue, fleet-wide,
+    /// among the tenants queueing for it.
     pub weight: NonZeroU32,
+    /// `priority` (default `interactive`): `batch` takes only queue slots that
+    /// interactive tenants leave.
+    pub priority: TenantPriority,
     /// `max_wait`, if lower than the queue's.
     pub max_wait: Option<Duration>,
+}
+
+/// A tenant's `priority` class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TenantPriority {
+    /// Shares queued slots by weight with the other interactive tenants (the default).
+    #[default]
+    Interactive,
+    /// Queues only behind an empty queue: served from what interactive tenants leave.
+    Batch,
 }
 
 /// `[retry]`: retries of upstream 429s and 5xx within the request's deadline.

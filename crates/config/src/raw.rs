@@ -266,6 +266,7 @@ pub(crate) struct RawTenant {
     pub(crate) key: Option<String>,
     pub(crate) key_sha256: Option<String>,
     pub(crate) weight: Option<Num<u32>>,
+    pub(crate) priority: Option<crate::TenantPriority>,
     pub(crate) max_wait: Option<Dur>,
 }
 

@@ -276,6 +276,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
         tenants.push(Tenant {
             weight: nz32(&format!("{path}.weight"), t.weight, 1)?,
+            priority: t.priority.unwrap_or_default(),
             max_wait: t.max_wait.map(|d| d.0),
             name: t.name,
             key,

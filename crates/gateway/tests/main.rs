@@ -11,6 +11,7 @@ mod admin_listener;
 mod bad_input;
 mod bounded_cost;
 mod e2e_fleet;
+mod fair_share;
 mod faults;
 mod flow;
 mod http_fuzz;

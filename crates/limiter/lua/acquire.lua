@@ -1,9 +1,14 @@
--- sluice_acquire_v1: reserve the earliest slot for a cost on the best of N accounts.
+-- sluice_acquire_v2: reserve the earliest slot for a cost on the best of N accounts,
+-- and, for a tenant's share, take it only when the quota's fair ledger admits it.
 -- Bump the version (name, Rust constant and docs/ARCHITECTURE.md) whenever KEYS, ARGV
 -- or the reply change: old and new gateways run side by side during a rolling deploy.
 --
 -- KEYS: 2 per candidate account, all with the same hash tag:
 --   KEYS[2c-1] = sluice:{<group>}:w:<name>   KEYS[2c] = sluice:{<group>}:s:<name>
+--   then, when a share is given (ARGV after the rows), the fair ledger of the group:
+--   sluice:{<group>}:f (zset: slots booked ahead, member <i|b>|<start tag>|<seq>|<tenant>,
+--   score the slot) and sluice:{<group>}:fc (hash: v = virtual time, f:<tenant> = its
+--   finish tag, seq).
 -- ARGV:
 --   [1] now (us) or '' to read Redis TIME     [2] max wait (us)
 --   [3] requests in the cost (for pacing)     [4] 1 for a read-only check (cost zero)
@@ -11,12 +16,23 @@
 --   [8] windows TTL past the last slot (ms)   [9] n, the number of limits
 --   then n rows of 6: id, window (us), bucket width (us), configured limit, charge,
 --   auto-pacing eligible (1/0)
+--   then, optionally, the share: tenant, weight (>= 1), class ('i' interactive, 'b'
+--   batch), tag scale, horizon (fair.rs: TAG_SCALE, HORIZON)
 -- Returns one of:
 --   {1, c, slot_us, wait_us, binding, remaining_1..n, effective_1..n}   granted on c
 --   {0, c, retry_after_us, binding, remaining_1..n, effective_1..n}      refused; c is ready first
 --   {2, c, reason}                                                       every candidate disabled
 --   {3, i, capacity, charge}                          limit i can never hold the charge
---   binding: 0 now, 1 queue (earlier slots), 2 cooldown, 3 pacing, 10 + i limit i.
+--   binding: 0 now, 1 queue (earlier slots), 2 cooldown, 3 pacing, 4 fair share,
+--   10 + i limit i.
+-- Fair share (fair.rs has the rule and its reasoning; the in-process twin the same
+-- arithmetic): only a slot later than now, within max wait, asked with a share,
+-- consults the ledger. Slots booked that passed are dropped and move the virtual time
+-- V to their largest start tag. Batch books only when nothing is booked ahead.
+-- Interactive starts at S = max(V, its finish tag) and is refused (binding 4, wait
+-- until the earliest booked slot) only when another interactive tenant has a slot
+-- ahead and S >= V + horizon * scale. A grant books its slot at S and moves the
+-- tenant's finish tag to S + floor(scale / weight). A refusal writes only V.
 -- Released slots: a candidate may instead take the earliest hole (field `holes`, written
 -- by release.lua) not before now nor its cooldown, no later than its tail slot, whose
 -- charge covers the cost in every limit; taking it removes the hole and writes no charge,
@@ -35,7 +51,18 @@ local read_only = ARGV[4] == '1'
 local mode, interval, burst = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local windows_ttl_ms = tonumber(ARGV[8])
 local n = tonumber(ARGV[9])
+local share_at = 10 + 6 * n
+local tenant = ARGV[share_at]
+local fair = tenant ~= nil
+local fair_z, fair_c, weight, class
 local candidates = #KEYS / 2
+local scale, horizon
+if fair then
+  weight, class = tonumber(ARGV[share_at + 1]), ARGV[share_at + 2]
+  scale, horizon = tonumber(ARGV[share_at + 3]), tonumber(ARGV[share_at + 4])
+  candidates = (#KEYS - 2) / 2
+  fair_z, fair_c = KEYS[#KEYS - 1], KEYS[#KEYS]
+end
 local unchosen = {}
 
 -- The earliest t >= from at which `charge` fits limit row r of windows hash h.
@@ -221,13 +248,61 @@ if best == nil then
   return { 3, capacity[1], capacity[2], capacity[3] }
 end
 
+-- The fair ledger's word on a slot ahead for the share: (nil, start tag) admitted, or
+-- (wait, nil). Booked slots that passed move the virtual time on first.
+local function fair_admit()
+  local v = tonumber(redis.call('HGET', fair_c, 'v')) or 0
+  local passed = redis.call('ZRANGEBYSCORE', fair_z, '-inf', now)
+  if #passed > 0 then
+    for _, m in ipairs(passed) do
+      local tag = tonumber(string.match(m, '^%a|(%d+)|'))
+      if tag ~= nil and tag > v then v = tag end
+    end
+    redis.call('ZREMRANGEBYSCORE', fair_z, '-inf', now)
+    redis.call('HSET', fair_c, 'v', int(v))
+  end
+  local start = math.max(v, tonumber(redis.call('HGET', fair_c, 'f:' .. tenant)) or 0)
+  local ahead = redis.call('ZRANGE', fair_z, 0, -1, 'WITHSCORES')
+  if #ahead == 0 then return nil, start end
+  local earliest = tonumber(ahead[2])
+  if class == 'b' then return earliest - now, nil end
+  for j = 1, #ahead, 2 do
+    local cls, t = string.match(ahead[j], '^(%a)|%d+|%d+|(.*)$')
+    if cls == 'i' and t ~= tenant then
+      if start >= v + horizon * scale then return earliest - now, nil end
+      break
+    end
+  end
+  return nil, start
+end
+
+-- Books the granted slot for the share at its start tag: the slot in the ledger, the
+-- tenant's finish tag moved on by scale / weight.
+local function fair_book(slot, start)
+  local seq = redis.call('HINCRBY', fair_c, 'seq', 1)
+  if class ~= 'b' then
+    redis.call('HSET', fair_c, 'f:' .. tenant, int(start + math.floor(scale / weight)))
+  end
+  redis.call('ZADD', fair_z, slot, class .. '|' .. int(start) .. '|' .. seq .. '|' .. tenant)
+  local ttl = math.ceil((slot - now) / 1000) + windows_ttl_ms
+  for _, k in ipairs({ fair_z, fair_c }) do
+    if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
+  end
+end
+
 local wait = best.slot - now
+local refused_fair, fair_start = nil, nil
+if fair and not read_only and wait > 0 and wait <= max_wait then
+  refused_fair, fair_start = fair_admit()
+end
 local reply
-if wait > max_wait or read_only then
+if wait > max_wait or read_only or refused_fair ~= nil then
   keep_eviction(best)
 end
 if wait > max_wait then
   reply = { 0, best.c, wait, best.binding }
+elseif refused_fair ~= nil then
+  reply = { 0, best.c, refused_fair, 4 }
 else
   if best.hole ~= nil then
     -- Taking a hole: its charge is in the buckets already, its slot at or before the
@@ -283,6 +358,9 @@ else
     else
       redis.call('HSET', h, unpack(f))
     end
+  end
+  if fair_start ~= nil then
+    fair_book(best.slot, fair_start)
   end
   reply = { 1, best.c, best.slot, wait, best.binding }
 end

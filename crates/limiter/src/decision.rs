@@ -112,6 +112,10 @@ pub enum RefusalReason {
     Disabled(String),
     /// The store is unavailable and the policy is `fail_closed`.
     Unavailable,
+    /// A slot is free in the queue, but the tenant has taken its fair share of it for
+    /// this round (see [`Share`](crate::Share)): `retry_after` is when its turn comes
+    /// at the latest.
+    FairShare,
 }
 
 /// No slot within the maximum wait.

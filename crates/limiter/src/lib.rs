@@ -47,6 +47,7 @@
 mod breaker;
 mod decision;
 mod error;
+mod fair;
 mod handover;
 mod limiter;
 mod memory;
@@ -61,6 +62,7 @@ pub use decision::{
     Reservation, ReservationId,
 };
 pub use error::{LimitError, QuotaError, StoreError};
+pub use fair::{Priority, Share};
 pub use limiter::{Limiter, OnError};
 pub use memory::InProcessStore;
 pub use quota::{

@@ -8,6 +8,7 @@ use crate::decision::{
     ReservationId,
 };
 use crate::error::LimitError;
+use crate::fair::Share;
 use crate::handover::Handover;
 use crate::memory::InProcessStore;
 use crate::quota::{Cost, Quota, QuotaKey};
@@ -177,15 +178,20 @@ impl Limiter {
 }
 
 impl Store for Limiter {
-    async fn acquire(
+    /// Redis down under `local`: decided in process without the fair ledger (each
+    /// replica serves its own callers, at its share of the limit).
+    async fn acquire_for(
         &self,
         candidates: &[QuotaKey],
         quota: &Quota,
         cost: Cost,
         max_wait: Duration,
+        share: Option<&Share>,
     ) -> Result<Decision, LimitError> {
         let (store, policy, handover, retry) = match &self.backend {
-            Backend::Embedded(s) => return s.acquire_now(candidates, quota, cost, max_wait),
+            Backend::Embedded(s) => {
+                return s.acquire_now_for(candidates, quota, cost, max_wait, share);
+            }
             Backend::Redis {
                 store,
                 policy,
@@ -208,7 +214,10 @@ impl Store for Limiter {
             // Redis answered another task's probe meanwhile: let it finish handing back.
             handover.wait().await;
         }
-        let error = match store.acquire(candidates, quota, cost, max_wait).await {
+        let error = match store
+            .acquire_for(candidates, quota, cost, max_wait, share)
+            .await
+        {
             Err(LimitError::Unavailable(e)) => e,
             Ok(decision) => {
                 if local {

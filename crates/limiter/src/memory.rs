@@ -16,6 +16,7 @@ use crate::decision::{
     ReservationId,
 };
 use crate::error::LimitError;
+use crate::fair::{Ledger, Share};
 use crate::quota::{Cost, Quota, QuotaKey};
 use crate::store::{StateChange, Store};
 use crate::time::{Clock, SystemClock, Timestamp, duration_micros};
@@ -31,6 +32,8 @@ const SWEEP_EVERY: u64 = 4096;
 #[derive(Default)]
 struct Shard {
     accounts: HashMap<QuotaKey, AccountState, FxBuildHasher>,
+    /// The fair ledger of each quota group that queued for a tenant ([`crate::fair`]).
+    fair: HashMap<String, Ledger, FxBuildHasher>,
     ops: u64,
 }
 
@@ -102,6 +105,7 @@ impl InProcessStore {
         if shard.ops.is_multiple_of(SWEEP_EVERY) {
             let now = self.clock.now().as_micros();
             shard.accounts.retain(|_, a| !a.expired(now));
+            shard.fair.retain(|_, l| !l.idle(now));
         }
         let after = shard.accounts.len();
         if after >= before {
@@ -174,6 +178,18 @@ impl InProcessStore {
         cost: Cost,
         max_wait: Duration,
     ) -> Result<Decision, LimitError> {
+        self.acquire_now_for(candidates, quota, cost, max_wait, None)
+    }
+
+    /// [`Store::acquire_for`], synchronously.
+    pub fn acquire_now_for(
+        &self,
+        candidates: &[QuotaKey],
+        quota: &Quota,
+        cost: Cost,
+        max_wait: Duration,
+        share: Option<&Share>,
+    ) -> Result<Decision, LimitError> {
         let Some(first) = candidates.first() else {
             return Err(LimitError::NoCandidates);
         };
@@ -181,10 +197,24 @@ impl InProcessStore {
         let mut guard = self.shard(first.group()).lock();
         let shard = &mut *guard;
         let before = shard.accounts.len();
-        let decision = decide(shard, candidates, quota, &cost, max_wait, now);
+        let ask = Ask {
+            cost: &cost,
+            max_wait,
+            share,
+            now,
+        };
+        let decision = decide(shard, candidates, quota, &ask);
         self.count(shard, before);
         decision
     }
+}
+
+/// One acquire's question, besides its candidates and quota.
+struct Ask<'a> {
+    cost: &'a Cost,
+    max_wait: Duration,
+    share: Option<&'a Share>,
+    now: u64,
 }
 
 /// The best plan among `candidates`, committed when it is within `max_wait`.
@@ -192,10 +222,9 @@ fn decide(
     shard: &mut Shard,
     candidates: &[QuotaKey],
     quota: &Quota,
-    cost: &Cost,
-    max_wait: Duration,
-    now: u64,
+    ask: &Ask<'_>,
 ) -> Result<Decision, LimitError> {
+    let (cost, now) = (ask.cost, ask.now);
     let mut best: Option<(usize, Plan)> = None;
     let mut disabled: Option<(usize, String)> = None;
     let mut capacity: Option<LimitError> = None;
@@ -203,7 +232,7 @@ fn decide(
         // One account: one lookup, no second pass.
         let account = shard.accounts.entry_ref(only).or_default();
         return match account.plan(quota, cost, now) {
-            Ok(plan) => Ok(settle(account, 0, only, plan, quota, cost, max_wait, now)),
+            Ok(plan) => Ok(settle(account, &mut shard.fair, 0, only, plan, quota, ask)),
             Err(Unplannable::Disabled(reason)) => Ok(disabled_refusal(0, reason)),
             Err(Unplannable::Capacity(e)) => Err(e),
         };
@@ -239,13 +268,12 @@ fn decide(
         .expect("planned above");
     Ok(settle(
         account,
+        &mut shard.fair,
         i,
         &candidates[i],
         plan,
         quota,
-        cost,
-        max_wait,
-        now,
+        ask,
     ))
 }
 
@@ -258,26 +286,37 @@ fn disabled_refusal(candidate: usize, reason: String) -> Decision {
     })
 }
 
-/// Grants `plan` (committing it) when it is within `max_wait`, or refuses it.
-#[allow(clippy::too_many_arguments)]
+/// Grants `plan` (committing it) when it is within `max_wait` and, for a slot ahead
+/// asked with a [`Share`], the quota's fair ledger admits it; or refuses it.
 fn settle(
     account: &mut AccountState,
+    fair: &mut HashMap<String, Ledger, FxBuildHasher>,
     candidate: usize,
     key: &QuotaKey,
     plan: Plan,
     quota: &Quota,
-    cost: &Cost,
-    max_wait: Duration,
-    now: u64,
+    ask: &Ask<'_>,
 ) -> Decision {
+    let (cost, now) = (ask.cost, ask.now);
     let wait = plan.slot - now;
-    if wait > duration_micros(max_wait) {
-        return Decision::Refused(Refusal {
-            retry_after: Some(Duration::from_micros(wait)),
-            reason: plan.binding.reason(quota),
+    let refuse = |account: &mut AccountState, after: u64, reason: RefusalReason| {
+        Decision::Refused(Refusal {
+            retry_after: Some(Duration::from_micros(after)),
+            reason,
             candidate,
             remaining: account.remaining(quota, AccountState::plan_effective(&plan)),
-        });
+        })
+    };
+    if wait > duration_micros(ask.max_wait) {
+        return refuse(account, wait, plan.binding.reason(quota));
+    }
+    let fair_share = ask.share.filter(|_| wait > 0 && *cost != Cost::ZERO);
+    if let Some(share) = fair_share {
+        let ledger = fair.entry_ref(key.group()).or_default();
+        match ledger.admit(share, now) {
+            Ok(tag) => ledger.book(share, plan.slot, tag),
+            Err(after) => return refuse(account, after, RefusalReason::FairShare),
+        }
     }
     if *cost != Cost::ZERO {
         account.commit(quota, &plan, cost, now);
@@ -295,14 +334,15 @@ fn settle(
 }
 
 impl Store for InProcessStore {
-    async fn acquire(
+    async fn acquire_for(
         &self,
         candidates: &[QuotaKey],
         quota: &Quota,
         cost: Cost,
         max_wait: Duration,
+        share: Option<&Share>,
     ) -> Result<Decision, LimitError> {
-        self.acquire_now(candidates, quota, cost, max_wait)
+        self.acquire_now_for(candidates, quota, cost, max_wait, share)
     }
 
     async fn reconcile(

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::decision::{Decision, QuotaStatus, ReleaseOutcome, Reservation};
 use crate::error::LimitError;
+use crate::fair::Share;
 use crate::quota::{Cost, LimitId, Quota, QuotaKey};
 
 /// A change to an account's learned state, made by the sidecar or an operator.
@@ -56,6 +57,23 @@ pub trait Store: Send + Sync {
         quota: &Quota,
         cost: Cost,
         max_wait: Duration,
+    ) -> impl Future<Output = Result<Decision, LimitError>> + Send {
+        self.acquire_for(candidates, quota, cost, max_wait, None)
+    }
+
+    /// [`acquire`](Self::acquire) on behalf of a tenant: when the slot found is in the
+    /// future (the quota is queueing) and `share` is given, the quota's fair ledger
+    /// decides in the same atomic step whether this tenant may take it now (see
+    /// [`Share`]); if not, the refusal is [`RefusalReason::FairShare`](crate::RefusalReason::FairShare)
+    /// with the wait until its turn, and nothing is charged. A slot free now is never
+    /// refused for fairness.
+    fn acquire_for(
+        &self,
+        candidates: &[QuotaKey],
+        quota: &Quota,
+        cost: Cost,
+        max_wait: Duration,
+        share: Option<&Share>,
     ) -> impl Future<Output = Result<Decision, LimitError>> + Send;
 
     /// Replaces a reservation's estimated cost with the `actual` one. Idempotent per

@@ -9,6 +9,8 @@ mod concurrency;
 mod conformance;
 mod extremes;
 mod failures;
+mod fair_properties;
+mod fairness;
 mod marks;
 mod properties;
 mod security;

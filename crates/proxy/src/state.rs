@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
-use sluice_config::{Config, Dialect, FailurePolicy, KeyDigest, Model};
-use sluice_limiter::{Limiter, OnError, Quota, QuotaKey, RedisOptions};
+use sluice_config::{Config, Dialect, FailurePolicy, KeyDigest, Model, TenantPriority};
+use sluice_limiter::{Limiter, OnError, Priority, Quota, QuotaKey, RedisOptions, Share};
 use sluice_provider::Provider;
 use sluice_recalibrate::{Catalog, CatalogError, Recalibrator, Tuning};
 
@@ -64,6 +64,9 @@ pub(crate) struct TenantState {
     pub(crate) name: String,
     pub(crate) weight: u32,
     pub(crate) max_wait: Option<Duration>,
+    /// Its fair share of each quota's queue across the fleet (none with a single
+    /// tenant: there is nobody to share with).
+    pub(crate) share: Option<Share>,
     key: KeyDigest,
 }
 
@@ -121,6 +124,13 @@ impl Gateway {
                 name: t.name.clone(),
                 weight: t.weight.get(),
                 max_wait: t.max_wait,
+                share: (config.tenants.len() > 1).then(|| {
+                    let priority = match t.priority {
+                        TenantPriority::Interactive => Priority::Interactive,
+                        TenantPriority::Batch => Priority::Batch,
+                    };
+                    Share::new(t.name.clone(), t.weight.get(), priority)
+                }),
                 key: t.key.clone(),
             })
             .collect();

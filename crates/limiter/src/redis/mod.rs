@@ -18,6 +18,7 @@ use crate::decision::{
     ReservationId,
 };
 use crate::error::{LimitError, StoreError};
+use crate::fair::{Priority, Share};
 use crate::quota::{Cost, LimitId, Pacing, Quota, QuotaKey, Unit};
 use crate::store::{StateChange, Store};
 use crate::time::{Clock, Timestamp, duration_micros};
@@ -407,6 +408,7 @@ fn reason(quota: &Quota, binding: i64) -> RefusalReason {
     match binding {
         2 => RefusalReason::Cooldown,
         3 => RefusalReason::Pacing,
+        4 => RefusalReason::FairShare,
         b if b >= 11 => quota
             .limits()
             .get((b - 11) as usize)
@@ -480,12 +482,13 @@ impl RedisStore {
 }
 
 impl Store for RedisStore {
-    async fn acquire(
+    async fn acquire_for(
         &self,
         candidates: &[QuotaKey],
         quota: &Quota,
         cost: Cost,
         max_wait: Duration,
+        share: Option<&Share>,
     ) -> Result<Decision, LimitError> {
         let Some(first) = candidates.first() else {
             return Err(LimitError::NoCandidates);
@@ -528,6 +531,21 @@ impl Store for RedisStore {
         args.extend(limit_rows(quota, |i| {
             [quota.limits()[i].charge(&cost), auto_eligible(quota, i)]
         }));
+        if let Some(share) = share {
+            let group =
+                |kind: &str| format!("{}:{{{}}}:{kind}", self.options.key_prefix, first.group());
+            keys.push(group("f"));
+            keys.push(group("fc"));
+            args.push(share.tenant().to_owned());
+            args.push(share.weight().to_string());
+            let class = match share.priority() {
+                Priority::Interactive => "i",
+                Priority::Batch => "b",
+            };
+            args.push(class.to_owned());
+            args.push(crate::fair::TAG_SCALE.to_string());
+            args.push(crate::fair::HORIZON.to_string());
+        }
         let reply = self.call(&self.scripts.acquire, &keys, &args).await?;
         self.decode_acquire(&reply, candidates, quota, cost)
     }

@@ -50,21 +50,35 @@ pub(super) async fn admit(gw: &Gateway, mi: usize, ask: &Ask) -> Result<Reservat
         outcome = Empty,
     );
     let gate_t0 = Instant::now();
-    let remaining = ask.deadline.saturating_duration_since(gate_t0);
-    let Some(permit) = model.gate.admit(ask.tenant, ask.weight, remaining).await else {
-        queue_span.record("outcome", "queue_full");
-        return Err(queue_full(gw, model));
-    };
-    let t0 = Instant::now();
-    let decision = acquire(gw, model, ask, &queue_span).await;
-    queue_span.record("gate_wait_ms", ms(t0 - gate_t0));
-    let res = match decision {
-        Ok(Decision::Granted(res)) => res,
-        Ok(Decision::Refused(r)) => {
-            queue_span.record("outcome", "refused");
-            return Err(refusal(r, model, ask.max_wait));
+    let (permit, res) = loop {
+        let remaining = ask.deadline.saturating_duration_since(Instant::now());
+        let Some(permit) = model.gate.admit(ask.tenant, ask.weight, remaining).await else {
+            queue_span.record("outcome", "queue_full");
+            return Err(queue_full(gw, model));
+        };
+        let t0 = Instant::now();
+        let decision = acquire(gw, model, ask, &queue_span).await;
+        queue_span.record("gate_wait_ms", ms(t0 - gate_t0));
+        match decision {
+            Ok(Decision::Granted(res)) => break (permit, res),
+            // The tenant has its share of the queue for now: it waits for its turn
+            // without holding a place at this replica's gate, then asks again.
+            Ok(Decision::Refused(r))
+                if r.reason == RefusalReason::FairShare
+                    && r.retry_after
+                        .is_some_and(|d| Instant::now() + d < ask.deadline) =>
+            {
+                drop(permit);
+                metrics::counter!("sluice_fair_share_waits_total", "model" => model.cfg.name.clone(), "tenant" => gw.inner.tenant_name(ask.tenant).to_owned()).increment(1);
+                let turn = r.retry_after.unwrap_or_default();
+                tokio::time::sleep(turn.max(Duration::from_millis(1))).await;
+            }
+            Ok(Decision::Refused(r)) => {
+                queue_span.record("outcome", "refused");
+                return Err(refusal(r, model, ask.max_wait));
+            }
+            Err(e) => return Err(store_failure(e, model)),
         }
-        Err(e) => return Err(store_failure(e, model)),
     };
     model.booked_ahead_us.store(
         res.wait.as_micros() as u64,
@@ -131,10 +145,15 @@ async fn acquire(
         remaining = Empty,
     );
     let remaining = ask.deadline.saturating_duration_since(t0);
+    let share = gw
+        .inner
+        .tenants
+        .get(ask.tenant)
+        .and_then(|t| t.share.as_ref());
     let decision = gw
         .inner
         .limiter
-        .acquire(&model.keys, &model.quota, ask.cost, remaining)
+        .acquire_for(&model.keys, &model.quota, ask.cost, remaining, share)
         .instrument(acquire_span.clone())
         .await;
     metrics::histogram!("sluice_limiter_seconds", "op" => "acquire")
@@ -248,6 +267,7 @@ fn binding_limit(reason: &RefusalReason, remaining: &[Remaining], model: &ModelS
         RefusalReason::Cooldown => "provider cooldown".into(),
         RefusalReason::Disabled(_) => "accounts out of rotation".into(),
         RefusalReason::Unavailable => "store unavailable".into(),
+        RefusalReason::FairShare => "the tenant's fair share of the queue".into(),
         _ => "no slot".into(),
     }
 }
@@ -261,6 +281,7 @@ fn reason_label(reason: &RefusalReason) -> &'static str {
         RefusalReason::Cooldown => "cooldown",
         RefusalReason::Disabled(_) => "disabled",
         RefusalReason::Unavailable => "unavailable",
+        RefusalReason::FairShare => "fair_share",
         _ => "other",
     }
 }
@@ -330,6 +351,9 @@ pub(super) fn describe(
         RefusalReason::Cooldown => "the provider asked to slow down".into(),
         RefusalReason::Disabled(r) => format!("accounts out of rotation: {r}"),
         RefusalReason::Unavailable => "the shared store is unavailable".into(),
+        RefusalReason::FairShare => {
+            "this tenant has its fair share of the queue (tenants' weights) until after the deadline".into()
+        }
         _ => "no slot".into(),
     }
 }
