@@ -51,22 +51,32 @@ fn main() -> anyhow::Result<()> {
         args.expected_replicas.map(|n| n.to_string()),
     );
     put("queue.max_wait", args.max_wait);
-    let config = sluice_config::load(&args.config, &flags, &sluice_config::ProcessEnv)
-        .with_context(|| {
-            format!(
-                "refusing to start with configuration {}",
-                args.config.display()
-            )
-        })?;
+    let source = sluice_proxy::ConfigSource {
+        path: args.config.clone(),
+        flags,
+        exposure: sluice_config::Config::check_exposure,
+    };
+    let (config, hash) =
+        sluice_config::load_with_digest(&source.path, &source.flags, &sluice_config::ProcessEnv)
+            .with_context(|| {
+                format!(
+                    "refusing to start with configuration {}",
+                    args.config.display()
+                )
+            })?;
     config.check_exposure().context("refusing to start")?;
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
     let served = runtime.block_on(async move {
-        let gateway = Gateway::new(config).context("cannot start")?;
+        let gateway = Gateway::with_hash(config, hash).context("cannot start")?;
+        // Before the listener is announced: from here on SIGHUP reloads, never kills.
+        let reloads = sluice_proxy::reload_on_sighup(gateway.clone(), source)
+            .context("cannot install the SIGHUP handler")?;
+        tokio::spawn(reloads);
         let listener = tokio::net::TcpListener::bind(gateway.config().server.listen).await.context("cannot listen")?;
         let addr = listener.local_addr()?;
         // Tests and scripts read the port from this line.
         println!("listening on {addr}");
-        tracing::info!(%addr, shared = gateway.is_shared(), models = gateway.config().models.len(), "sluice-gateway started");
+        tracing::info!(%addr, shared = gateway.is_shared(), models = gateway.config().models.len(), config_sha256 = gateway.config_hash(), "sluice-gateway started");
         sluice_proxy::serve(gateway, listener, sluice_proxy::shutdown_signal()).await?;
         Ok(())
     });

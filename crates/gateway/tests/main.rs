@@ -16,6 +16,7 @@ mod flow;
 mod http_fuzz;
 mod metrics_doc;
 mod native_apis;
+mod reload;
 mod routes;
 mod safe_defaults;
 mod secrets;

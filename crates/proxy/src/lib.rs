@@ -35,6 +35,7 @@ mod learner;
 mod observe;
 mod paths;
 mod pipeline;
+mod reload;
 mod request;
 mod routes;
 mod state;
@@ -46,6 +47,7 @@ mod usage;
 use std::future::Future;
 
 pub use error::StartError;
+pub use reload::{ConfigSource, RESTART_ONLY, ReloadError, Reloaded, reload_on_sighup};
 pub use sluice_config as config;
 pub use state::Gateway;
 pub use telemetry::{Telemetry, init_logs};

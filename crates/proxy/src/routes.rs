@@ -20,6 +20,43 @@ use crate::estimate::Endpoint;
 use crate::pipeline;
 use crate::state::Gateway;
 
+/// The routers' state: the live gateway. Every handler extracts `State<Gateway>` from
+/// it, which takes a fresh snapshot ([`Gateway::current`]) per request, so a request
+/// keeps the configuration that was in force when it arrived, whatever reloads follow.
+#[derive(Clone)]
+pub(crate) struct Live(pub(crate) Gateway);
+
+impl axum::extract::FromRef<Live> for Gateway {
+    fn from_ref(live: &Live) -> Self {
+        live.0.current()
+    }
+}
+
+/// The `/v1/quotas` body: which configuration answers (its file's SHA-256) and the view.
+#[derive(serde::Serialize)]
+struct QuotasView<'a> {
+    config_sha256: &'a str,
+    #[serde(flatten)]
+    report: sluice_recalibrate::QuotasReport,
+}
+
+impl Gateway {
+    /// The `/v1/quotas` answer of this snapshot: the report with the configuration's
+    /// hash (`config_sha256`); redacted unless `full`.
+    pub async fn quotas_view(&self, full: bool) -> Response {
+        let mut report =
+            sluice_recalibrate::report(&self.inner.catalog, &*self.inner.limiter).await;
+        if !full {
+            report.redact_details();
+        }
+        axum::Json(QuotasView {
+            config_sha256: &self.inner.config_hash,
+            report,
+        })
+        .into_response()
+    }
+}
+
 impl Gateway {
     /// The router, ready to serve (or to test with `oneshot`): [`api_router`](Self::api_router)
     /// plus `/healthz`, `/readyz` and `/metrics`, as served on `server.listen`: `/metrics`
@@ -42,7 +79,7 @@ impl Gateway {
                     "/metrics",
                     get(move |g: State<Gateway>, h: HeaderMap| async move { metrics(g, h, open) }),
                 )
-                .with_state(self.clone()),
+                .with_state(Live(self.clone())),
         )
         // Unknown paths and methods: OpenAI-shaped 404 and 405 (issue #12).
         .fallback(crate::paths::unknown_route)
@@ -60,7 +97,7 @@ impl Gateway {
                     "/metrics",
                     get(move |g: State<Gateway>, h: HeaderMap| async move { metrics(g, h, open) }),
                 )
-                .with_state(self.clone()),
+                .with_state(Live(self.clone())),
         )
     }
 
@@ -80,7 +117,7 @@ impl Gateway {
                 "/v1/admin/accounts/{upstream}/{account}/enable",
                 post(enable),
             )
-            .with_state(self.clone())
+            .with_state(Live(self.clone()))
     }
 
     /// Whether a caller may read `/metrics`: always when `open` (a loopback listener),
@@ -178,7 +215,7 @@ impl Gateway {
                 in_flight,
                 limit_in_flight,
             ))
-            .with_state(self.clone())
+            .with_state(Live(self.clone()))
     }
 }
 
@@ -222,11 +259,7 @@ async fn quotas(State(g): State<Gateway>, headers: HeaderMap) -> Response {
             "invalid_api_key",
         );
     }
-    let mut report = sluice_recalibrate::report(&g.inner.catalog, &g.inner.limiter).await;
-    if g.inner.admin_digest.is_some() && !admin {
-        report.redact_details();
-    }
-    axum::Json(report).into_response()
+    g.quotas_view(admin || g.inner.admin_digest.is_none()).await
 }
 
 /// `GET /v1/quotas` on an admin listener: the full view, to anyone when `open`, else to
@@ -239,7 +272,7 @@ async fn admin_quotas(g: State<Gateway>, headers: HeaderMap, open: bool) -> Resp
             "invalid_api_key",
         );
     }
-    axum::Json(sluice_recalibrate::report(&g.inner.catalog, &g.inner.limiter).await).into_response()
+    g.quotas_view(true).await
 }
 
 fn admin_error(status: StatusCode, message: &str, code: &str) -> Response {
@@ -275,7 +308,7 @@ async fn enable(
     match g
         .inner
         .recalibrator
-        .enable(&g.inner.limiter, &upstream, &account, "operator")
+        .enable(&*g.inner.limiter, &upstream, &account, "operator")
         .await
     {
         Ok(0) => admin_error(

@@ -40,13 +40,19 @@ fn main() -> anyhow::Result<()> {
     put("sidecar.listen", args.listen);
     put("store.redis_url", args.redis_url);
     put("sidecar.consumer_name", args.name);
-    let config = sluice_config::load(&args.config, &flags, &sluice_config::ProcessEnv)
-        .with_context(|| {
-            format!(
-                "refusing to start with configuration {}",
-                args.config.display()
-            )
-        })?;
+    let source = sluice_proxy::ConfigSource {
+        path: args.config.clone(),
+        flags,
+        exposure: sluice_config::Config::check_sidecar_exposure,
+    };
+    let (config, hash) =
+        sluice_config::load_with_digest(&source.path, &source.flags, &sluice_config::ProcessEnv)
+            .with_context(|| {
+                format!(
+                    "refusing to start with configuration {}",
+                    args.config.display()
+                )
+            })?;
     config
         .check_sidecar_exposure()
         .context("refusing to start")?;
@@ -58,7 +64,11 @@ fn main() -> anyhow::Result<()> {
             .context("cannot listen")?;
         let addr = listener.local_addr()?;
         let shared = config.store.is_some();
-        let sidecar = Sidecar::new(config, options.clone()).context("cannot start")?;
+        let sidecar = Sidecar::with_hash(config, hash, options.clone()).context("cannot start")?;
+        // Before the listener is announced: from here on SIGHUP reloads, never kills.
+        let reloads = sluice_proxy::reload_on_sighup(sidecar.gateway().clone(), source)
+            .context("cannot install the SIGHUP handler")?;
+        tokio::spawn(reloads);
         // Tests and scripts read the port from this line.
         println!("listening on {addr}");
         tracing::info!(%addr, shared, name = %options.name, "sluice-sidecar started");
