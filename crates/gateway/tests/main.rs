@@ -21,5 +21,6 @@ mod routes;
 mod safe_defaults;
 mod secrets;
 mod slow_clients;
+mod status_page;
 mod traces;
 mod upstream_text;

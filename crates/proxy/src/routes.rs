@@ -32,26 +32,57 @@ impl axum::extract::FromRef<Live> for Gateway {
     }
 }
 
-/// The `/v1/quotas` body: which configuration answers (its file's SHA-256) and the view.
+/// The `/v1/quotas` body: which configuration answers (its file's SHA-256), the view,
+/// and (full view only) this process's queues and last refusals.
 #[derive(serde::Serialize)]
 struct QuotasView<'a> {
     config_sha256: &'a str,
     #[serde(flatten)]
     report: sluice_recalibrate::QuotasReport,
+    /// Per model on this replica: requests waiting at the fair gate, and past it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    queues: Vec<QueueView<'a>>,
+    /// This replica's last refusals, newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recent_refusals: Option<Vec<crate::refusals::Refusal>>,
+}
+
+#[derive(serde::Serialize)]
+struct QueueView<'a> {
+    model: &'a str,
+    waiting: usize,
+    holding: usize,
 }
 
 impl Gateway {
     /// The `/v1/quotas` answer of this snapshot: the report with the configuration's
-    /// hash (`config_sha256`); redacted unless `full`.
-    pub async fn quotas_view(&self, full: bool) -> Response {
+    /// hash (`config_sha256`); redacted unless `details`; with this replica's queues and
+    /// last refusals (which name tenants) only for an `operator` (the admin key, or the
+    /// admin listener).
+    pub async fn quotas_view(&self, details: bool, operator: bool) -> Response {
         let mut report =
             sluice_recalibrate::report(&self.inner.catalog, &*self.inner.limiter).await;
-        if !full {
+        if !details {
             report.redact_details();
         }
+        let queues = if operator {
+            self.inner
+                .models
+                .iter()
+                .map(|m| QueueView {
+                    model: &m.cfg.name,
+                    waiting: m.gate.waiting(),
+                    holding: m.gate.holding(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         axum::Json(QuotasView {
             config_sha256: &self.inner.config_hash,
             report,
+            queues,
+            recent_refusals: operator.then(|| self.live.refusals.newest_first()),
         })
         .into_response()
     }
@@ -117,6 +148,7 @@ impl Gateway {
                 "/v1/admin/accounts/{upstream}/{account}/enable",
                 post(enable),
             )
+            .route("/status", get(crate::status_page::page))
             .with_state(Live(self.clone()))
     }
 
@@ -259,7 +291,8 @@ async fn quotas(State(g): State<Gateway>, headers: HeaderMap) -> Response {
             "invalid_api_key",
         );
     }
-    g.quotas_view(admin || g.inner.admin_digest.is_none()).await
+    g.quotas_view(admin || g.inner.admin_digest.is_none(), admin)
+        .await
 }
 
 /// `GET /v1/quotas` on an admin listener: the full view, to anyone when `open`, else to
@@ -272,7 +305,7 @@ async fn admin_quotas(g: State<Gateway>, headers: HeaderMap, open: bool) -> Resp
             "invalid_api_key",
         );
     }
-    g.quotas_view(true).await
+    g.quotas_view(true, true).await
 }
 
 fn admin_error(status: StatusCode, message: &str, code: &str) -> Response {

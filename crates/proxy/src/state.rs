@@ -87,6 +87,8 @@ pub(crate) struct LiveCell {
     pub(crate) current: parking_lot::RwLock<Arc<Inner>>,
     /// Serialises reloads (a SIGHUP during a reload waits for it).
     pub(crate) reloading: tokio::sync::Mutex<()>,
+    /// The last refusals, for the status page (kept across reloads).
+    pub(crate) refusals: crate::refusals::RecentRefusals,
 }
 
 pub(crate) struct Inner {
@@ -151,6 +153,7 @@ impl Gateway {
         let live = Arc::new(LiveCell {
             current: parking_lot::RwLock::new(inner.clone()),
             reloading: tokio::sync::Mutex::new(()),
+            refusals: crate::refusals::RecentRefusals::default(),
         });
         if let (Some(rt), Some(rx)) = (runtime, local_rx) {
             rt.spawn(crate::observe::run_local(Arc::downgrade(&live), rx));

@@ -1,5 +1,6 @@
 //! SIGHUP on a running `sluice-sidecar` (issue #16): the lowered limit is in its
-//! `/v1/quotas` (the forward proxy's rules too), the process lives on.
+//! `/v1/quotas` (the forward proxy's rules too), the process lives on; its admin
+//! listener serves the status page.
 
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ async fn sighup_reloads_the_sidecar_without_ending_it() {
         background_rps: None,
     }];
     let sim = sim(model, Dialect::Openai, Duration::from_secs(60), &accounts).await;
+    let admin_port = sluice_testkit::free_port();
+    let admin_listen = format!("admin_listen = \"127.0.0.1:{admin_port}\"");
     let toml = |requests| {
         fleet_toml(
             &redis.url(),
@@ -37,7 +40,7 @@ async fn sighup_reloads_the_sidecar_without_ending_it() {
             model,
             requests,
             60,
-            "",
+            &admin_listen,
         )
     };
     let mut sidecar = SidecarProcess::start(&toml(100), "reload-1");
@@ -74,4 +77,16 @@ async fn sighup_reloads_the_sidecar_without_ending_it() {
     assert!(sidecar.is_running(), "SIGHUP ended the sidecar");
     let ready = get_json(&c, &format!("{}/readyz", sidecar.url)).await;
     assert_eq!(ready["status"], "ready", "{ready}");
+    // The status page is on the sidecar's admin listener too.
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let page = eventually(Duration::from_secs(10), || {
+        let (c, url) = (c.clone(), format!("{admin}/status"));
+        async move {
+            let r = c.get(url).send().await.ok()?;
+            (r.status() == 200).then_some(r.text().await.ok()?)
+        }
+    })
+    .await
+    .expect("the sidecar serves /status on its admin listener");
+    assert!(page.contains("<title>Sluice status</title>"), "{page}");
 }
