@@ -7,6 +7,7 @@ mod support;
 
 mod abandoned_waits;
 mod accounts;
+mod admin_api;
 mod admin_listener;
 mod bad_input;
 mod bounded_cost;

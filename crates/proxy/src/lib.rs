@@ -27,12 +27,15 @@
 //! (`upstream`) → `decide` (classify: retry, fall back or answer) → `stream`/`usage`
 //! (relay, reconcile, observe, count).
 
+mod admin;
 mod decide;
 mod error;
 mod estimate;
 mod fair;
 mod learner;
 mod observe;
+mod override_store;
+mod overrides;
 mod paths;
 mod pipeline;
 mod refusals;

@@ -133,11 +133,14 @@ impl Gateway {
             observer: old.observer.clone(),
             metrics: old.metrics.clone(),
         };
-        let new = Arc::new(Inner::build(config, hash, kept, Some(&old))?);
+        let overrides = self.live.overrides.lock().clone();
+        let file = (config.clone(), hash.clone());
+        let new = Arc::new(Inner::build(config, hash, kept, Some(&old), &overrides)?);
         let reloaded = Reloaded {
             from: old.config_hash.clone(),
             to: new.config_hash.clone(),
         };
+        *self.live.file.lock() = file;
         *self.live.current.write() = new;
         publish_config_info(Some(&reloaded.from), &reloaded.to);
         Ok(reloaded)
@@ -198,6 +201,30 @@ pub fn reload_on_sighup(
             std::future::pending::<()>().await;
         }
     })
+}
+
+impl Gateway {
+    /// Swaps in the file's configuration with `overrides` on top (the run-time changes
+    /// read from the store), keeping everything a reload keeps. Refused (the old rules
+    /// stay) when the result does not build.
+    pub(crate) async fn apply_overrides(
+        &self,
+        overrides: crate::overrides::Overrides,
+    ) -> Result<(), StartError> {
+        let _one_at_a_time = self.live.reloading.lock().await;
+        let old = self.live.current.read().clone();
+        let (config, hash) = self.live.file.lock().clone();
+        let kept = Kept {
+            limiter: old.limiter.clone(),
+            client: old.client.clone(),
+            observer: old.observer.clone(),
+            metrics: old.metrics.clone(),
+        };
+        let new = Arc::new(Inner::build(config, hash, kept, Some(&old), &overrides)?);
+        *self.live.overrides.lock() = overrides;
+        *self.live.current.write() = new;
+        Ok(())
+    }
 }
 
 /// The first key of [`RESTART_ONLY`] whose value differs between `old` and `new`.

@@ -37,6 +37,8 @@ impl axum::extract::FromRef<Live> for Gateway {
 #[derive(serde::Serialize)]
 struct QuotasView<'a> {
     config_sha256: &'a str,
+    /// The version of the run-time changes (admin API) applied on top of the file.
+    changes_version: u64,
     #[serde(flatten)]
     report: sluice_recalibrate::QuotasReport,
     /// Per model on this replica: requests waiting at the fair gate, and past it.
@@ -80,6 +82,7 @@ impl Gateway {
         };
         axum::Json(QuotasView {
             config_sha256: &self.inner.config_hash,
+            changes_version: self.inner.overrides_version,
             report,
             queues,
             recent_refusals: operator.then(|| self.live.refusals.newest_first()),
@@ -149,6 +152,28 @@ impl Gateway {
                 post(enable),
             )
             .route("/status", get(crate::status_page::page))
+            .route("/v1/admin/changes", get(crate::admin::changes))
+            .route(
+                "/v1/admin/models/{model}/limits",
+                axum::routing::put(crate::admin::set_limits).delete(crate::admin::clear_limits),
+            )
+            .route("/v1/admin/tenants", post(crate::admin::add_tenant))
+            .route(
+                "/v1/admin/tenants/{name}/rotate",
+                post(crate::admin::rotate_tenant),
+            )
+            .route(
+                "/v1/admin/tenants/{name}/weight",
+                post(crate::admin::weigh_tenant),
+            )
+            .route(
+                "/v1/admin/tenants/{name}/revoke",
+                post(crate::admin::revoke_tenant),
+            )
+            .route(
+                "/v1/admin/accounts/{upstream}/{account}/disable",
+                post(crate::admin::disable_account),
+            )
             .with_state(Live(self.clone()))
     }
 
@@ -350,6 +375,7 @@ async fn enable(
             "account_not_found",
         ),
         Ok(n) => {
+            tracing::info!(target: "sluice_audit", who = "admin", action = "enable_account", what = %format!("{upstream}/{account}"), before = "out of rotation or cooling down", after = "in rotation", "admin change");
             axum::Json(serde_json::json!({"upstream": upstream, "account": account, "enabled": n}))
                 .into_response()
         }

@@ -89,6 +89,12 @@ pub(crate) struct LiveCell {
     pub(crate) reloading: tokio::sync::Mutex<()>,
     /// The last refusals, for the status page (kept across reloads).
     pub(crate) refusals: crate::refusals::RecentRefusals,
+    /// The configuration file as last loaded and its hash: what run-time changes apply to.
+    pub(crate) file: parking_lot::Mutex<(Config, String)>,
+    /// The run-time changes in force (`crate::overrides`).
+    pub(crate) overrides: parking_lot::Mutex<crate::overrides::Overrides>,
+    /// Where run-time changes are kept (Redis, shared by every replica; or this process).
+    pub(crate) store: crate::override_store::OverrideStore,
 }
 
 pub(crate) struct Inner {
@@ -108,6 +114,10 @@ pub(crate) struct Inner {
     pub(crate) observer: Option<Arc<crate::observe::Observer>>,
     /// The digest of `[sidecar] admin_key`, when set.
     pub(crate) admin_digest: Option<KeyDigest>,
+    /// Tenants revoked at run time: configured, but their keys authenticate no one.
+    pub(crate) revoked: std::collections::HashSet<String>,
+    /// The version of the run-time changes applied (0: none).
+    pub(crate) overrides_version: u64,
 }
 
 impl Gateway {
@@ -148,13 +158,27 @@ impl Gateway {
             observer,
             metrics: crate::telemetry::handle(),
         };
-        let inner = Arc::new(Inner::build(config, config_hash, kept, None)?);
+        let store = crate::override_store::OverrideStore::for_config(&config);
+        let file = (config.clone(), config_hash.clone());
+        let inner = Arc::new(Inner::build(
+            config,
+            config_hash,
+            kept,
+            None,
+            &crate::overrides::Overrides::default(),
+        )?);
         crate::reload::publish_config_info(None, &inner.config_hash);
         let live = Arc::new(LiveCell {
             current: parking_lot::RwLock::new(inner.clone()),
             reloading: tokio::sync::Mutex::new(()),
             refusals: crate::refusals::RecentRefusals::default(),
+            file: parking_lot::Mutex::new(file),
+            overrides: parking_lot::Mutex::new(crate::overrides::Overrides::default()),
+            store,
         });
+        if let Some(rt) = &runtime {
+            rt.spawn(crate::override_store::follow(Arc::downgrade(&live)));
+        }
         if let (Some(rt), Some(rx)) = (runtime, local_rx) {
             rt.spawn(crate::observe::run_local(Arc::downgrade(&live), rx));
         }
@@ -310,15 +334,18 @@ pub(crate) fn warn_secrets_in_file(config: &Config) {
 }
 
 impl Inner {
-    /// The rules of `config` over what `kept` carries; with `previous`, each model
-    /// that is still configured keeps its learner, and its fair gate when the gate's
-    /// shape (`queue.booked_ahead`, tenant count) is unchanged.
+    /// The rules of `config` (the file's) with the run-time `overrides` on top, over
+    /// what `kept` carries; with `previous`, each model that is still configured keeps
+    /// its learner, and its fair gate when the gate's shape (`queue.booked_ahead`,
+    /// tenant count) is unchanged.
     pub(crate) fn build(
-        config: Config,
+        mut config: Config,
         config_hash: String,
         kept: Kept,
         previous: Option<&Inner>,
+        overrides: &crate::overrides::Overrides,
     ) -> Result<Self, StartError> {
+        let revoked = overrides.apply(&mut config);
         let by_name: HashMap<String, usize> = config
             .models
             .iter()
@@ -356,6 +383,8 @@ impl Inner {
             recalibrator,
             observer: kept.observer,
             admin_digest: config.sidecar.admin_key.clone(),
+            revoked,
+            overrides_version: overrides.version,
             config,
         })
     }
@@ -369,7 +398,7 @@ impl Inner {
         let digest = KeyDigest::of(token?);
         let mut found = None;
         for (i, t) in self.tenants.iter().enumerate() {
-            if t.key.matches(&digest) {
+            if t.key.matches(&digest) && !self.revoked.contains(&t.name) {
                 found = Some(i);
             }
         }
