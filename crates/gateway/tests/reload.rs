@@ -1,7 +1,8 @@
 //! Reloading a running `sluice-gateway` process with SIGHUP (issue #16): a lowered
 //! limit shows in `/v1/quotas` while a stream in flight completes and the process
 //! lives on; an invalid file or a restart-only change is refused with its message and
-//! the old configuration keeps serving.
+//! the old configuration keeps serving; with `--watch-config`, a changed file reloads
+//! without a signal.
 
 use std::time::Duration;
 
@@ -240,4 +241,53 @@ async fn sighup_refuses_an_invalid_file_or_a_restart_only_change_and_keeps_servi
         "{m}"
     );
     assert!(gw.is_running(), "SIGHUP ended the process");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_watch_config_a_changed_file_reloads_without_a_signal() {
+    let model = "reload-watch-m";
+    let sim = sim(
+        vec![sim_model(model, 1000, 10_000_000, Duration::from_secs(60))],
+        &[],
+    )
+    .await;
+    let gw = GatewayProcess::start_watching(&toml(&sim.base_url(), model, 100, ""));
+    let c = client();
+    assert_eq!(requests_limit(&quotas(&c, &gw.url).await).0, 100);
+    // An invalid file is refused once, and not retried while it stays the same.
+    gw.rewrite(&toml(&sim.base_url(), model, 100, "").replace("requests = 100", "requests = -1"));
+    let refused = eventually(|| {
+        let logs = gw.logs();
+        async move {
+            logs.iter()
+                .any(|l| l.contains("configuration reload refused"))
+        }
+    })
+    .await;
+    assert!(refused, "{:#?}", gw.logs());
+    let after = toml(&sim.base_url(), model, 3, "");
+    gw.rewrite(&after);
+    let applied = eventually(|| {
+        let (c, url) = (&c, gw.url.clone());
+        async move { requests_limit(&quotas(c, &url).await).0 == 3 }
+    })
+    .await;
+    assert!(
+        applied,
+        "the changed file was not reloaded: {:#?}",
+        gw.logs()
+    );
+    let q = quotas(&c, &gw.url).await;
+    assert_eq!(q["config_sha256"], sha256_hex(&after), "{q}");
+    let refusals = gw
+        .logs()
+        .iter()
+        .filter(|l| l.contains("configuration reload refused"))
+        .count();
+    assert_eq!(
+        refusals,
+        1,
+        "the same invalid file was retried: {:#?}",
+        gw.logs()
+    );
 }

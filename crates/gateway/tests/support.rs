@@ -71,6 +71,23 @@ impl GatewayProcess {
         Self { service, url }
     }
 
+    /// A gateway started with `--watch-config` (reloads when its file changes).
+    pub(crate) fn start_watching(toml: &str) -> Self {
+        let service = sluice_testkit::Service::start_capturing(
+            env!("CARGO_BIN_EXE_sluice-gateway"),
+            toml,
+            &["--watch-config"],
+            &[("SLUICE_LOG", "info".to_owned())],
+        );
+        let url = service.url().to_owned();
+        Self { service, url }
+    }
+
+    /// Rewrites its configuration file with `toml` (no signal).
+    pub(crate) fn rewrite(&self, toml: &str) {
+        std::fs::write(self.service.config_path(), toml).expect("rewrite the configuration");
+    }
+
     /// Its log lines so far (only when started with [`Self::start_capturing`]).
     pub(crate) fn logs(&self) -> Vec<String> {
         self.service.logs()

@@ -52,7 +52,9 @@ mod usage;
 use std::future::Future;
 
 pub use error::StartError;
-pub use reload::{ConfigSource, RESTART_ONLY, ReloadError, Reloaded, reload_on_sighup};
+pub use reload::{
+    ConfigSource, RESTART_ONLY, ReloadError, Reloaded, reload_on_change, reload_on_sighup,
+};
 pub use sluice_config as config;
 pub use state::Gateway;
 pub use telemetry::{Telemetry, init_logs};

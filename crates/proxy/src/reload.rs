@@ -227,6 +227,27 @@ impl Gateway {
     }
 }
 
+/// Watches `source`'s file every `every` and reloads it when its bytes change (a
+/// Kubernetes ConfigMap is updated in place, through a symlink swap, without a signal).
+/// A content that was refused is not retried until it changes again. Spawn it.
+pub async fn reload_on_change(gateway: Gateway, source: ConfigSource, every: std::time::Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut refused: Option<String> = None;
+    loop {
+        tick.tick().await;
+        let Ok(bytes) = tokio::fs::read(&source.path).await else {
+            continue;
+        };
+        let hash = hash_of(&bytes);
+        if hash == gateway.current().config_hash() || refused.as_deref() == Some(&hash) {
+            continue;
+        }
+        tracing::info!(file = %source.path.display(), "the configuration file changed: reloading");
+        refused = gateway.reload_from(&source).await.err().map(|_| hash);
+    }
+}
+
 /// The first key of [`RESTART_ONLY`] whose value differs between `old` and `new`.
 fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
     let (o, n) = (&old.server, &new.server);
