@@ -16,8 +16,8 @@ struct Replica {
     admin: String,
 }
 
-fn fleet(redis: &str, sim_base: &str, model: &str) -> Vec<Replica> {
-    (0..3)
+fn fleet(redis: &str, sim_base: &str, model: &str, replicas: usize) -> Vec<Replica> {
+    (0..replicas)
         .map(|_| {
             let port = sluice_testkit::free_port();
             let toml = format!(
@@ -49,6 +49,10 @@ admin_key = "{ADMIN}"
             }
         })
         .collect()
+}
+
+fn fleet_of_one(redis: &str, sim_base: &str, model: &str) -> Vec<Replica> {
+    fleet(redis, sim_base, model, 1)
 }
 
 async fn admin_call(
@@ -127,7 +131,7 @@ async fn an_admin_change_on_one_replica_is_in_force_on_all_three() {
         &[],
     )
     .await;
-    let fleet = fleet(&redis.url(), &sim.base_url(), model);
+    let fleet = fleet(&redis.url(), &sim.base_url(), model, 3);
     let c = client();
 
     // Every admin listener is up (bound just after the main one is announced).
@@ -230,6 +234,19 @@ async fn an_admin_change_on_one_replica_is_in_force_on_all_three() {
     })
     .await;
     assert!(revoked, "the revoked key still works somewhere");
+    // A replica that starts now refuses it from its first request.
+    let late = &fleet_of_one(&redis.url(), &sim.base_url(), model)[0];
+    let first = chat(
+        &c,
+        &late.process.url,
+        ask(model, 4),
+        &[("authorization", "Bearer search-key-0123456789abcdef")],
+    )
+    .await;
+    assert_eq!(
+        first.status, 401,
+        "a new replica accepted a revoked key: {first:?}"
+    );
     // The file's tenant is untouched.
     let checkout = auth("checkout-key-0123456789");
     for i in 0..3 {

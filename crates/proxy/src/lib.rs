@@ -90,6 +90,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(server.header_timeout)
         .keep_alive(true);
+    gateway.apply_shared_changes().await;
     let app = gateway.router_on(listener.local_addr()?);
     let mut admin_task = None;
     if let Some(admin) = server.admin_listen {

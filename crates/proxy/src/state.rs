@@ -194,6 +194,22 @@ impl Gateway {
         }
     }
 
+    /// Reads the run-time changes from the shared store now and applies them (bounded
+    /// by 2 s; on failure the file's rules stay and the poll loop keeps trying). The
+    /// servers call it before accepting, so that a replica never serves a request
+    /// under rules the fleet has changed (a revoked tenant key, a lowered limit).
+    pub async fn apply_shared_changes(&self) {
+        if !self.live.store.is_shared() {
+            return;
+        }
+        if tokio::time::timeout(Duration::from_secs(2), crate::admin::refresh(self))
+            .await
+            .is_err()
+        {
+            tracing::warn!("run-time changes not read before serving; the poll keeps trying");
+        }
+    }
+
     /// The SHA-256 (hex) of the configuration this snapshot runs.
     pub fn config_hash(&self) -> &str {
         &self.inner.config_hash

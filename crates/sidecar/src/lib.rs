@@ -162,6 +162,7 @@ impl Sidecar {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), SidecarError> {
+        self.state.live.apply_shared_changes().await;
         let mut tasks = Vec::new();
         if let Some(store) = &self.state.live.config().store {
             tasks.push(tokio::spawn(consumer::run(
