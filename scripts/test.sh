@@ -19,6 +19,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v faketime >/dev/null 2>&1 || need+=(faketime)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+# The status page's browser test (crates/gateway/tests/status_page.rs) drives headless Chromium.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # kubectl (crates/deploy-check renders deploy/kubernetes with `kubectl kustomize`) has no
 # usable Debian package: bookworm's kubernetes-client is kubectl 1.20 with kustomize v2,
 # too old for the manifests. The machine image carries a current one; without it the

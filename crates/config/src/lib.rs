@@ -62,6 +62,29 @@ pub fn load(path: &Path, flags: &[Override], env: &dyn Env) -> Result<Config, Co
     from_str(&text, flags, env)
 }
 
+/// Like [`load`], reading the file once and returning with the configuration the
+/// SHA-256 of the file's bytes as 64 lowercase hexadecimal digits: what
+/// `sha256sum sluice.toml` prints, so an operator can tell which replicas run which
+/// version of the file.
+pub fn load_with_digest(
+    path: &Path,
+    flags: &[Override],
+    env: &dyn Env,
+) -> Result<(Config, String), ConfigError> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| ConfigError::Read {
+        path: path.to_owned(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.utf8_error()),
+    })?;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hex = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((from_str(&text, flags, env)?, hex))
+}
+
 /// Loads and validates a configuration from TOML text (see [`load`]).
 pub fn from_str(text: &str, flags: &[Override], env: &dyn Env) -> Result<Config, ConfigError> {
     let table: toml::Table =

@@ -368,6 +368,20 @@ pub enum TenantPriority {
     Batch,
 }
 
+impl Tenant {
+    /// A tenant added at run time (the admin API): `name`, the digest of its key,
+    /// `weight`, no deadline of its own.
+    pub fn new(name: String, key: KeyDigest, weight: NonZeroU32) -> Self {
+        Self {
+            name,
+            key,
+            weight,
+            priority: TenantPriority::Interactive,
+            max_wait: None,
+        }
+    }
+}
+
 /// `[retry]`: retries of upstream 429s and 5xx within the request's deadline.
 #[derive(Clone, Debug)]
 #[non_exhaustive]

@@ -73,6 +73,12 @@ impl KeyDigest {
         Some(Self(out))
     }
 
+    /// The digest as 64 lowercase hexadecimal digits (what `key_sha256` holds; not the
+    /// key, which cannot be recovered from it).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// True when both digests are the same, compared in constant time.
     pub fn matches(&self, other: &KeyDigest) -> bool {
         bool::from(self.0.ct_eq(&other.0))

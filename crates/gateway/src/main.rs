@@ -28,6 +28,10 @@ struct Args {
     /// Overrides `queue.max_wait` (e.g. `30s`).
     #[arg(long)]
     max_wait: Option<String>,
+    /// Also reload when the configuration file's content changes (checked every 2 s;
+    /// for ConfigMaps, which change without a signal). SIGHUP always reloads.
+    #[arg(long, env = "SLUICE_WATCH_CONFIG")]
+    watch_config: bool,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
@@ -37,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Flushes the spans not yet exported when dropped, even on an early error return.
     let telemetry = sluice_proxy::init_logs(args.log_json);
+    let watch_config = args.watch_config;
     let mut flags = Vec::new();
     let mut put = |k: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -51,22 +56,39 @@ fn main() -> anyhow::Result<()> {
         args.expected_replicas.map(|n| n.to_string()),
     );
     put("queue.max_wait", args.max_wait);
-    let config = sluice_config::load(&args.config, &flags, &sluice_config::ProcessEnv)
-        .with_context(|| {
-            format!(
-                "refusing to start with configuration {}",
-                args.config.display()
-            )
-        })?;
+    let source = sluice_proxy::ConfigSource {
+        path: args.config.clone(),
+        flags,
+        exposure: sluice_config::Config::check_exposure,
+    };
+    let (config, hash) =
+        sluice_config::load_with_digest(&source.path, &source.flags, &sluice_config::ProcessEnv)
+            .with_context(|| {
+                format!(
+                    "refusing to start with configuration {}",
+                    args.config.display()
+                )
+            })?;
     config.check_exposure().context("refusing to start")?;
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
     let served = runtime.block_on(async move {
-        let gateway = Gateway::new(config).context("cannot start")?;
+        let gateway = Gateway::with_hash(config, hash).context("cannot start")?;
+        // Before the listener is announced: from here on SIGHUP reloads, never kills.
+        if watch_config {
+            tokio::spawn(sluice_proxy::reload_on_change(
+                gateway.clone(),
+                source.clone(),
+                std::time::Duration::from_secs(2),
+            ));
+        }
+        let reloads = sluice_proxy::reload_on_sighup(gateway.clone(), source)
+            .context("cannot install the SIGHUP handler")?;
+        tokio::spawn(reloads);
         let listener = tokio::net::TcpListener::bind(gateway.config().server.listen).await.context("cannot listen")?;
         let addr = listener.local_addr()?;
         // Tests and scripts read the port from this line.
         println!("listening on {addr}");
-        tracing::info!(%addr, shared = gateway.is_shared(), models = gateway.config().models.len(), "sluice-gateway started");
+        tracing::info!(%addr, shared = gateway.is_shared(), models = gateway.config().models.len(), config_sha256 = gateway.config_hash(), "sluice-gateway started");
         sluice_proxy::serve(gateway, listener, sluice_proxy::shutdown_signal()).await?;
         Ok(())
     });

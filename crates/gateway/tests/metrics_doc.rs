@@ -20,6 +20,10 @@ use crate::support::*;
 /// cannot go stale unnoticed.
 const NOT_HERE: &[(&str, &str)] = &[
     (
+        "sluice_config_reloads_total",
+        "needs a SIGHUP: crates/gateway/tests/reload.rs asserts it",
+    ),
+    (
         "sluice_limiter_late_reconciles_total",
         "needs a request longer than the reconcile window (limiter tests cover it)",
     ),

@@ -59,6 +59,51 @@ impl GatewayProcess {
         Self { service, url }
     }
 
+    /// A gateway whose log lines (at `info`) are kept: see [`Self::logs`].
+    pub(crate) fn start_capturing(toml: &str) -> Self {
+        let service = sluice_testkit::Service::start_capturing(
+            env!("CARGO_BIN_EXE_sluice-gateway"),
+            toml,
+            &[],
+            &[("SLUICE_LOG", "info".to_owned())],
+        );
+        let url = service.url().to_owned();
+        Self { service, url }
+    }
+
+    /// A gateway started with `--watch-config` (reloads when its file changes).
+    pub(crate) fn start_watching(toml: &str) -> Self {
+        let service = sluice_testkit::Service::start_capturing(
+            env!("CARGO_BIN_EXE_sluice-gateway"),
+            toml,
+            &["--watch-config"],
+            &[("SLUICE_LOG", "info".to_owned())],
+        );
+        let url = service.url().to_owned();
+        Self { service, url }
+    }
+
+    /// Rewrites its configuration file with `toml` (no signal).
+    pub(crate) fn rewrite(&self, toml: &str) {
+        std::fs::write(self.service.config_path(), toml).expect("rewrite the configuration");
+    }
+
+    /// Its log lines so far (only when started with [`Self::start_capturing`]).
+    pub(crate) fn logs(&self) -> Vec<String> {
+        self.service.logs()
+    }
+
+    /// Rewrites its configuration file with `toml` and sends SIGHUP.
+    pub(crate) fn rewrite_and_hup(&self, toml: &str) {
+        std::fs::write(self.service.config_path(), toml).expect("rewrite the configuration");
+        assert!(self.service.signal("HUP"), "SIGHUP sent");
+    }
+
+    /// True while the process has not exited.
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.service.is_running()
+    }
+
     /// The process id (for its CPU time in `/proc`).
     pub(crate) fn pid(&self) -> u32 {
         self.service.pid()

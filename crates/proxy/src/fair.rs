@@ -57,9 +57,13 @@ impl FairGate {
     }
 
     /// Requests waiting at the gate now.
-    #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         self.state.lock().waiting.len()
+    }
+
+    /// Requests past the gate holding a permit (booked, waiting for their slot or sent).
+    pub(crate) fn holding(&self) -> usize {
+        self.state.lock().in_use
     }
 
     fn release(&self) {

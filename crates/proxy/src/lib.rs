@@ -27,17 +27,23 @@
 //! (`upstream`) → `decide` (classify: retry, fall back or answer) → `stream`/`usage`
 //! (relay, reconcile, observe, count).
 
+mod admin;
 mod decide;
 mod error;
 mod estimate;
 mod fair;
 mod learner;
 mod observe;
+mod override_store;
+mod overrides;
 mod paths;
 mod pipeline;
+mod refusals;
+mod reload;
 mod request;
 mod routes;
 mod state;
+mod status_page;
 mod stream;
 mod telemetry;
 mod upstream;
@@ -46,6 +52,9 @@ mod usage;
 use std::future::Future;
 
 pub use error::StartError;
+pub use reload::{
+    ConfigSource, RESTART_ONLY, ReloadError, Reloaded, reload_on_change, reload_on_sighup,
+};
 pub use sluice_config as config;
 pub use state::Gateway;
 pub use telemetry::{Telemetry, init_logs};
@@ -81,6 +90,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(server.header_timeout)
         .keep_alive(true);
+    gateway.apply_shared_changes().await;
     let app = gateway.router_on(listener.local_addr()?);
     let mut admin_task = None;
     if let Some(admin) = server.admin_listen {

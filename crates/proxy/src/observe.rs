@@ -18,7 +18,7 @@ use http::HeaderMap;
 use sluice_observe::{Observation, Publisher, PublisherOptions};
 use tokio::sync::mpsc;
 
-use crate::state::Inner;
+use crate::state::{Inner, LiveCell};
 
 enum Sink {
     Redis(Publisher),
@@ -142,20 +142,22 @@ fn header_pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
 }
 
 /// The embedded recalibration task: applies what this gateway observed to its own
-/// limiter, and enables daily-quota accounts when their wait is over. Ends when the
-/// gateway is dropped.
-pub(crate) async fn run_local(inner: Weak<Inner>, mut rx: mpsc::Receiver<Observation>) {
+/// limiter, and enables daily-quota accounts when their wait is over, with the
+/// configuration in force at each step (a reload swaps it). Ends when the gateway is
+/// dropped.
+pub(crate) async fn run_local(live: Weak<LiveCell>, mut rx: mpsc::Receiver<Observation>) {
+    let current = |live: &Weak<LiveCell>| live.upgrade().map(|l| l.current.read().clone());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             obs = rx.recv() => {
                 let Some(obs) = obs else { return };
-                let Some(inner) = inner.upgrade() else { return };
+                let Some(inner) = current(&live) else { return };
                 apply(&inner, &obs).await;
             }
             _ = tick.tick() => {
-                let Some(inner) = inner.upgrade() else { return };
-                if let Err(e) = inner.recalibrator.tick(&inner.limiter).await {
+                let Some(inner) = current(&live) else { return };
+                if let Err(e) = inner.recalibrator.tick(&*inner.limiter).await {
                     tracing::warn!(error = %e, "recalibration tick failed");
                 }
             }
@@ -164,7 +166,7 @@ pub(crate) async fn run_local(inner: Weak<Inner>, mut rx: mpsc::Receiver<Observa
 }
 
 async fn apply(inner: &Arc<Inner>, obs: &Observation) {
-    match inner.recalibrator.apply(&inner.limiter, obs).await {
+    match inner.recalibrator.apply(&*inner.limiter, obs).await {
         Ok(_) => metrics::counter!("sluice_observations_consumed_total", "source" => "local")
             .increment(1),
         Err(e) => tracing::warn!(error = %e, "recalibration failed"),

@@ -20,6 +20,77 @@ use crate::estimate::Endpoint;
 use crate::pipeline;
 use crate::state::Gateway;
 
+/// The routers' state: the live gateway. Every handler extracts `State<Gateway>` from
+/// it, which takes a fresh snapshot ([`Gateway::current`]) per request, so a request
+/// keeps the configuration that was in force when it arrived, whatever reloads follow.
+#[derive(Clone)]
+pub(crate) struct Live(pub(crate) Gateway);
+
+impl axum::extract::FromRef<Live> for Gateway {
+    fn from_ref(live: &Live) -> Self {
+        live.0.current()
+    }
+}
+
+/// The `/v1/quotas` body: which configuration answers (its file's SHA-256), the view,
+/// and (full view only) this process's queues and last refusals.
+#[derive(serde::Serialize)]
+struct QuotasView<'a> {
+    config_sha256: &'a str,
+    /// The version of the run-time changes (admin API) applied on top of the file.
+    changes_version: u64,
+    #[serde(flatten)]
+    report: sluice_recalibrate::QuotasReport,
+    /// Per model on this replica: requests waiting at the fair gate, and past it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    queues: Vec<QueueView<'a>>,
+    /// This replica's last refusals, newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recent_refusals: Option<Vec<crate::refusals::Refusal>>,
+}
+
+#[derive(serde::Serialize)]
+struct QueueView<'a> {
+    model: &'a str,
+    waiting: usize,
+    holding: usize,
+}
+
+impl Gateway {
+    /// The `/v1/quotas` answer of this snapshot: the report with the configuration's
+    /// hash (`config_sha256`); redacted unless `details`; with this replica's queues and
+    /// last refusals (which name tenants) only for an `operator` (the admin key, or the
+    /// admin listener).
+    pub async fn quotas_view(&self, details: bool, operator: bool) -> Response {
+        let mut report =
+            sluice_recalibrate::report(&self.inner.catalog, &*self.inner.limiter).await;
+        if !details {
+            report.redact_details();
+        }
+        let queues = if operator {
+            self.inner
+                .models
+                .iter()
+                .map(|m| QueueView {
+                    model: &m.cfg.name,
+                    waiting: m.gate.waiting(),
+                    holding: m.gate.holding(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        axum::Json(QuotasView {
+            config_sha256: &self.inner.config_hash,
+            changes_version: self.inner.overrides_version,
+            report,
+            queues,
+            recent_refusals: operator.then(|| self.live.refusals.newest_first()),
+        })
+        .into_response()
+    }
+}
+
 impl Gateway {
     /// The router, ready to serve (or to test with `oneshot`): [`api_router`](Self::api_router)
     /// plus `/healthz`, `/readyz` and `/metrics`, as served on `server.listen`: `/metrics`
@@ -42,7 +113,7 @@ impl Gateway {
                     "/metrics",
                     get(move |g: State<Gateway>, h: HeaderMap| async move { metrics(g, h, open) }),
                 )
-                .with_state(self.clone()),
+                .with_state(Live(self.clone())),
         )
         // Unknown paths and methods: OpenAI-shaped 404 and 405 (issue #12).
         .fallback(crate::paths::unknown_route)
@@ -60,7 +131,7 @@ impl Gateway {
                     "/metrics",
                     get(move |g: State<Gateway>, h: HeaderMap| async move { metrics(g, h, open) }),
                 )
-                .with_state(self.clone()),
+                .with_state(Live(self.clone())),
         )
     }
 
@@ -80,7 +151,30 @@ impl Gateway {
                 "/v1/admin/accounts/{upstream}/{account}/enable",
                 post(enable),
             )
-            .with_state(self.clone())
+            .route("/status", get(crate::status_page::page))
+            .route("/v1/admin/changes", get(crate::admin::changes))
+            .route(
+                "/v1/admin/models/{model}/limits",
+                axum::routing::put(crate::admin::set_limits).delete(crate::admin::clear_limits),
+            )
+            .route("/v1/admin/tenants", post(crate::admin::add_tenant))
+            .route(
+                "/v1/admin/tenants/{name}/rotate",
+                post(crate::admin::rotate_tenant),
+            )
+            .route(
+                "/v1/admin/tenants/{name}/weight",
+                post(crate::admin::weigh_tenant),
+            )
+            .route(
+                "/v1/admin/tenants/{name}/revoke",
+                post(crate::admin::revoke_tenant),
+            )
+            .route(
+                "/v1/admin/accounts/{upstream}/{account}/disable",
+                post(crate::admin::disable_account),
+            )
+            .with_state(Live(self.clone()))
     }
 
     /// Whether a caller may read `/metrics`: always when `open` (a loopback listener),
@@ -178,7 +272,7 @@ impl Gateway {
                 in_flight,
                 limit_in_flight,
             ))
-            .with_state(self.clone())
+            .with_state(Live(self.clone()))
     }
 }
 
@@ -222,11 +316,8 @@ async fn quotas(State(g): State<Gateway>, headers: HeaderMap) -> Response {
             "invalid_api_key",
         );
     }
-    let mut report = sluice_recalibrate::report(&g.inner.catalog, &g.inner.limiter).await;
-    if g.inner.admin_digest.is_some() && !admin {
-        report.redact_details();
-    }
-    axum::Json(report).into_response()
+    g.quotas_view(admin || g.inner.admin_digest.is_none(), admin)
+        .await
 }
 
 /// `GET /v1/quotas` on an admin listener: the full view, to anyone when `open`, else to
@@ -239,7 +330,7 @@ async fn admin_quotas(g: State<Gateway>, headers: HeaderMap, open: bool) -> Resp
             "invalid_api_key",
         );
     }
-    axum::Json(sluice_recalibrate::report(&g.inner.catalog, &g.inner.limiter).await).into_response()
+    g.quotas_view(true, true).await
 }
 
 fn admin_error(status: StatusCode, message: &str, code: &str) -> Response {
@@ -275,7 +366,7 @@ async fn enable(
     match g
         .inner
         .recalibrator
-        .enable(&g.inner.limiter, &upstream, &account, "operator")
+        .enable(&*g.inner.limiter, &upstream, &account, "operator")
         .await
     {
         Ok(0) => admin_error(
@@ -284,6 +375,7 @@ async fn enable(
             "account_not_found",
         ),
         Ok(n) => {
+            tracing::info!(target: "sluice_audit", who = "admin", action = "enable_account", what = %format!("{upstream}/{account}"), before = "out of rotation or cooling down", after = "in rotation", "admin change");
             axum::Json(serde_json::json!({"upstream": upstream, "account": account, "enabled": n}))
                 .into_response()
         }

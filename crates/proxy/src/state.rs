@@ -43,7 +43,10 @@ pub(crate) struct ModelState {
     pub(crate) base_url: String,
     pub(crate) api_version: Option<String>,
     pub(crate) chain: Vec<usize>,
-    pub(crate) learner: Learner,
+    /// Kept across reloads while the model keeps its name.
+    pub(crate) learner: Arc<Learner>,
+    /// Kept across reloads while the model, `queue.booked_ahead` and the tenant count
+    /// stay the same, so queued requests keep their places.
     pub(crate) gate: Arc<FairGate>,
     /// How far ahead the last grant was booked, in microseconds (for honest Retry-After
     /// when a request times out at the gate).
@@ -71,14 +74,39 @@ pub(crate) struct TenantState {
 }
 
 /// The gateway: cheap to clone, shared by every request.
+///
+/// A `Gateway` is a *snapshot*: the rules of one configuration (`inner`), plus the live
+/// cell a reload swaps ([`Gateway::current`] takes a fresh snapshot). Each request
+/// takes one snapshot when it arrives and keeps it to the end, so in-flight and queued
+/// requests finish under the rules they started with (`crate::reload`).
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) inner: Arc<Inner>,
+    pub(crate) live: Arc<LiveCell>,
+}
+
+/// The configuration in force, swapped whole by a reload.
+pub(crate) struct LiveCell {
+    pub(crate) current: parking_lot::RwLock<Arc<Inner>>,
+    /// Serialises reloads (a SIGHUP during a reload waits for it).
+    pub(crate) reloading: tokio::sync::Mutex<()>,
+    /// The last refusals, for the status page (kept across reloads).
+    pub(crate) refusals: crate::refusals::RecentRefusals,
+    /// The configuration file as last loaded and its hash: what run-time changes apply to.
+    pub(crate) file: parking_lot::Mutex<(Config, String)>,
+    /// The run-time changes in force (`crate::overrides`).
+    pub(crate) overrides: parking_lot::Mutex<crate::overrides::Overrides>,
+    /// Where run-time changes are kept (Redis, shared by every replica; or this process).
+    pub(crate) store: crate::override_store::OverrideStore,
 }
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
-    pub(crate) limiter: Limiter,
+    /// The SHA-256 of the configuration file's bytes as loaded (hex), or of the text
+    /// given to [`Gateway::new`]'s caller; shown in `/v1/quotas` and `sluice_config_info`.
+    pub(crate) config_hash: String,
+    /// Survives every reload: the embedded store's windows live in it.
+    pub(crate) limiter: Arc<Limiter>,
     pub(crate) client: reqwest::Client,
     pub(crate) models: Vec<ModelState>,
     pub(crate) by_name: HashMap<String, usize>,
@@ -86,98 +114,108 @@ pub(crate) struct Inner {
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) recalibrator: Arc<Recalibrator>,
-    pub(crate) observer: Option<crate::observe::Observer>,
+    pub(crate) observer: Option<Arc<crate::observe::Observer>>,
     /// The digest of `[sidecar] admin_key`, when set.
     pub(crate) admin_digest: Option<KeyDigest>,
+    /// Tenants revoked at run time: configured, but their keys authenticate no one.
+    pub(crate) revoked: std::collections::HashSet<String>,
+    /// The version of the run-time changes applied (0: none).
+    pub(crate) overrides_version: u64,
 }
 
 impl Gateway {
     /// Builds the gateway from a validated configuration: connects nothing yet (Redis
-    /// is reached lazily), but checks every quota.
+    /// is reached lazily), but checks every quota. Its configuration hash is that of
+    /// the configuration's debug form; binaries that load a file use
+    /// [`with_hash`](Self::with_hash) to show the file's own hash.
     pub fn new(config: Config) -> Result<Self, StartError> {
-        let limiter = limiter_for(&config)?;
-        // `upstream_timeout` bounds each silence of the upstream (before the answer's
-        // headers, and between two reads of its body), not the whole call: a stream that
-        // keeps sending may last as long as it needs, a stalled one is cut.
-        let client = reqwest::Client::builder()
-            .read_timeout(config.server.upstream_timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .pool_max_idle_per_host(1024)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()?;
-        let by_name: HashMap<String, usize> = config
-            .models
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.name.clone(), i))
-            .collect();
-        let catalog = Arc::new(Catalog::new(&config).map_err(|e| match e {
-            CatalogError::Quota { model, source } => StartError::Quota { model, source },
-            other => StartError::Catalog(other.to_string()),
-        })?);
-        let models = model_states(&config, &catalog, &by_name);
-        let tenants = config
-            .tenants
-            .iter()
-            .map(|t| TenantState {
-                name: t.name.clone(),
-                weight: t.weight.get(),
-                max_wait: t.max_wait,
-                share: (config.tenants.len() > 1).then(|| {
-                    let priority = match t.priority {
-                        TenantPriority::Interactive => Priority::Interactive,
-                        TenantPriority::Batch => Priority::Batch,
-                    };
-                    Share::new(t.name.clone(), t.weight.get(), priority)
-                }),
-                key: t.key.clone(),
-            })
-            .collect();
-        let recalibrator = Arc::new(Recalibrator::new(
-            catalog.clone(),
-            Tuning::from(&config.sidecar),
-        ));
+        let hash = crate::reload::hash_of(format!("{config:?}").as_bytes());
+        Self::with_hash(config, hash)
+    }
+
+    /// Builds the gateway (see [`new`](Self::new)) with `config_hash`, the SHA-256 (hex)
+    /// of the file it was loaded from ([`crate::ConfigSource`]).
+    pub fn with_hash(config: Config, config_hash: String) -> Result<Self, StartError> {
+        let limiter = Arc::new(limiter_for(&config)?);
+        let client = upstream_client(&config)?;
         // Observations need a runtime for their writer task; without one (a gateway
         // built outside tokio, e.g. in a unit test) nothing is observed.
         let runtime = tokio::runtime::Handle::try_current().ok();
         let mut local_rx = None;
         let observer = match (&runtime, &config.store) {
             (None, _) => None,
-            (Some(_), Some(store)) => Some(crate::observe::Observer::redis(
+            (Some(_), Some(store)) => Some(Arc::new(crate::observe::Observer::redis(
                 store.redis_url.expose().to_owned(),
                 config.sidecar.sample_per_second,
-            )),
+            ))),
             (Some(_), None) => {
                 let (o, rx) = crate::observe::Observer::local(config.sidecar.sample_per_second);
                 local_rx = Some(rx);
-                Some(o)
+                Some(Arc::new(o))
             }
         };
-        let admin_digest = config.sidecar.admin_key.clone();
-        for path in &config.secrets_in_file {
-            tracing::warn!(
-                key = %path,
-                "a secret is written in the configuration file: keep it in the environment (\"${{VAR}}\"), a secret file (\"${{file:/run/secrets/...}}\"), or for tenant and admin keys as a digest (key_sha256)"
-            );
-        }
-        let inner = Arc::new(Inner {
+        warn_secrets_in_file(&config);
+        let kept = Kept {
             limiter,
             client,
-            models,
-            by_name,
-            tenants,
-            metrics: crate::telemetry::handle(),
-            catalog,
-            recalibrator,
             observer,
-            admin_digest,
+            metrics: crate::telemetry::handle(),
+        };
+        let store = crate::override_store::OverrideStore::for_config(&config);
+        let file = (config.clone(), config_hash.clone());
+        let inner = Arc::new(Inner::build(
             config,
+            config_hash,
+            kept,
+            None,
+            &crate::overrides::Overrides::default(),
+        )?);
+        crate::reload::publish_config_info(None, &inner.config_hash);
+        let live = Arc::new(LiveCell {
+            current: parking_lot::RwLock::new(inner.clone()),
+            reloading: tokio::sync::Mutex::new(()),
+            refusals: crate::refusals::RecentRefusals::default(),
+            file: parking_lot::Mutex::new(file),
+            overrides: parking_lot::Mutex::new(crate::overrides::Overrides::default()),
+            store,
         });
-        if let (Some(rt), Some(rx)) = (runtime, local_rx) {
-            rt.spawn(crate::observe::run_local(Arc::downgrade(&inner), rx));
+        if let Some(rt) = &runtime {
+            rt.spawn(crate::override_store::follow(Arc::downgrade(&live)));
         }
-        Ok(Self { inner })
+        if let (Some(rt), Some(rx)) = (runtime, local_rx) {
+            rt.spawn(crate::observe::run_local(Arc::downgrade(&live), rx));
+        }
+        Ok(Self { inner, live })
+    }
+
+    /// A snapshot of the configuration in force now (after any reload). Requests take
+    /// one when they arrive; loops (the sidecar's) take one per round.
+    pub fn current(&self) -> Gateway {
+        Gateway {
+            inner: self.live.current.read().clone(),
+            live: self.live.clone(),
+        }
+    }
+
+    /// Reads the run-time changes from the shared store now and applies them (bounded
+    /// by 2 s; on failure the file's rules stay and the poll loop keeps trying). The
+    /// servers call it before accepting, so that a replica never serves a request
+    /// under rules the fleet has changed (a revoked tenant key, a lowered limit).
+    pub async fn apply_shared_changes(&self) {
+        if !self.live.store.is_shared() {
+            return;
+        }
+        if tokio::time::timeout(Duration::from_secs(2), crate::admin::refresh(self))
+            .await
+            .is_err()
+        {
+            tracing::warn!("run-time changes not read before serving; the poll keeps trying");
+        }
+    }
+
+    /// The SHA-256 (hex) of the configuration this snapshot runs.
+    pub fn config_hash(&self) -> &str {
+        &self.inner.config_hash
     }
 
     /// The configuration it runs.
@@ -284,7 +322,99 @@ fn auth_header(dialect: Dialect, key: &sluice_config::Secret) -> (http::HeaderNa
     (name, value)
 }
 
+/// What a reload hands from the old configuration to the new one unchanged.
+pub(crate) struct Kept {
+    pub(crate) limiter: Arc<Limiter>,
+    pub(crate) client: reqwest::Client,
+    pub(crate) observer: Option<Arc<crate::observe::Observer>>,
+    pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// The upstream HTTP client. `upstream_timeout` bounds each silence of the upstream
+/// (before the answer's headers, and between two reads of its body), not the whole
+/// call: a stream that keeps sending may last as long as it needs, a stalled one is cut.
+pub(crate) fn upstream_client(config: &Config) -> Result<reqwest::Client, StartError> {
+    Ok(reqwest::Client::builder()
+        .read_timeout(config.server.upstream_timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(1024)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .tcp_nodelay(true)
+        .build()?)
+}
+
+pub(crate) fn warn_secrets_in_file(config: &Config) {
+    for path in &config.secrets_in_file {
+        tracing::warn!(
+            key = %path,
+            "a secret is written in the configuration file: keep it in the environment (\"${{VAR}}\"), a secret file (\"${{file:/run/secrets/...}}\"), or for tenant and admin keys as a digest (key_sha256)"
+        );
+    }
+}
+
 impl Inner {
+    /// The rules of `config` (the file's) with the run-time `overrides` on top, over
+    /// what `kept` carries; with `previous`, each model that is still configured keeps
+    /// its learner, and its fair gate when the gate's shape (`queue.booked_ahead`,
+    /// tenant count) is unchanged.
+    pub(crate) fn build(
+        mut config: Config,
+        config_hash: String,
+        kept: Kept,
+        previous: Option<&Inner>,
+        overrides: &crate::overrides::Overrides,
+    ) -> Result<Self, StartError> {
+        let revoked = overrides.apply(&mut config);
+        let by_name: HashMap<String, usize> = config
+            .models
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.name.clone(), i))
+            .collect();
+        let catalog = Arc::new(Catalog::new(&config).map_err(|e| match e {
+            CatalogError::Quota { model, source } => StartError::Quota { model, source },
+            other => StartError::Catalog(other.to_string()),
+        })?);
+        let models = model_states(&config, &catalog, &by_name, previous);
+        let tenants = config
+            .tenants
+            .iter()
+            .map(|t| TenantState {
+                name: t.name.clone(),
+                weight: t.weight.get(),
+                max_wait: t.max_wait,
+                share: (config.tenants.len() > 1).then(|| {
+                    let priority = match t.priority {
+                        TenantPriority::Interactive => Priority::Interactive,
+                        TenantPriority::Batch => Priority::Batch,
+                    };
+                    Share::new(t.name.clone(), t.weight.get(), priority)
+                }),
+                key: t.key.clone(),
+            })
+            .collect();
+        let recalibrator = Arc::new(Recalibrator::new(
+            catalog.clone(),
+            Tuning::from(&config.sidecar),
+        ));
+        Ok(Self {
+            config_hash,
+            limiter: kept.limiter,
+            client: kept.client,
+            models,
+            by_name,
+            tenants,
+            metrics: kept.metrics,
+            catalog,
+            recalibrator,
+            observer: kept.observer,
+            admin_digest: config.sidecar.admin_key.clone(),
+            revoked,
+            overrides_version: overrides.version,
+            config,
+        })
+    }
+
     /// The tenant a bearer token belongs to, compared in constant time over SHA-256
     /// digests; `Some(0)` for anyone when no tenants are configured.
     pub(crate) fn tenant(&self, token: Option<&str>) -> Option<usize> {
@@ -294,7 +424,7 @@ impl Inner {
         let digest = KeyDigest::of(token?);
         let mut found = None;
         for (i, t) in self.tenants.iter().enumerate() {
-            if t.key.matches(&digest) {
+            if t.key.matches(&digest) && !self.revoked.contains(&t.name) {
                 found = Some(i);
             }
         }
@@ -340,8 +470,15 @@ fn model_states(
     config: &Config,
     catalog: &Catalog,
     by_name: &HashMap<String, usize>,
+    previous: Option<&Inner>,
 ) -> Vec<ModelState> {
     let tenant_count = config.tenants.len().max(1);
+    let booked_ahead = config.queue.booked_ahead.get() as usize;
+    let same_gate_shape = previous.is_some_and(|p| {
+        p.config.tenants.len().max(1) == tenant_count
+            && p.config.queue.booked_ahead.get() as usize == booked_ahead
+    });
+    let before = |name: &str| previous.and_then(|p| p.by_name.get(name).map(|&i| &p.models[i]));
     let mut models = Vec::with_capacity(config.models.len());
     for (mi, m) in config.models.iter().enumerate() {
         let up = &config.upstreams[m.upstream_index];
@@ -367,8 +504,12 @@ fn model_states(
             base_url: up.base_url.replace("{model}", &m.upstream_model),
             api_version: up.api_version.clone(),
             chain,
-            learner: Learner::new(),
-            gate: FairGate::new(config.queue.booked_ahead.get() as usize, tenant_count),
+            learner: before(&m.name)
+                .map_or_else(|| Arc::new(Learner::new()), |o| o.learner.clone()),
+            gate: match before(&m.name) {
+                Some(o) if same_gate_shape => o.gate.clone(),
+                _ => FairGate::new(booked_ahead, tenant_count),
+            },
             booked_ahead_us: AtomicU64::new(0),
             model_header: HeaderValue::from_str(&m.name)
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),

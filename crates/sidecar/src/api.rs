@@ -44,7 +44,7 @@ pub(crate) fn router(state: Arc<State>, open: bool) -> Router {
         .route("/v1/acquire", post(acquire))
         .route("/v1/report", post(report))
         .with_state(state.clone());
-    state.gw.api_router().merge(own)
+    state.gw().api_router().merge(own)
 }
 
 /// The admin listener (`[sidecar] admin_listen`): `/healthz`, `/readyz`, `/metrics`, the
@@ -58,14 +58,15 @@ pub(crate) fn admin_router(state: Arc<State>, open: bool) -> Router {
             get(move |s: St, h: http::HeaderMap| async move { metrics(s, h, open) }),
         )
         .with_state(state.clone());
-    state.gw.admin_routes(open).merge(own)
+    state.gw().admin_routes(open).merge(own)
 }
 
 /// The tenant of the request's `Authorization: Bearer` key (`default` for anyone when
 /// no `[[tenants]]` are configured); `None` for a missing or unknown key (answer
 /// [`unauthenticated`]).
 fn authenticate(s: &State, headers: &http::HeaderMap) -> Option<String> {
-    s.gw.tenant_for(sluice_proxy::presented_key(headers))
+    s.gw()
+        .tenant_for(sluice_proxy::presented_key(headers))
         .map(str::to_owned)
 }
 
@@ -88,11 +89,11 @@ fn error(status: StatusCode, message: impl Into<String>, code: &str) -> Response
 }
 
 async fn readyz(AxState(s): St) -> Response {
-    let store = s.gw.limiter().ping().await;
+    let store = s.gw().limiter().ping().await;
     let consuming = s.consuming.load(Ordering::Relaxed);
     let body = serde_json::json!({
         "status": if store.is_ok() && consuming { "ready" } else { "not_ready" },
-        "store": if s.gw.is_shared() { "redis" } else { "embedded" },
+        "store": if s.gw().is_shared() { "redis" } else { "embedded" },
         "consuming": consuming,
         "name": s.options.name,
         "error": store.err().map(|e| e.to_string()),
@@ -106,10 +107,10 @@ async fn readyz(AxState(s): St) -> Response {
 }
 
 fn metrics(AxState(s): St, headers: http::HeaderMap, open: bool) -> Response {
-    if let Some(refused) = s.gw.metrics_refusal(&headers, open) {
+    if let Some(refused) = s.gw().metrics_refusal(&headers, open) {
         return refused;
     }
-    match s.gw.render_metrics() {
+    match s.gw().render_metrics() {
         Some(text) => (
             [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
             text,
@@ -124,8 +125,8 @@ fn metrics(AxState(s): St, headers: http::HeaderMap, open: bool) -> Response {
 }
 
 /// The model an app names: a configured model name, else an upstream model name.
-fn model<'a>(s: &'a State, name: &str) -> Option<&'a CatalogModel> {
-    let c = s.gw.catalog();
+fn model<'a>(gw: &'a sluice_proxy::Gateway, name: &str) -> Option<&'a CatalogModel> {
+    let c = gw.catalog();
     c.model(name)
         .or_else(|| c.models.iter().find(|m| m.upstream_model == name))
 }
@@ -164,6 +165,8 @@ fn origin_name(o: Origin) -> &'static str {
 /// with `POST /v1/report`; 429 with `Retry-After` when no slot comes within the wait;
 /// 503 when every account is out of rotation; 413 when the cost can never fit.
 async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Bytes) -> Response {
+    // One snapshot of the configuration for the whole call.
+    let gw = s.gw();
     let Some(tenant) = authenticate(&s, &headers) else {
         return unauthenticated();
     };
@@ -177,7 +180,7 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
             );
         }
     };
-    let Some(m) = model(&s, &req.model) else {
+    let Some(m) = model(&gw, &req.model) else {
         return error(
             StatusCode::NOT_FOUND,
             format!("The model {:?} is not configured.", req.model),
@@ -197,7 +200,7 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
             }
         },
     };
-    let max = s.gw.config().queue.max_wait;
+    let max = gw.config().queue.max_wait;
     let max_wait = req
         .max_wait_ms
         .map_or(max, |ms| Duration::from_millis(ms).min(max));
@@ -206,10 +209,7 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
         input_tokens: req.input_tokens,
         output_tokens: req.output_tokens,
     };
-    let decision =
-        s.gw.limiter()
-            .acquire(&keys, &m.quota, cost, max_wait)
-            .await;
+    let decision = gw.limiter().acquire(&keys, &m.quota, cost, max_wait).await;
     metrics::counter!("sluice_sidecar_acquire_total", "model" => m.name.clone(), "outcome" => match &decision { Ok(Decision::Granted(_)) => "granted", Ok(_) => "refused", Err(_) => "error" }).increment(1);
     match decision {
         Ok(Decision::Granted(r)) => {
@@ -334,6 +334,8 @@ struct UsageIn {
 ///   effective limit of its unit per report (never above the configured one: the
 ///   recalibrator forgets a learned limit at or above it).
 async fn report(AxState(s): St, headers: http::HeaderMap, body: axum::body::Bytes) -> Response {
+    // One snapshot of the configuration for the whole call.
+    let gw = s.gw();
     let Some(tenant) = authenticate(&s, &headers) else {
         return unauthenticated();
     };
@@ -347,7 +349,7 @@ async fn report(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byte
             );
         }
     };
-    let Some(m) = model(&s, &req.model) else {
+    let Some(m) = model(&gw, &req.model) else {
         return error(
             StatusCode::NOT_FOUND,
             format!("The model {:?} is not configured.", req.model),
@@ -402,7 +404,7 @@ async fn report(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byte
             "account_not_found",
         );
     };
-    let status = match s.gw.limiter().status(&m.keys[candidate], &m.quota).await {
+    let status = match gw.limiter().status(&m.keys[candidate], &m.quota).await {
         Ok(st) => st,
         Err(e) => {
             return error(
@@ -449,11 +451,7 @@ async fn report(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byte
                     _ => Origin::Shared,
                 },
             };
-            if let Err(e) =
-                s.gw.limiter()
-                    .reconcile(&m.quota, &reservation, actual)
-                    .await
-            {
+            if let Err(e) = gw.limiter().reconcile(&m.quota, &reservation, actual).await {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     e.to_string(),
@@ -486,7 +484,7 @@ async fn report(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byte
             || c.class
                 == sluice_provider::ErrorClass::Throttled(sluice_provider::ThrottleKind::Daily)
             || c.retry_after
-                .is_some_and(|w| w >= s.gw.config().sidecar.quota_state_after)
+                .is_some_and(|w| w >= gw.config().sidecar.quota_state_after)
     });
     tracing::info!(
         %tenant,
@@ -517,7 +515,7 @@ async fn report(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byte
             .map(|(k, v)| (k.as_str(), v.as_str())),
         req.body.as_deref(),
     );
-    let applied = match s.gw.recalibrator().apply(s.gw.limiter(), &obs).await {
+    let applied = match gw.recalibrator().apply(gw.limiter(), &obs).await {
         Ok(a) => a,
         Err(e) => {
             return error(

@@ -15,7 +15,8 @@ use sluice_observe::{Consumer, ConsumerOptions, Delivery};
 use crate::State;
 
 pub(crate) async fn run(state: Arc<State>, url: String) {
-    let cfg = &state.gw.config().sidecar;
+    let gw = state.gw();
+    let cfg = &gw.config().sidecar;
     let options = ConsumerOptions {
         group: cfg.consumer_group.clone(),
         name: state.options.name.clone(),
@@ -46,13 +47,14 @@ pub(crate) async fn run(state: Arc<State>, url: String) {
             if last_tick.elapsed() >= tick_every {
                 last_tick = Instant::now();
                 ticks += 1;
-                let recal = state.gw.recalibrator();
-                if let Err(e) = recal.tick(state.gw.limiter()).await {
+                // The configuration in force this round (a reload swaps it).
+                let gw = state.gw();
+                if let Err(e) = gw.recalibrator().tick(gw.limiter()).await {
                     tracing::warn!(error = %e, "recalibration tick failed");
                 }
                 // Every 5 s: the quotas view as gauges, for usage-against-limit panels.
                 if ticks.is_multiple_of(5) {
-                    sluice_recalibrate::report(state.gw.catalog(), state.gw.limiter())
+                    sluice_recalibrate::report(gw.catalog(), gw.limiter())
                         .await
                         .export_gauges();
                 }
@@ -102,12 +104,8 @@ async fn apply(state: &State, batch: Vec<Delivery>) -> Vec<String> {
             acks.push(d.id);
             continue;
         };
-        match state
-            .gw
-            .recalibrator()
-            .apply(state.gw.limiter(), &obs)
-            .await
-        {
+        let gw = state.gw();
+        match gw.recalibrator().apply(gw.limiter(), &obs).await {
             Ok(_) => {
                 metrics::counter!("sluice_observations_consumed_total", "source" => "stream")
                     .increment(1);

@@ -68,7 +68,8 @@ impl Options {
 
 /// Shared between the loops and the HTTP API.
 pub(crate) struct State {
-    pub(crate) gw: Gateway,
+    /// The live gateway core; [`State::gw`] takes the snapshot in force.
+    pub(crate) live: Gateway,
     pub(crate) options: Options,
     /// True once the consumer has joined its group (always true without a store).
     pub(crate) consuming: AtomicBool,
@@ -76,6 +77,14 @@ pub(crate) struct State {
     pub(crate) tickets: ticket::TicketSigner,
     /// When each upstream × account was last probed to corroborate a report.
     pub(crate) corroborated: Mutex<HashMap<(String, String), Instant>>,
+}
+
+impl State {
+    /// A snapshot of the gateway core as configured now (a reload swaps it): each API
+    /// call and each loop round takes one and keeps it.
+    pub(crate) fn gw(&self) -> Gateway {
+        self.live.current()
+    }
 }
 
 /// The sidecar: cheap to clone.
@@ -87,6 +96,24 @@ pub struct Sidecar {
 impl Sidecar {
     /// Builds the sidecar (connects nothing yet). Call inside a tokio runtime.
     pub fn new(config: Config, options: Options) -> Result<Self, SidecarError> {
+        Self::build(config, None, options)
+    }
+
+    /// Like [`new`](Self::new), showing `config_sha256` (the SHA-256 of the file it was
+    /// loaded from, [`sluice_config::load_with_digest`]) in `/v1/quotas` and metrics.
+    pub fn with_hash(
+        config: Config,
+        config_sha256: String,
+        options: Options,
+    ) -> Result<Self, SidecarError> {
+        Self::build(config, Some(config_sha256), options)
+    }
+
+    fn build(
+        config: Config,
+        config_sha256: Option<String>,
+        options: Options,
+    ) -> Result<Self, SidecarError> {
         let shared = config.store.is_some();
         let tickets = ticket::TicketSigner::new(
             config
@@ -100,10 +127,13 @@ impl Sidecar {
                 "no [sidecar] ticket_key: reservations are signed with a random key of this process and valid only at this sidecar"
             );
         }
-        let gw = Gateway::new(config)?;
+        let gw = match config_sha256 {
+            Some(hash) => Gateway::with_hash(config, hash)?,
+            None => Gateway::new(config)?,
+        };
         Ok(Self {
             state: Arc::new(State {
-                gw,
+                live: gw,
                 options,
                 consuming: AtomicBool::new(!shared),
                 tickets,
@@ -114,7 +144,7 @@ impl Sidecar {
 
     /// The gateway core it shares its code with.
     pub fn gateway(&self) -> &Gateway {
-        &self.state.gw
+        &self.state.live
     }
 
     /// The HTTP API (see the crate docs), with `/metrics` open to anyone (as on a
@@ -132,15 +162,16 @@ impl Sidecar {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), SidecarError> {
+        self.state.live.apply_shared_changes().await;
         let mut tasks = Vec::new();
-        if let Some(store) = &self.state.gw.config().store {
+        if let Some(store) = &self.state.live.config().store {
             tasks.push(tokio::spawn(consumer::run(
                 self.state.clone(),
                 store.redis_url.expose().to_owned(),
             )));
         }
         tasks.push(tokio::spawn(probe::run(self.state.clone())));
-        if let Some(admin) = self.state.gw.config().sidecar.admin_listen {
+        if let Some(admin) = self.state.live.config().sidecar.admin_listen {
             let admin_listener = tokio::net::TcpListener::bind(admin).await?;
             let addr = admin_listener.local_addr()?;
             tracing::info!(%addr, "admin listener");

@@ -22,6 +22,10 @@ struct Args {
     /// Overrides `sidecar.consumer_name` (unique per sidecar).
     #[arg(long)]
     name: Option<String>,
+    /// Also reload when the configuration file's content changes (checked every 2 s;
+    /// for ConfigMaps, which change without a signal). SIGHUP always reloads.
+    #[arg(long, env = "SLUICE_WATCH_CONFIG")]
+    watch_config: bool,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SLUICE_LOG_JSON")]
     log_json: bool,
@@ -31,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Flushes the spans not yet exported when dropped, even on an early error return.
     let telemetry = sluice_proxy::init_logs(args.log_json);
+    let watch_config = args.watch_config;
     let mut flags = Vec::new();
     let mut put = |k: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -40,13 +45,19 @@ fn main() -> anyhow::Result<()> {
     put("sidecar.listen", args.listen);
     put("store.redis_url", args.redis_url);
     put("sidecar.consumer_name", args.name);
-    let config = sluice_config::load(&args.config, &flags, &sluice_config::ProcessEnv)
-        .with_context(|| {
-            format!(
-                "refusing to start with configuration {}",
-                args.config.display()
-            )
-        })?;
+    let source = sluice_proxy::ConfigSource {
+        path: args.config.clone(),
+        flags,
+        exposure: sluice_config::Config::check_sidecar_exposure,
+    };
+    let (config, hash) =
+        sluice_config::load_with_digest(&source.path, &source.flags, &sluice_config::ProcessEnv)
+            .with_context(|| {
+                format!(
+                    "refusing to start with configuration {}",
+                    args.config.display()
+                )
+            })?;
     config
         .check_sidecar_exposure()
         .context("refusing to start")?;
@@ -58,7 +69,18 @@ fn main() -> anyhow::Result<()> {
             .context("cannot listen")?;
         let addr = listener.local_addr()?;
         let shared = config.store.is_some();
-        let sidecar = Sidecar::new(config, options.clone()).context("cannot start")?;
+        let sidecar = Sidecar::with_hash(config, hash, options.clone()).context("cannot start")?;
+        // Before the listener is announced: from here on SIGHUP reloads, never kills.
+        if watch_config {
+            tokio::spawn(sluice_proxy::reload_on_change(
+                sidecar.gateway().clone(),
+                source.clone(),
+                std::time::Duration::from_secs(2),
+            ));
+        }
+        let reloads = sluice_proxy::reload_on_sighup(sidecar.gateway().clone(), source)
+            .context("cannot install the SIGHUP handler")?;
+        tokio::spawn(reloads);
         // Tests and scripts read the port from this line.
         println!("listening on {addr}");
         tracing::info!(%addr, shared, name = %options.name, "sluice-sidecar started");

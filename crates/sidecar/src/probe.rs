@@ -13,7 +13,7 @@ use sluice_observe::Observation;
 use crate::State;
 
 pub(crate) async fn run(state: Arc<State>) {
-    let every = state.gw.config().sidecar.probe_interval;
+    let every = state.gw().config().sidecar.probe_interval;
     let mut tick = tokio::time::interval(every);
     tick.tick().await; // the first tick is immediate: wait one interval first
     loop {
@@ -23,7 +23,7 @@ pub(crate) async fn run(state: Arc<State>) {
 }
 
 async fn round(state: &State) {
-    let gw = &state.gw;
+    let gw = &state.gw();
     let mut probed = HashSet::new();
     for m in &gw.catalog().models {
         for key in &m.keys {
@@ -79,10 +79,15 @@ pub(crate) fn corroborate(
     account: String,
     tenant: String,
 ) -> bool {
-    let Some(upstream) = state.gw.catalog().model(&model).map(|m| m.upstream.clone()) else {
+    let Some(upstream) = state
+        .gw()
+        .catalog()
+        .model(&model)
+        .map(|m| m.upstream.clone())
+    else {
         return false;
     };
-    let every = state.gw.config().sidecar.probe_interval;
+    let every = state.gw().config().sidecar.probe_interval;
     {
         let mut last = state.corroborated.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
@@ -98,7 +103,7 @@ pub(crate) fn corroborate(
         last.insert(key, now);
     }
     tokio::spawn(async move {
-        let gw = &state.gw;
+        let gw = &state.gw();
         let Some(m) = gw.catalog().model(&model) else {
             return;
         };

@@ -8,5 +8,6 @@ mod api;
 mod metrics_doc;
 mod outage;
 mod recalibration;
+mod reload;
 mod takeover;
 mod trust;

@@ -90,6 +90,17 @@ impl SidecarProcess {
         Self { service, url }
     }
 
+    /// Rewrites its configuration file with `toml` and sends SIGHUP (a reload).
+    pub(crate) fn rewrite_and_hup(&self, toml: &str) {
+        std::fs::write(self.service.config_path(), toml).expect("rewrite the configuration");
+        self.signal("HUP");
+    }
+
+    /// True while the process has not exited.
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.service.is_running()
+    }
+
     /// Sends `signal` (`STOP`, `CONT`, `KILL`) to the process.
     pub(crate) fn signal(&self, signal: &str) {
         assert!(self.service.signal(signal), "kill -{signal}");

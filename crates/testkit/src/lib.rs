@@ -533,6 +533,17 @@ impl Service {
             .unwrap_or_default()
     }
 
+    /// The configuration file the process was started on (rewrite it and send `HUP`
+    /// to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("sluice.toml")
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// `http://ADDR` of the listener.
     pub fn url(&self) -> &str {
         &self.url

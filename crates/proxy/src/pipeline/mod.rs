@@ -148,6 +148,7 @@ fn settle_request(
     endpoint: Endpoint,
     served: Result<Done, Refuse>,
 ) -> Response {
+    let refused = served.is_err();
     let (done, refusal) = match served {
         Ok(done) => (done, None),
         Err((tenant, model, e, bound)) => {
@@ -197,6 +198,18 @@ fn settle_request(
         }
     }
     tracing::info!(request_id = ?rid, tenant = %tenant, model = %model, account = %log_account, outcome, status, limit, retry_after_ms, elapsed_ms = started.elapsed().as_secs_f64() * 1e3, "request");
+    if refused {
+        gw.live.refusals.record(crate::refusals::Refusal {
+            at_ms: crate::observe::now_ms(),
+            model: model.clone(),
+            tenant: tenant.clone(),
+            outcome,
+            status,
+            account: refusal.as_ref().map(|_| log_account.to_owned()),
+            limit: limit.map(str::to_owned),
+            retry_after_ms,
+        });
+    }
     metrics::counter!("sluice_requests_total", "model" => model, "tenant" => tenant, "account" => account, "outcome" => outcome).increment(1);
     response
 }

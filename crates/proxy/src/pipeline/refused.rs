@@ -73,7 +73,7 @@ pub(super) async fn refused(
     // `decide`); the recalibrator disables it when a second refusal from another
     // answer corroborates it (`sluice_recalibrate::Corroboration`).
     let last_live = c.class.disables_account()
-        && sluice_recalibrate::is_last_live(&inner.limiter, &model.keys, &model.quota, &key).await;
+        && sluice_recalibrate::is_last_live(&*inner.limiter, &model.keys, &model.quota, &key).await;
     let what = Attempt::Refused {
         class: c.class,
         should_retry: c.should_retry,
