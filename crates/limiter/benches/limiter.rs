@@ -5,16 +5,21 @@
 //! - a three-limit `acquire` on Redis at concurrency 1, 16 and 64 (decisions/s, p50,
 //!   p99), beside `redis-benchmark` running `EVALSHA` of a trivial script at the same
 //!   concurrency against the same server in the same run: the ceiling Redis sets here;
-//! - throughput and Redis memory with 1, 1k and 100k quotas.
+//! - throughput and Redis memory with 1, 1k and 100k quotas;
+//! - Redis time per decision (`INFO commandstats`) without a tenant's share, with one
+//!   while nothing queues, and with three tenants sharing a queue (the fair ledger).
 //!
 //! `SLUICE_BENCH_QUICK=1` shortens every run (for a smoke test);
-//! `SLUICE_BENCH_ONLY=memory` runs only the in-process part (for profiling).
+//! `SLUICE_BENCH_ONLY=memory` runs only the in-process part (for profiling),
+//! `SLUICE_BENCH_ONLY=fair` only the Redis time per decision with and without the fair
+//! ledger.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_limiter::{
-    Cost, InProcessStore, Limit, Quota, QuotaKey, RedisOptions, RedisStore, Store, Window,
+    Cost, InProcessStore, Limit, Pacing, Priority, Quota, QuotaKey, RedisOptions, RedisStore,
+    Share, Store, Window,
 };
 use sluice_testkit::RedisServer;
 
@@ -160,6 +165,75 @@ fn used_memory(server: &RedisServer) -> u64 {
         .unwrap_or(0)
 }
 
+/// µs of Redis time per `acquire` (its script's `usec_per_call`) over `n` decisions,
+/// one at a time, on `q`, by `tenants` (none: no share) in turn.
+async fn redis_time(
+    server: &RedisServer,
+    store: &RedisStore,
+    q: &Quota,
+    tenants: &[Share],
+    n: usize,
+) -> f64 {
+    server.cli(&["FLUSHALL"]);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let key = keys(1);
+    for i in 0..n {
+        let share = (!tenants.is_empty()).then(|| &tenants[i % tenants.len()]);
+        let d = store
+            .acquire_for(
+                &key,
+                q,
+                Cost::request(500, 200),
+                Duration::from_secs(3600),
+                share,
+            )
+            .await
+            .expect("redis answers");
+        std::hint::black_box(d);
+    }
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let line = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .expect("EVALSHA ran");
+    line.split(',')
+        .find_map(|f| f.strip_prefix("usec_per_call="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("usec_per_call")
+}
+
+/// The table of Redis time per decision with and without the fair ledger.
+fn fair_section(rt: &tokio::runtime::Runtime, server: &RedisServer, store: &RedisStore) {
+    println!("\n### Redis time per decision, with and without the fair ledger (same run)\n");
+    println!("| case | µs per acquire | ratio |");
+    println!("|---|---:|---:|");
+    let n = if quick() { 2_000 } else { 20_000 };
+    let tenants: Vec<Share> = [("a", 3), ("b", 2), ("c", 1)]
+        .map(|(t, w)| Share::new(t, w, Priority::Interactive))
+        .into();
+    // A quota that queues: 100 requests per second, paced.
+    let queueing = Quota::new(vec![
+        Limit::requests(100, Window::secs(1).unwrap()).unwrap(),
+    ])
+    .unwrap()
+    .with_pacing(Pacing::Auto)
+    .unwrap();
+    let base = rt.block_on(redis_time(server, store, &quota(), &[], n));
+    let idle = rt.block_on(redis_time(server, store, &quota(), &tenants, n));
+    let plain_queue = rt.block_on(redis_time(server, store, &queueing, &[], n));
+    let fair_queue = rt.block_on(redis_time(server, store, &queueing, &tenants, n));
+    println!("| three limits, no share | {base:.2} | 1.00 |");
+    println!(
+        "| three limits, a share, nothing queued | {idle:.2} | {:.2} |",
+        idle / base
+    );
+    println!("| one paced limit, queueing, no share | {plain_queue:.2} | 1.00 |");
+    println!(
+        "| one paced limit, queueing, three tenants sharing it | {fair_queue:.2} | {:.2} |",
+        fair_queue / plain_queue
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -175,6 +249,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
 
+    let only = std::env::var("SLUICE_BENCH_ONLY").unwrap_or_default();
     println!("\n### In-process store, one thread\n");
     println!("| quotas | decisions/s |");
     println!("|---:|---:|");
@@ -182,7 +257,7 @@ fn main() {
         println!("| {n} | {:.0} |", in_process(n));
     }
 
-    if std::env::var("SLUICE_BENCH_ONLY").as_deref() == Ok("memory") {
+    if only == "memory" {
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -202,6 +277,11 @@ fn main() {
         .unwrap(),
     );
     let total = if quick() { 20_000 } else { 200_000 };
+
+    fair_section(&rt, &server, &store);
+    if only == "fair" {
+        return;
+    }
 
     println!("\n### Redis: three-limit acquire vs raw EVALSHA (same server, same run)\n");
     println!(
