@@ -217,6 +217,55 @@ fn limits_json(limits: &[sluice_config::LimitSpec]) -> Value {
     json!(limits.iter().map(LimitOverride::of).collect::<Vec<_>>())
 }
 
+/// One entry of a `PUT …/limits` body (`{"requests": 100, "per": "60s"}`), checked; a
+/// refusal names the entry's key at fault (`at` is its path, `limits[i]`).
+fn limit_override(at: &str, item: &Value) -> Result<LimitOverride, AdminError> {
+    let Some(obj) = item.as_object() else {
+        return Err(bad("Each limit is an object.", at));
+    };
+    let units: Vec<(&String, &Value)> = obj.iter().filter(|(k, _)| unit_of(k).is_some()).collect();
+    let [(unit, amount)] = units.as_slice() else {
+        return Err(bad(
+            "Each limit has exactly one of requests, tokens, input_tokens, output_tokens.",
+            at,
+        ));
+    };
+    if let Some(extra) = obj.keys().find(|k| unit_of(k).is_none() && *k != "per") {
+        return Err(bad(
+            &format!("Unknown key {extra:?}."),
+            &format!("{at}.{extra}"),
+        ));
+    }
+    let Some(amount) = amount.as_u64().filter(|a| *a > 0) else {
+        return Err(bad(
+            "The amount is a positive integer.",
+            &format!("{at}.{unit}"),
+        ));
+    };
+    let per = match obj.get("per").and_then(Value::as_str) {
+        Some(p) => match sluice_config::parse_duration(p) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                return Err(bad(
+                    "per is a duration such as \"60s\" or \"1m\".",
+                    &format!("{at}.per"),
+                ));
+            }
+        },
+        None => {
+            return Err(bad(
+                "per is a duration such as \"60s\" or \"1m\".",
+                &format!("{at}.per"),
+            ));
+        }
+    };
+    Ok(LimitOverride {
+        unit: (*unit).clone(),
+        amount,
+        per_ms: per.as_millis() as u64,
+    })
+}
+
 /// `PUT /v1/admin/models/{model}/limits`.
 pub(crate) async fn set_limits(
     State(g): State<Gateway>,
@@ -243,55 +292,11 @@ pub(crate) async fn set_limits(
     if items.is_empty() || items.len() > 8 {
         return Err(bad("limits must have 1 to 8 entries.", "limits"));
     }
-    let mut limits = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let at = format!("limits[{i}]");
-        let Some(obj) = item.as_object() else {
-            return Err(bad("Each limit is an object.", &at));
-        };
-        let units: Vec<(&String, &Value)> =
-            obj.iter().filter(|(k, _)| unit_of(k).is_some()).collect();
-        let [(unit, amount)] = units.as_slice() else {
-            return Err(bad(
-                "Each limit has exactly one of requests, tokens, input_tokens, output_tokens.",
-                &at,
-            ));
-        };
-        if let Some(extra) = obj.keys().find(|k| unit_of(k).is_none() && *k != "per") {
-            return Err(bad(
-                &format!("Unknown key {extra:?}."),
-                &format!("{at}.{extra}"),
-            ));
-        }
-        let Some(amount) = amount.as_u64().filter(|a| *a > 0) else {
-            return Err(bad(
-                "The amount is a positive integer.",
-                &format!("{at}.{unit}"),
-            ));
-        };
-        let per = match obj.get("per").and_then(Value::as_str) {
-            Some(p) => match sluice_config::parse_duration(p) {
-                Some(d) if !d.is_zero() => d,
-                _ => {
-                    return Err(bad(
-                        "per is a duration such as \"60s\" or \"1m\".",
-                        &format!("{at}.per"),
-                    ));
-                }
-            },
-            None => {
-                return Err(bad(
-                    "per is a duration such as \"60s\" or \"1m\".",
-                    &format!("{at}.per"),
-                ));
-            }
-        };
-        limits.push(LimitOverride {
-            unit: (*unit).clone(),
-            amount,
-            per_ms: per.as_millis() as u64,
-        });
-    }
+    let limits = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| limit_override(&format!("limits[{i}]"), item))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut candidate = m.clone();
     candidate.limits = limits.iter().filter_map(LimitOverride::spec).collect();
     if let Err(e) = sluice_recalibrate::quota(&candidate) {
