@@ -29,7 +29,9 @@
 -- arithmetic): only a slot later than now, within max wait, asked with a share,
 -- consults the ledger. Slots booked that passed are dropped and move the virtual time
 -- V to their largest start tag. Batch books only when nothing is booked ahead.
--- Interactive starts at S = max(V, its finish tag) and is refused (binding 4, wait
+-- Batch is also paced without the burst tolerance (slot >= tat), so that batch never
+-- takes a burst an interactive request would queue behind. Interactive starts at
+-- S = max(V, its finish tag) and is refused (binding 4, wait
 -- until the earliest booked slot) only when another interactive tenant has a slot
 -- ahead and S >= V + horizon * scale. A grant books its slot at S and moves the
 -- tenant's finish tag to S + floor(scale / weight). A refusal writes only V.
@@ -179,6 +181,8 @@ for c = 1, candidates do
       if t ~= nil and requests > 0 then
         -- the burst tolerance serves only arrivals with nobody queued ahead
         local paced = tat - tau
+        -- a batch tenant gets no burst tolerance: its slots stay one interval apart
+        if class == 'b' then paced = tat end
         if tail > now then paced = math.max(paced, tail + t) end
         if paced > slot then slot, binding = paced, 3 end
       end

@@ -23,8 +23,11 @@
 //!   ahead) is never refused; a slot free now (no queue) is never refused for fairness.
 //!   An idle tenant holds nothing back: the others' tags are measured against `V`.
 //! - **Priority classes.** A [`Priority::Batch`] tenant books only when nothing at all
-//!   is booked ahead, so an interactive request finds at most one batch slot before
-//!   its own (one pacing interval), while batch fills whatever interactive leaves.
+//!   is booked ahead, and its slots are paced without the burst tolerance (one pacing
+//!   interval apart even when nothing queues), so an interactive request finds at most
+//!   one batch slot before its own and never a batch burst filling the window: its
+//!   wait stays within about one pacing interval while batch fills whatever
+//!   interactive leaves.
 //! - **A refusal charges nothing** and says when to ask again: when the queue's
 //!   earliest booked slot passes (the earliest moment `V` moves).
 //!

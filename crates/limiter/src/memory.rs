@@ -16,7 +16,7 @@ use crate::decision::{
     ReservationId,
 };
 use crate::error::LimitError;
-use crate::fair::{Ledger, Share};
+use crate::fair::{Ledger, Priority, Share};
 use crate::quota::{Cost, Quota, QuotaKey};
 use crate::store::{StateChange, Store};
 use crate::time::{Clock, SystemClock, Timestamp, duration_micros};
@@ -225,13 +225,15 @@ fn decide(
     ask: &Ask<'_>,
 ) -> Result<Decision, LimitError> {
     let (cost, now) = (ask.cost, ask.now);
+    // A batch tenant's slots are paced without the burst tolerance (fair.rs).
+    let burst = ask.share.is_none_or(|s| s.priority() != Priority::Batch);
     let mut best: Option<(usize, Plan)> = None;
     let mut disabled: Option<(usize, String)> = None;
     let mut capacity: Option<LimitError> = None;
     if let [only] = candidates {
         // One account: one lookup, no second pass.
         let account = shard.accounts.entry_ref(only).or_default();
-        return match account.plan(quota, cost, now) {
+        return match account.plan_paced(quota, cost, now, burst) {
             Ok(plan) => Ok(settle(account, &mut shard.fair, 0, only, plan, quota, ask)),
             Err(Unplannable::Disabled(reason)) => Ok(disabled_refusal(0, reason)),
             Err(Unplannable::Capacity(e)) => Err(e),
@@ -239,7 +241,7 @@ fn decide(
     }
     for (i, key) in candidates.iter().enumerate() {
         let account = shard.accounts.entry_ref(key).or_default();
-        match account.plan(quota, cost, now) {
+        match account.plan_paced(quota, cost, now, burst) {
             Ok(plan) => {
                 let better = best.as_ref().is_none_or(|(_, b)| {
                     plan.slot < b.slot || (plan.slot == b.slot && plan.headroom > b.headroom)

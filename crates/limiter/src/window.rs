@@ -302,11 +302,25 @@ impl AccountState {
 
     /// Plans the earliest slot for `cost` (after eviction at `now`); writes nothing
     /// but eviction.
+    #[cfg(test)]
     pub(crate) fn plan(
         &mut self,
         quota: &Quota,
         cost: &Cost,
         now: u64,
+    ) -> Result<Plan, Unplannable> {
+        self.plan_paced(quota, cost, now, true)
+    }
+
+    /// [`plan`](Self::plan); without `burst`, pacing gives no burst tolerance (the
+    /// slot is never before the theoretical arrival time), as for a batch tenant, so
+    /// that its slots are one interval apart even when nothing is queued.
+    pub(crate) fn plan_paced(
+        &mut self,
+        quota: &Quota,
+        cost: &Cost,
+        now: u64,
+        burst: bool,
     ) -> Result<Plan, Unplannable> {
         if let Some(reason) = &self.disabled {
             return Err(Unplannable::Disabled(reason.clone()));
@@ -349,7 +363,11 @@ impl AccountState {
         {
             // The burst tolerance serves only arrivals with nobody queued ahead; while
             // slots are booked ahead, consecutive slots are at least one interval apart.
-            let mut paced = self.tat.saturating_sub(tau);
+            let mut paced = if burst {
+                self.tat.saturating_sub(tau)
+            } else {
+                self.tat
+            };
             if self.tail > now {
                 paced = paced.max(self.tail + t);
             }
