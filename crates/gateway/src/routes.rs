@@ -211,6 +211,7 @@ async fn quotas(State(g): State<Gateway>, headers: HeaderMap) -> Response {
         );
     }
     let mut report = sluice_recalibrate::report(&g.inner.catalog, &g.inner.limiter).await;
+    g.inner.recalibrator.annotate(&mut report);
     if g.inner.admin_digest.is_some() && !admin {
         report.redact_details();
     }
@@ -227,7 +228,9 @@ async fn admin_quotas(g: State<Gateway>, headers: HeaderMap, open: bool) -> Resp
             "invalid_api_key",
         );
     }
-    axum::Json(sluice_recalibrate::report(&g.inner.catalog, &g.inner.limiter).await).into_response()
+    let mut report = sluice_recalibrate::report(&g.inner.catalog, &g.inner.limiter).await;
+    g.inner.recalibrator.annotate(&mut report);
+    axum::Json(report).into_response()
 }
 
 fn admin_error(status: StatusCode, message: &str, code: &str) -> Response {

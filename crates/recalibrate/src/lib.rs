@@ -90,5 +90,5 @@ pub use catalog::{Catalog, CatalogModel, cooldown_without_wait, provider, quota}
 pub use corroborate::{CORROBORATION_SPAN, Corroboration, Verdict, is_last_live};
 pub use error::CatalogError;
 pub use recalibrator::{Applied, Change, Recalibrator, header_map};
-pub use report::{AccountReport, LimitReport, ModelReport, QuotasReport, report};
+pub use report::{AccountReport, LearnedReport, LimitReport, ModelReport, QuotasReport, report};
 pub use tuning::Tuning;

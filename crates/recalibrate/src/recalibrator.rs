@@ -802,6 +802,35 @@ impl Recalibrator {
         .await
     }
 
+    /// Adds the learner's evidence (this process's) to a `/v1/quotas` view of the same
+    /// catalog: for each limit it has observed, the estimate, its confirmations and age.
+    pub fn annotate(&self, report: &mut crate::QuotasReport) {
+        let now = ms(self.clock.now());
+        let mem = self.memory.lock();
+        if mem.learners.is_empty() {
+            return;
+        }
+        for (m, mr) in self.catalog.models.iter().zip(report.models.iter_mut()) {
+            for (key, ar) in m.keys.iter().zip(mr.accounts.iter_mut()) {
+                for lr in &mut ar.limits {
+                    let found = mem
+                        .learners
+                        .iter()
+                        .find(|((k, l), _)| k == key && l.to_string() == lr.id);
+                    if let Some((_, learner)) = found
+                        && learner.evidence_ms != 0
+                    {
+                        lr.learned = Some(crate::LearnedReport {
+                            estimate: learner.estimate,
+                            confirmations: learner.confirmations,
+                            evidence_age_ms: now.saturating_sub(learner.evidence_ms),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
     /// Periodic work: enables accounts whose daily-quota wait has passed.
     pub async fn tick<S: Store>(&self, store: &S) -> Result<Vec<Applied>, LimitError> {
         let now = ms(self.clock.now());

@@ -687,3 +687,26 @@ async fn an_echoed_400_changes_nothing() {
         assert_eq!(r.status(i).await.disabled, None);
     }
 }
+
+#[tokio::test]
+async fn the_quotas_view_shows_the_learners_evidence_and_its_age() {
+    let r = rig("dashscope");
+    r.spend(0, 71, 10).await;
+    r.clock.advance(Duration::from_secs(7));
+    r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
+    r.clock.advance(Duration::from_secs(2));
+    let mut view = sluice_recalibrate::report(&r.catalog, &r.store).await;
+    assert_eq!(view.models[0].accounts[0].limits[0].learned, None);
+    r.recal.annotate(&mut view);
+    assert_eq!(
+        view.models[0].accounts[0].limits[0].learned,
+        Some(sluice_recalibrate::LearnedReport {
+            estimate: Some(70),
+            confirmations: 1,
+            evidence_age_ms: 2000,
+        })
+    );
+    // Nothing learned of the tokens limit, nor of the other account.
+    assert_eq!(view.models[0].accounts[0].limits[1].learned, None);
+    assert_eq!(view.models[0].accounts[1].limits[0].learned, None);
+}

@@ -276,9 +276,15 @@ pub(crate) async fn run(case: &Case) -> Run {
     }
     let mut learned = Vec::new();
     let mut limits = Vec::new();
+    let mut evidence_seen = false;
     for s in &sidecars {
         let q = get_json(&client, &format!("{}/v1/quotas", s.url)).await;
         learned.push(effective_of(&q, b.index()));
+        // The evidence behind the learned value, in the view of a sidecar that applied
+        // refusals (with two, either may have consumed them all).
+        let evidence = &q["models"][0]["accounts"][0]["limits"][b.index()]["learned"];
+        evidence_seen |= evidence["confirmations"].as_u64().is_some()
+            && evidence["evidence_age_ms"].as_u64().is_some();
         if limits.is_empty() {
             let n = q["models"][0]["accounts"][0]["limits"]
                 .as_array()
@@ -286,6 +292,11 @@ pub(crate) async fn run(case: &Case) -> Run {
             limits = (0..n).map(|i| effective_of(&q, i)).collect();
         }
     }
+    assert!(
+        evidence_seen,
+        "{}: no sidecar shows the learner's evidence in /v1/quotas",
+        case.name
+    );
     let line: Vec<String> = windows
         .iter()
         .map(|x| format!("{}/{}r{}e{}", x.accepted, x.real, x.refused, x.effective))
@@ -296,11 +307,84 @@ pub(crate) async fn run(case: &Case) -> Run {
         b.configured(),
         line.join(" ")
     );
+    if let Some(dir) = std::env::var_os("LEARN_REPORT_DIR") {
+        // One SVG per case, and each appended to learn.html (the tests run one at a time).
+        let dir = std::path::Path::new(&dir);
+        let svg = chart(case, &windows);
+        std::fs::write(dir.join(format!("learn-{}.svg", case.name)), &svg)
+            .expect("the chart is written");
+        let mut page = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("learn.html"))
+            .expect("learn.html opens");
+        std::io::Write::write_all(&mut page, format!("<section>{svg}</section>\n").as_bytes())
+            .expect("learn.html is written");
+    }
     Run {
         windows,
         learned,
         limits,
     }
+}
+
+/// An SVG chart of one run, per window: the real limit (grey), the effective limit
+/// (blue) and what the provider accepted (green), in units of the binding limit, and the
+/// upstream refusals (red bars, on the right axis).
+fn chart(case: &Case, ws: &[Window]) -> String {
+    const W: f64 = 640.0;
+    const H: f64 = 240.0;
+    const PAD: f64 = 36.0;
+    let top = ws
+        .iter()
+        .map(|w| w.effective.max(w.real).max(w.accepted))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let most_refused = ws.iter().map(|w| w.refused).max().unwrap_or(0).max(1) as f64;
+    let n = ws.len().max(1) as f64;
+    let x = |i: usize| PAD + (W - 2.0 * PAD) * (i as f64 + 0.5) / n;
+    let y = |v: u64| H - PAD - (H - 2.0 * PAD) * v as f64 / top;
+    let line = |f: &dyn Fn(&Window) -> u64, colour: &str| {
+        let points: Vec<String> = ws
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("{:.1},{:.1}", x(i), y(f(w))))
+            .collect();
+        format!(
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        )
+    };
+    let bar_w = (W - 2.0 * PAD) / n * 0.4;
+    let bars: String = ws
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| w.refused > 0)
+        .map(|(i, w)| {
+            let h = (H - 2.0 * PAD) * 0.5 * w.refused as f64 / most_refused;
+            format!(
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bar_w:.1}\" height=\"{h:.1}\" fill=\"#d33\" opacity=\"0.6\"><title>{} refused</title></rect>",
+                x(i) - bar_w / 2.0,
+                H - PAD - h,
+                w.refused
+            )
+        })
+        .collect();
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"11\">\
+<text x=\"{PAD}\" y=\"16\">{name}, per window: real (grey), effective (blue), accepted (green), refused (red, max {most_refused})</text>\
+<line x1=\"{PAD}\" y1=\"{base}\" x2=\"{right}\" y2=\"{base}\" stroke=\"#888\"/>\
+<text x=\"4\" y=\"{ytop}\">{top}</text><text x=\"4\" y=\"{base}\">0</text>\
+{bars}{real}{effective}{accepted}</svg>\n",
+        name = case.name,
+        base = H - PAD,
+        right = W - PAD,
+        ytop = y(top as u64),
+        real = line(&|w| w.real, "#999"),
+        effective = line(&|w| w.effective, "#36c"),
+        accepted = line(&|w| w.accepted, "#3a3"),
+    )
 }
 
 /// The fleet's configuration for the learner's tests.
@@ -377,7 +461,8 @@ fn case(name: &'static str, binding: Binding, fraction: f64) -> Case {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quarter_of_the_configured_rpm_is_learned() {
-    let c = case("rpm-25", Binding::Rpm40, 0.25);
+    let mut c = case("rpm-25", Binding::Rpm40, 0.25);
+    c.windows = 12;
     let ws = run(&c).await.windows;
     converged(&c, &ws);
 }
