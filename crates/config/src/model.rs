@@ -436,10 +436,11 @@ pub struct Sidecar {
     pub quota_state_after: Duration,
     /// `default_cooldown` (default `1s`): the cooldown of a throttling refusal that names no wait.
     pub default_cooldown: Duration,
-    /// `aimd_decrease` (default 0.9): the factor of a multiplicative decrease.
+    /// `aimd_decrease` (default 0.9): accepted and validated, unused since the learner
+    /// (rule 5 sets the observed fill instead of a multiplicative decrease).
     pub aimd_decrease: f64,
-    /// `aimd_increase` (default 0.01): the additive increase per clean window, as a
-    /// fraction of the configured limit.
+    /// `aimd_increase` (default 0.01): the learner's first probe step, as a fraction of
+    /// the configured limit (at least 1; it doubles after each accepted probe).
     pub aimd_increase: f64,
     /// `aimd_floor` (default 0.1): a learned limit never goes below this fraction of the configured one.
     pub aimd_floor: f64,

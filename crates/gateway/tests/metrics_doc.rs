@@ -24,6 +24,18 @@ const NOT_HERE: &[(&str, &str)] = &[
         "needs a SIGHUP: crates/gateway/tests/reload.rs asserts it",
     ),
     (
+        "sluice_learned_limit_estimate",
+        "needs refusals without rate-limit headers (the sidecar's learn tests drive the learner)",
+    ),
+    (
+        "sluice_learned_limit_confirmations",
+        "needs refusals without rate-limit headers (the sidecar's learn tests drive the learner)",
+    ),
+    (
+        "sluice_learned_limit_evidence_ms",
+        "needs refusals without rate-limit headers (the sidecar's learn tests drive the learner)",
+    ),
+    (
         "sluice_limiter_late_reconciles_total",
         "needs a request longer than the reconcile window (limiter tests cover it)",
     ),

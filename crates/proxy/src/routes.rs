@@ -64,6 +64,7 @@ impl Gateway {
     pub async fn quotas_view(&self, details: bool, operator: bool) -> Response {
         let mut report =
             sluice_recalibrate::report(&self.inner.catalog, &*self.inner.limiter).await;
+        self.inner.recalibrator.annotate(&mut report);
         if !details {
             report.redact_details();
         }

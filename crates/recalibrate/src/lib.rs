@@ -56,16 +56,23 @@
 //!      plus `recorded / window × booked_ahead` (the slots already booked ahead were
 //!      granted without it); capped so that it never overfills another limit of the
 //!      same unit.
-//! 5. **AIMD without headers.** A throttling refusal on an answer with no rate-limit
-//!    headers lowers the effective limit of the limit it names (requests or tokens, else
-//!    the fullest) to `max(effective / 2, min(effective × aimd_decrease, used))` (never
-//!    below `aimd_floor × configured`), at most once per window of that limit — unless
-//!    our window already holds more than `(1 + headroom_tolerance) × effective` (costs
-//!    reconciled above their estimates: the refusal is ours, not a lower limit).
-//!    Successes without headers raise it by `aimd_increase × configured` (at least 1)
-//!    per window once two windows have passed without a refusal, up to just below the
-//!    level of the last refusal; to that level and beyond only after 10 clean windows;
-//!    never above the configured limit (where the learned value is forgotten).
+//! 5. **The learner (no headers).** A throttling refusal on an answer with no rate-limit
+//!    headers names a limit (requests or tokens, else any; of those the fullest of our
+//!    windows). Its `fill` — what our window holds, less the slots booked ahead and granted
+//!    since the answer (at the window's average rate) and, for requests, the refusals this
+//!    process saw in the window — is what the provider had accepted when it refused: an
+//!    upper bound of its real limit. The effective limit is **set** to
+//!    `max(min(fill, effective − 1), ceil(effective / 2), floor)` (`floor` =
+//!    `aimd_floor × configured`, at least 1; a second cut bounded by the half waits half a
+//!    window) — unless `fill > (1 + headroom_tolerance) × effective` (costs reconciled above
+//!    their estimates: the refusal is ours). A set, not a relative decrease: sidecars
+//!    applying different refusals of one overload write about the same value. Refusals at a
+//!    similar fill confirm the estimate; a success above it refutes it. Successes without
+//!    headers with our window full (≥ 90%) probe back up: after 2 quiet windows (3 once
+//!    confirmed; quiet = no refusal and no change of the effective limit by anyone, read
+//!    from the store) by `max(1, aimd_increase × configured)`, each probe the provider
+//!    accepts for a window after being sent the new level doubling the next step (at most
+//!    16×); never above the configured limit (where it is forgotten). See `learn.rs`.
 //! 6. **Burst.** A burst refusal (`limit_burst_rate`, acceleration) multiplies the
 //!    pacing factor by `pacing_increase` (at most 64×, once per second); each clean
 //!    second with a success decays it by 10% back towards 1×.
@@ -73,6 +80,7 @@
 mod catalog;
 mod corroborate;
 mod error;
+mod learn;
 mod memory;
 mod recalibrator;
 mod report;
@@ -82,5 +90,5 @@ pub use catalog::{Catalog, CatalogModel, cooldown_without_wait, provider, quota}
 pub use corroborate::{CORROBORATION_SPAN, Corroboration, Verdict, is_last_live};
 pub use error::CatalogError;
 pub use recalibrator::{Applied, Change, Recalibrator, header_map};
-pub use report::{AccountReport, LimitReport, ModelReport, QuotasReport, report};
+pub use report::{AccountReport, LearnedReport, LimitReport, ModelReport, QuotasReport, report};
 pub use tuning::Tuning;

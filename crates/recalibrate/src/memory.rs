@@ -1,5 +1,5 @@
 //! What the recalibrator remembers between observations (in this process only): when
-//! each account × limit last had a refusal, a decrease and an increase, when pacing last
+//! each account × limit was last refused and at what fill (the learner), when pacing last
 //! changed, the outside rate learned from the headers, and when daily-quota states end.
 //! The learned values themselves live in the shared store.
 
@@ -7,15 +7,7 @@ use std::collections::{HashMap, VecDeque};
 
 use sluice_limiter::{LimitId, QuotaKey};
 
-/// AIMD bookkeeping of one account × limit (milliseconds since the epoch).
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Aimd {
-    pub(crate) last_refusal_ms: u64,
-    pub(crate) last_decrease_ms: u64,
-    pub(crate) last_increase_ms: u64,
-    /// The effective limit at which the provider last refused (AIMD's high-water mark).
-    pub(crate) ceiling: Option<u64>,
-}
+use crate::learn::Learner;
 
 /// The outside rate of one account × limit (rule 4): an exponentially weighted estimate
 /// of the units spent outside Sluice per window, and what of it the effective limit
@@ -36,7 +28,8 @@ pub(crate) struct Outside {
 
 #[derive(Debug, Default)]
 pub(crate) struct Memory {
-    pub(crate) aimd: HashMap<(QuotaKey, LimitId), Aimd>,
+    /// The learner of rule 5 per account × limit.
+    pub(crate) learners: HashMap<(QuotaKey, LimitId), Learner>,
     /// When pacing last changed, per account.
     pub(crate) pacing_ms: HashMap<QuotaKey, u64>,
     /// Unseen usage recorded per account × limit: (ms, amount), the last window's worth.
@@ -48,7 +41,9 @@ pub(crate) struct Memory {
 }
 
 impl Memory {
-    pub(crate) fn aimd(&mut self, key: &QuotaKey, limit: &LimitId) -> &mut Aimd {
-        self.aimd.entry((key.clone(), limit.clone())).or_default()
+    pub(crate) fn learner(&mut self, key: &QuotaKey, limit: &LimitId) -> &mut Learner {
+        self.learners
+            .entry((key.clone(), limit.clone()))
+            .or_default()
     }
 }

@@ -18,6 +18,7 @@ use sluice_provider::{
 
 use crate::catalog::{Catalog, CatalogModel};
 use crate::corroborate::{Corroboration, Verdict, is_last_live};
+use crate::learn::{Learner, Refused, Succeeded};
 use crate::memory::Memory;
 use crate::tuning::Tuning;
 
@@ -26,8 +27,6 @@ const PACING_HOLD_OFF_MS: u64 = 1000;
 /// The pacing factor's bounds, in thousandths.
 const PACE_MIN: u32 = 1000;
 const PACE_MAX: u32 = 64_000;
-/// The largest single multiplicative decrease.
-const MAX_STEP: f64 = 0.5;
 /// The time constant of the outside rate's moving average, in windows.
 const OUTSIDE_TAU: f64 = 0.5;
 /// The outside rate: a sample weighs at most as much as 1/OUTSIDE_STEPS of a window
@@ -39,9 +38,6 @@ const OUTSIDE_MAX_STEP: f64 = 0.05;
 const OUTSIDE_MARGIN_SD: f64 = 2.0;
 /// The outside rate: a sample widens the margin by at most this fraction of the limit.
 const OUTSIDE_MAX_DEVIATION: f64 = 0.1;
-/// Windows without a refusal before AIMD probes at or above the level the provider last
-/// refused at.
-const CEILING_HOLD: u64 = 10;
 
 /// One change made to an account's shared state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +50,7 @@ pub enum Change {
     /// Back in rotation.
     Enabled,
     /// A learned limit set (`Some`) or forgotten (`None`), and why (`headers`,
-    /// `outside_rate`, `aimd_decrease`, `aimd_increase`).
+    /// `outside_rate`, `learned_refusal`, `learned_probe`).
     EffectiveLimit {
         /// The limit.
         limit: LimitId,
@@ -381,13 +377,14 @@ impl Recalibrator {
             return Ok(());
         }
         if budgets.is_empty() {
-            self.decrease(ctx, obs, kind).await?;
+            self.learn_refusal(ctx, obs, kind).await?;
         }
         Ok(())
     }
 
-    /// AIMD: multiplicative decrease on a refusal our windows did not explain.
-    async fn decrease<S: Store>(
+    /// Rule 5 at a refusal: the fill of the limit that refused, observed, becomes the
+    /// learned limit (see [`crate::learn`]).
+    async fn learn_refusal<S: Store>(
         &self,
         ctx: &mut Ctx<'_, S>,
         obs: &Observation,
@@ -398,46 +395,62 @@ impl Recalibrator {
             ThrottleKind::Tokens => u != Unit::Requests,
             _ => true,
         };
-        let fullness = |l: &LimitStatus| l.used as f64 / l.effective.max(1) as f64;
-        let Some(l) = ctx
+        let lag_ms = ms(self.clock.now()).saturating_sub(obs.at_ms);
+        // The refused attempt counts one request in every request window: noted first,
+        // so that the fill below leaves it out.
+        {
+            let mut mem = self.memory.lock();
+            for l in ctx
+                .status
+                .limits
+                .iter()
+                .filter(|l| l.unit == Unit::Requests)
+            {
+                mem.learner(ctx.key, &l.limit)
+                    .note_refusal(obs.at_ms, window_ms(l));
+            }
+        }
+        // The limit that refused: the kind the provider named, and of those the fullest.
+        let filled: Vec<(LimitStatus, u64)> = ctx
             .status
             .limits
             .iter()
             .filter(|l| fits(l.unit))
+            .map(|l| (l.clone(), self.fill(ctx, l, lag_ms, obs.at_ms)))
+            .collect();
+        let fullness = |(l, fill): &(LimitStatus, u64)| *fill as f64 / l.effective.max(1) as f64;
+        let Some((l, fill)) = filled
+            .into_iter()
             .max_by(|a, b| fullness(a).total_cmp(&fullness(b)))
-            .cloned()
         else {
             return Ok(());
         };
-        let w = window_ms(&l);
-        {
-            let mut mem = self.memory.lock();
-            let a = mem.aimd(ctx.key, &l.limit);
-            a.last_refusal_ms = a.last_refusal_ms.max(obs.at_ms);
-            // Sluice never admits past the effective limit, so a refusal of a request it
-            // admitted means the provider's limit is lower — unless our window is already
-            // over it (costs reconciled above their estimates): then the refusal is ours.
-            let headroom =
-                (l.used as f64) <= l.effective as f64 * (1.0 + self.tuning.headroom_tolerance);
-            if !headroom {
-                metrics::counter!("sluice_observations_ignored_total", "reason" => "refusal_explained").increment(1);
-                return Ok(());
-            }
-            if a.last_decrease_ms != 0 && obs.at_ms.saturating_sub(a.last_decrease_ms) < w {
-                return Ok(());
-            }
-            a.last_decrease_ms = obs.at_ms;
-            a.ceiling = Some(l.effective);
+        // Sluice never admits past the effective limit, so a refusal of a request it
+        // admitted means the provider's limit is lower — unless our window is already
+        // over it (costs reconciled above their estimates): then the refusal is ours.
+        // (The fill, not `used`: slots booked ahead count in `used` now but in the
+        // window of their own instant, so `used` may exceed the limit with no fault.)
+        if fill as f64 > l.effective as f64 * (1.0 + self.tuning.headroom_tolerance) {
+            tracing::debug!(limit = %l.limit, fill, effective = l.effective, "refusal explained by our own window");
+            metrics::counter!("sluice_observations_ignored_total", "reason" => "refusal_explained")
+                .increment(1);
+            return Ok(());
         }
-        let eff = l.effective as f64;
-        let floor = (l.configured as f64 * self.tuning.floor).max(1.0);
-        let target = (eff * self.tuning.decrease)
-            .min(l.used as f64)
-            .max(eff * MAX_STEP)
-            .max(floor)
-            .floor() as u64;
-        let target = target.max(1);
-        if target < l.effective {
+        let refused = Refused {
+            at_ms: obs.at_ms,
+            fill,
+            effective: l.effective,
+            floor: self.floor(&l),
+            window_ms: window_ms(&l),
+        };
+        let (target, learner) = {
+            let mut mem = self.memory.lock();
+            let learner = mem.learner(ctx.key, &l.limit);
+            (learner.refusal(refused), learner.clone())
+        };
+        self.gauge_learned(ctx, &l, &learner);
+        tracing::debug!(limit = %l.limit, fill, effective = l.effective, ?target, confirmations = learner.confirmations, "refusal without headers");
+        if let Some(target) = target {
             ctx.change(
                 StateChange::EffectiveLimit {
                     limit: l.limit.clone(),
@@ -446,12 +459,58 @@ impl Recalibrator {
                 Change::EffectiveLimit {
                     limit: l.limit.clone(),
                     value: Some(target),
-                    why: "aimd_decrease",
+                    why: "learned_refusal",
                 },
             )
             .await?;
         }
         Ok(())
+    }
+
+    /// What the provider can have accepted of ours in `l`'s window at the answer: what
+    /// the window holds, less the slots booked ahead and granted since (`lag_ms`) and,
+    /// for requests, the refusals (each counts one request in our window).
+    fn fill<S: Store>(&self, ctx: &Ctx<'_, S>, l: &LimitStatus, lag_ms: u64, at_ms: u64) -> u64 {
+        let refused = self.refused_within(ctx, l, at_ms);
+        // Granted since the answer or booked ahead: at most the limit's rate over that
+        // span (`used` counts the booked slots too, so its own average overstates the
+        // rate by them; on a short window they may be most of it).
+        let span_ms = ctx.status.booked_ahead.as_millis() as f64 + lag_ms as f64;
+        let rate = l.used.min(l.effective) as f64 / window_ms(l) as f64;
+        let recent = ((rate * span_ms).round() as u64).min(l.used);
+        l.used.saturating_sub(recent).saturating_sub(refused)
+    }
+
+    /// The refusals this process saw within `l`'s window before `at_ms` (each counts one
+    /// request in our window; none in a token window).
+    fn refused_within<S: Store>(&self, ctx: &Ctx<'_, S>, l: &LimitStatus, at_ms: u64) -> u64 {
+        if l.unit != Unit::Requests {
+            return 0;
+        }
+        self.memory
+            .lock()
+            .learner(ctx.key, &l.limit)
+            .refusals_within(at_ms, window_ms(l))
+    }
+
+    /// `aimd_floor × configured`, at least 1.
+    fn floor(&self, l: &LimitStatus) -> u64 {
+        ((l.configured as f64 * self.tuning.floor).ceil() as u64).max(1)
+    }
+
+    /// The learner's evidence as gauges: the estimate and its confirmations.
+    fn gauge_learned<S: Store>(&self, ctx: &Ctx<'_, S>, l: &LimitStatus, learner: &Learner) {
+        let labels = [
+            ("model", ctx.model.name.clone()),
+            ("account", ctx.key.name().to_owned()),
+            ("limit", l.limit.to_string()),
+        ];
+        metrics::gauge!("sluice_learned_limit_estimate", &labels)
+            .set(learner.estimate.map_or(f64::NAN, |e| e as f64));
+        metrics::gauge!("sluice_learned_limit_confirmations", &labels)
+            .set(f64::from(learner.confirmations));
+        metrics::gauge!("sluice_learned_limit_evidence_ms", &labels)
+            .set(learner.evidence_ms as f64);
     }
 
     async fn success<S: Store>(
@@ -487,36 +546,34 @@ impl Recalibrator {
         if !budgets.is_empty() {
             return Ok(()); // the headers say where the limits are
         }
-        // Additive increase of limits learned without headers.
-        let learned: Vec<LimitStatus> = ctx
-            .status
-            .limits
-            .iter()
-            .filter(|l| l.effective < l.configured)
-            .cloned()
-            .collect();
-        for l in learned {
-            let w = window_ms(&l);
-            {
-                let mut mem = self.memory.lock();
-                let a = mem.aimd(ctx.key, &l.limit);
-                let quiet = obs.at_ms.saturating_sub(a.last_refusal_ms);
-                let due = obs.at_ms.saturating_sub(a.last_increase_ms) >= w;
-                // Up to just below the level the provider last refused at, after two
-                // clean windows; to it and beyond only after CEILING_HOLD clean windows.
-                let step = ((l.configured as f64 * self.tuning.increase).ceil() as u64).max(1);
-                let below = a.ceiling.is_none_or(|c| l.effective + step < c);
-                let clean = quiet >= if below { 2 * w } else { CEILING_HOLD * w };
-                if !(clean && due) {
-                    continue;
-                }
-                if !below {
-                    a.ceiling = None;
-                }
-                a.last_increase_ms = obs.at_ms;
-            }
+        // Rule 5: probing back up while the provider accepts full windows.
+        let lag_ms = ms(self.clock.now()).saturating_sub(obs.at_ms);
+        let limits = ctx.status.limits.clone();
+        for l in limits {
+            let fill = self.fill(ctx, &l, lag_ms, obs.at_ms);
             let step = ((l.configured as f64 * self.tuning.increase).ceil() as u64).max(1);
-            let next = l.effective.saturating_add(step);
+            let (next, learner) = {
+                let mut mem = self.memory.lock();
+                let learner = mem.learner(ctx.key, &l.limit);
+                learner.observe_effective(l.effective, obs.at_ms);
+                let next = learner.success(
+                    Succeeded {
+                        at_ms: obs.at_ms,
+                        fill,
+                        used: l.used,
+                        effective: l.effective,
+                        configured: l.configured,
+                        window_ms: window_ms(&l),
+                        booked_ms: ctx.status.booked_ahead.as_millis() as u64,
+                    },
+                    step,
+                );
+                (next, learner.clone())
+            };
+            if l.effective < l.configured {
+                self.gauge_learned(ctx, &l, &learner);
+            }
+            let Some(next) = next else { continue };
             let value = (next < l.configured).then_some(next);
             ctx.change(
                 StateChange::EffectiveLimit {
@@ -526,7 +583,7 @@ impl Recalibrator {
                 Change::EffectiveLimit {
                     limit: l.limit.clone(),
                     value,
-                    why: "aimd_increase",
+                    why: "learned_probe",
                 },
             )
             .await?;
@@ -743,6 +800,35 @@ impl Recalibrator {
             },
         )
         .await
+    }
+
+    /// Adds the learner's evidence (this process's) to a `/v1/quotas` view of the same
+    /// catalog: for each limit it has observed, the estimate, its confirmations and age.
+    pub fn annotate(&self, report: &mut crate::QuotasReport) {
+        let now = ms(self.clock.now());
+        let mem = self.memory.lock();
+        if mem.learners.is_empty() {
+            return;
+        }
+        for (m, mr) in self.catalog.models.iter().zip(report.models.iter_mut()) {
+            for (key, ar) in m.keys.iter().zip(mr.accounts.iter_mut()) {
+                for lr in &mut ar.limits {
+                    let found = mem
+                        .learners
+                        .iter()
+                        .find(|((k, l), _)| k == key && l.to_string() == lr.id);
+                    if let Some((_, learner)) = found
+                        && learner.evidence_ms != 0
+                    {
+                        lr.learned = Some(crate::LearnedReport {
+                            estimate: learner.estimate,
+                            confirmations: learner.confirmations,
+                            evidence_age_ms: now.saturating_sub(learner.evidence_ms),
+                        });
+                    }
+                }
+            }
+        }
     }
 
     /// Periodic work: enables accounts whose daily-quota wait has passed.

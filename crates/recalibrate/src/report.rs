@@ -22,6 +22,22 @@ pub struct LimitReport {
     pub effective: u64,
     /// What the trailing window holds now, queued reservations included.
     pub used: u64,
+    /// The learner's evidence for this limit (rule 5, no rate-limit headers), where the
+    /// process serving the view applies the observations (the sidecar) and has some.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learned: Option<LearnedReport>,
+}
+
+/// What the learner observed of one limit (see `docs/sidecar.md`, rule 5).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct LearnedReport {
+    /// The fill of our window at the provider's last refusal (an upper bound of its real
+    /// limit); `None` once a success above it refuted it.
+    pub estimate: Option<u64>,
+    /// Refusals at a similar fill since the estimate was set.
+    pub confirmations: u32,
+    /// How long ago the estimate was last set, confirmed or refuted, in milliseconds.
+    pub evidence_age_ms: u64,
 }
 
 /// One account of one model.
@@ -129,6 +145,7 @@ pub async fn report<S: Store>(catalog: &Catalog, store: &S) -> QuotasReport {
                             configured: l.configured,
                             effective: l.effective,
                             used: l.used,
+                            learned: None,
                         })
                         .collect(),
                     error: None,

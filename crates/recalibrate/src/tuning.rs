@@ -9,9 +9,9 @@ pub struct Tuning {
     pub quota_state_after: Duration,
     /// The cooldown of a throttling refusal that names no wait.
     pub default_cooldown: Duration,
-    /// Multiplicative decrease factor.
+    /// Multiplicative decrease factor (unused since the learner of rule 5).
     pub decrease: f64,
-    /// Additive increase per window, as a fraction of the configured limit.
+    /// The learner's first probe step, as a fraction of the configured limit.
     pub increase: f64,
     /// A learned limit never goes below this fraction of the configured one.
     pub floor: f64,

@@ -268,30 +268,39 @@ async fn unseen_usage_never_overfills_a_shorter_limit_of_the_same_unit() {
 }
 
 #[tokio::test]
-async fn refusals_without_headers_and_with_headroom_decrease_multiplicatively_once_per_window() {
+async fn a_refusal_without_headers_sets_the_limit_to_what_the_provider_had_accepted() {
     let r = rig("dashscope");
-    r.spend(0, 70, 10).await;
-    // Refused at 70 of 100: down to min(100 x 0.9, 70) = 70.
+    // 70 accepted and the refused attempt (which counts one request in our window, as
+    // the gateway records it), all in the past.
+    r.spend(0, 71, 10).await;
+    r.clock.advance(Duration::from_secs(7));
     let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
     assert_eq!(
         effective(&changes),
-        [("r10105".to_owned(), Some(70), "aimd_decrease")]
+        [("r10105".to_owned(), Some(70), "learned_refusal")]
     );
-    // The same overload again within the window: counted once.
-    r.clock.advance(Duration::from_secs(2));
-    assert!(effective(&r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await).is_empty());
-    // A window later, with the window empty: at most halved (70 -> 35), never to 0.
-    r.clock.advance(Duration::from_secs(11));
+    // Refused again (an attempt admitted before the change): 69 accepted of the 71
+    // our window holds; at least 1 below the limit in force, confirmed.
     let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
     assert_eq!(
         effective(&changes),
-        [("r10105".to_owned(), Some(35), "aimd_decrease")]
+        [("r10105".to_owned(), Some(69), "learned_refusal")]
     );
-    // A TPM refusal (DashScope's insufficient_quota) lowers the tokens limit.
+    // A TPM refusal (DashScope's insufficient_quota) learns the tokens limit, and one
+    // refusal at most halves it (720 tokens held of 100000).
     let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_TPM))).await;
     assert_eq!(
         effective(&changes),
-        [("t10105".to_owned(), Some(50_000), "aimd_decrease")]
+        [("t10105".to_owned(), Some(50_000), "learned_refusal")]
+    );
+    // A second bounded cut waits half a window.
+    let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_TPM))).await;
+    assert!(effective(&changes).is_empty(), "{changes:?}");
+    r.clock.advance(Duration::from_secs(6));
+    let changes = r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_TPM))).await;
+    assert_eq!(
+        effective(&changes),
+        [("t10105".to_owned(), Some(25_000), "learned_refusal")]
     );
 }
 
@@ -299,6 +308,7 @@ async fn refusals_without_headers_and_with_headroom_decrease_multiplicatively_on
 async fn a_refusal_our_windows_explain_lowers_nothing() {
     let r = rig("dashscope");
     r.spend(0, 100, 10).await;
+    r.clock.advance(Duration::from_millis(9500)); // every slot in the past
     // Reconciled costs above their estimates took our own window over the limit.
     let m = &r.catalog.models[0];
     sluice_limiter::Store::record_usage(
@@ -317,26 +327,77 @@ async fn a_refusal_our_windows_explain_lowers_nothing() {
     assert_eq!(r.status(0).await.limits[0].effective, 100);
 }
 
+/// The default rig without pacing: a spend is sent at once, nothing booked ahead (the
+/// learner's probe counts from when the provider was sent the new level).
+fn unpaced_rig() -> Rig {
+    rig_with(
+        "dashscope",
+        "limits = [{ requests = 100, per = \"10s\" }, { tokens = 100000, per = \"10s\" }]\npacing = \"off\"",
+    )
+}
+
+/// Spends what the effective request limit of key-0 allows now, then reports a success;
+/// after a probe, fills the window to the new level too and reports again (the probe's
+/// window starts when the provider was sent it).
+async fn full_window_success(r: &Rig) -> Vec<Change> {
+    let fill = || async {
+        let st = r.status(0).await;
+        let l = &st.limits[0];
+        r.spend(0, l.effective.saturating_sub(l.used), 10).await;
+        r.apply(&r.obs(0, 200, &[], None)).await
+    };
+    let mut changes = fill().await;
+    if !effective(&changes).is_empty() {
+        changes.extend(fill().await);
+    }
+    changes
+}
+
 #[tokio::test]
-async fn successes_raise_a_learned_limit_additively_up_to_the_configured_one() {
-    let r = rig("dashscope");
+async fn successes_with_full_windows_probe_back_up_to_the_configured_limit() {
+    let r = unpaced_rig();
     r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await; // empty window: halved to 50
     assert_eq!(r.status(0).await.limits[0].effective, 50);
-    // Within two windows of the refusal: no increase.
-    r.clock.advance(Duration::from_secs(15));
+    // A success with a window that is not full is no evidence.
+    r.clock.advance(Duration::from_secs(25));
     assert!(effective(&r.apply(&r.obs(0, 200, &[], None)).await).is_empty());
-    let mut last = 50;
-    for _ in 0..60 {
-        r.clock.advance(Duration::from_millis(10_105));
-        r.apply(&r.obs(0, 200, &[], None)).await;
-        let now = r.status(0).await.limits[0].effective;
+    let mut seen = Vec::new();
+    for _ in 0..8 {
+        let changes = full_window_success(&r).await;
         assert!(
-            now == last + 1 || (now == 100 && last == 100),
-            "{last} -> {now}"
+            effective(&changes)
+                .iter()
+                .all(|(_, _, why)| *why == "learned_probe"),
+            "{changes:?}"
         );
-        last = now;
+        seen.push(r.status(0).await.limits[0].effective);
+        r.clock.advance(Duration::from_millis(10_105));
     }
-    assert_eq!(last, 100, "back to the configured limit and no further");
+    // +1, then a step twice as large after each window the provider accepted, at most
+    // 16 at once, up to the configured limit (forgotten there) and no further.
+    assert_eq!(seen, [51, 53, 57, 65, 81, 97, 100, 100], "{seen:?}");
+}
+
+#[tokio::test]
+async fn two_recalibrators_on_one_store_learn_one_value() {
+    let r = rig("dashscope");
+    let other = sluice_recalibrate::Recalibrator::with_clock(
+        r.catalog.clone(),
+        sluice_recalibrate::Tuning::default(),
+        std::sync::Arc::new(r.clock.clone()),
+    );
+    r.spend(0, 71, 10).await;
+    r.clock.advance(Duration::from_secs(7));
+    r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
+    assert_eq!(r.status(0).await.limits[0].effective, 70);
+    // The next refusal of the same overload goes to the other sidecar: it sets the fill
+    // it observes (70 of 71: it saw one refusal), never more than 1 below the limit in
+    // force, not another relative decrease.
+    other
+        .apply(&r.store, &r.obs(0, 429, &[], Some(DASHSCOPE_RPM)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(0).await.limits[0].effective, 69);
 }
 
 #[tokio::test]
@@ -439,30 +500,31 @@ async fn slots_booked_ahead_are_not_mistaken_for_usage_the_provider_saw() {
 }
 
 #[tokio::test]
-async fn probing_above_the_last_refusal_waits_for_ten_clean_windows() {
-    let r = rig("dashscope");
-    r.spend(0, 60, 10).await;
-    r.clock.advance(Duration::from_secs(2));
+async fn a_refused_probe_sets_the_fill_observed_and_the_next_waits_longer() {
+    let r = unpaced_rig();
+    r.spend(0, 61, 10).await;
+    r.clock.advance(Duration::from_secs(7));
     r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await; // 100 -> 60 (what we held)
-    // Refused at 60 again once the first 60 have left the window: down to 54, and 60
-    // is the ceiling.
-    r.clock.advance(Duration::from_secs(20));
-    r.spend(0, 54, 10).await;
+    assert_eq!(r.status(0).await.limits[0].effective, 60);
+    // Two quiet windows, then a probe to 61.
+    r.clock.advance(Duration::from_millis(2 * 10_105));
+    full_window_success(&r).await;
+    assert_eq!(r.status(0).await.limits[0].effective, 61);
+    // Refused at the probe, at a fill of 59 (60 held, one of them refused): 59.
+    r.clock.advance(Duration::from_secs(11));
+    r.spend(0, 60, 10).await;
+    r.clock.advance(Duration::from_secs(9));
     r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
-    assert_eq!(r.status(0).await.limits[0].effective, 54);
+    assert_eq!(r.status(0).await.limits[0].effective, 59);
+    // Confirmed (the second refusal at about 60): three quiet windows before the next
+    // probe, not two.
     let mut seen = Vec::new();
-    for _ in 0..12 {
+    for _ in 0..4 {
         r.clock.advance(Duration::from_millis(10_105));
-        r.apply(&r.obs(0, 200, &[], None)).await;
+        full_window_success(&r).await;
         seen.push(r.status(0).await.limits[0].effective);
     }
-    // Two windows to start, then +1 per window to 59, held there until ten windows
-    // after the refusal, then on.
-    assert_eq!(
-        seen,
-        [54, 55, 56, 57, 58, 59, 59, 59, 59, 60, 61, 62],
-        "{seen:?}"
-    );
+    assert_eq!(seen, [59, 59, 60, 62], "{seen:?}");
 }
 
 /// Reports "limit 100, `remaining`" on key-0 every 500 ms for `steps` steps; returns the
@@ -624,4 +686,27 @@ async fn an_echoed_400_changes_nothing() {
         assert!(r.apply(&r.obs(i, 400, &[], Some(body))).await.is_empty());
         assert_eq!(r.status(i).await.disabled, None);
     }
+}
+
+#[tokio::test]
+async fn the_quotas_view_shows_the_learners_evidence_and_its_age() {
+    let r = rig("dashscope");
+    r.spend(0, 71, 10).await;
+    r.clock.advance(Duration::from_secs(7));
+    r.apply(&r.obs(0, 429, &[], Some(DASHSCOPE_RPM))).await;
+    r.clock.advance(Duration::from_secs(2));
+    let mut view = sluice_recalibrate::report(&r.catalog, &r.store).await;
+    assert_eq!(view.models[0].accounts[0].limits[0].learned, None);
+    r.recal.annotate(&mut view);
+    assert_eq!(
+        view.models[0].accounts[0].limits[0].learned,
+        Some(sluice_recalibrate::LearnedReport {
+            estimate: Some(70),
+            confirmations: 1,
+            evidence_age_ms: 2000,
+        })
+    );
+    // Nothing learned of the tokens limit, nor of the other account.
+    assert_eq!(view.models[0].accounts[0].limits[1].learned, None);
+    assert_eq!(view.models[0].accounts[1].limits[0].learned, None);
 }

@@ -5,6 +5,7 @@
 mod support;
 
 mod api;
+mod learn;
 mod metrics_doc;
 mod outage;
 mod recalibration;

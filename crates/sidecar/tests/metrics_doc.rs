@@ -43,6 +43,18 @@ const NOT_HERE: &[(&str, &str)] = &[
         "needs an observation whose apply fails (Redis failing mid-apply)",
     ),
     (
+        "sluice_learned_limit_estimate",
+        "needs refusals without rate-limit headers (learn.rs drives the learner)",
+    ),
+    (
+        "sluice_learned_limit_confirmations",
+        "needs refusals without rate-limit headers (learn.rs drives the learner)",
+    ),
+    (
+        "sluice_learned_limit_evidence_ms",
+        "needs refusals without rate-limit headers (learn.rs drives the learner)",
+    ),
+    (
         "sluice_sidecar_corroborations_total",
         "needs a report that would disable an account (trust.rs drives that path)",
     ),

@@ -52,6 +52,13 @@ pub struct Args {
     /// Seed of the generator for completion-token distributions and fault rates.
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Send no rate-limit headers (`x-ratelimit-*`, `anthropic-ratelimit-*`) on any
+    /// answer of any model, whatever the dialect (a relay, vLLM, TGI).
+    #[arg(long)]
+    pub no_rate_limit_headers: bool,
+    /// Send no `Retry-After` (nor `retry-after-ms`) on refusals of any model.
+    #[arg(long)]
+    pub no_retry_after: bool,
 }
 
 fn millis(value: f64, flag: &str) -> Result<Duration, ConfigError> {
@@ -71,7 +78,7 @@ impl Args {
     /// `--rpm`, `--tpm`, `--rps` (none given: unlimited). With `--config`: the file, then
     /// `--rpm`/`--tpm`/`--rps` replace the limits of the `--models` named (added if missing) or,
     /// without `--models`, of every model of the file. `--dialect`, `--latency-ms` and
-    /// `--ms-per-token` apply to every model; `--keys` replaces the file's accounts;
+    /// `--ms-per-token`, `--no-rate-limit-headers`, `--no-retry-after` apply to every model; `--keys` replaces the file's accounts;
     /// `--listen`, `--window-scale`, `--seed` replace the file's values.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let mut config = match &self.config {
@@ -124,6 +131,12 @@ impl Args {
             }
             if let Some(ms) = self.ms_per_token {
                 model.latency.per_token = millis(ms, "--ms-per-token")?;
+            }
+            if self.no_rate_limit_headers {
+                model.announce.rate_limit_headers = false;
+            }
+            if self.no_retry_after {
+                model.announce.retry_after = false;
             }
         }
         if !self.keys.is_empty() {
@@ -225,5 +238,15 @@ mod tests {
         assert!(args.into_config().is_err());
         let args = Args::try_parse_from(["sluice-sim", "--rpm", "0"]).unwrap();
         assert!(args.into_config().is_err());
+    }
+
+    #[test]
+    fn announcing_flags() {
+        let c = parse(&["--rpm", "10"]);
+        assert!(c.models[0].announce.rate_limit_headers);
+        assert!(c.models[0].announce.retry_after);
+        let c = parse(&["--rpm", "10", "--no-rate-limit-headers", "--no-retry-after"]);
+        assert!(!c.models[0].announce.rate_limit_headers);
+        assert!(!c.models[0].announce.retry_after);
     }
 }

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 
 use crate::clock::{NANOS_PER_SEC, Nanos, ceil_ms, ceil_secs, go_duration, rfc3339};
-use crate::config::Dialect;
+use crate::config::{Announce, Dialect};
 use crate::meter::{Headline, LimitView, Refusal, RefusalKind, Unit};
 
 /// The operation a request called (Azure names it in its messages).
@@ -70,6 +70,8 @@ pub struct Context<'a> {
     pub headline: Headline,
     /// The UNIX time now, in nanoseconds (for RFC 3339 resets).
     pub unix_now: u128,
+    /// Which rate-limit headers and waits the model announces.
+    pub announce: Announce,
 }
 
 /// A rendered refusal.
@@ -180,8 +182,24 @@ pub fn request_id(dialect: Dialect, id: u64) -> String {
     }
 }
 
-/// The rate-limit headers every answer of the dialect carries (OpenAI, Azure, Anthropic; none for DashScope).
+/// The rate-limit headers every answer of the dialect carries (OpenAI, Azure, Anthropic; none for DashScope),
+/// or only the request id when the model announces no rate-limit headers.
 pub fn limit_headers(ctx: &Context<'_>) -> HeaderMap {
+    let mut h = dialect_limit_headers(ctx);
+    if !ctx.announce.rate_limit_headers {
+        let names: Vec<HeaderName> = h
+            .keys()
+            .filter(|n| n.as_str().contains("ratelimit"))
+            .cloned()
+            .collect();
+        for n in names {
+            h.remove(n);
+        }
+    }
+    h
+}
+
+fn dialect_limit_headers(ctx: &Context<'_>) -> HeaderMap {
     let mut h = HeaderMap::new();
     let req = ctx.headline.requests;
     let tok = match ctx.dialect {
@@ -347,7 +365,7 @@ const ORG: &str = "org-sluice-sim";
 /// Renders a refusal in the context's dialect.
 pub fn render(failure: &Failure, ctx: &Context<'_>) -> Rendered {
     let mut headers = limit_headers(ctx);
-    let wait = wait_of(failure);
+    let wait = wait_of(failure).filter(|_| ctx.announce.retry_after);
     let (status, body) = match ctx.dialect {
         Dialect::Openai => {
             if let Some(w) = wait {
@@ -671,6 +689,7 @@ mod tests {
                 ..Headline::default()
             },
             unix_now: u128::from(MANUAL_CLOCK_UNIX_ORIGIN_SECS) * u128::from(NANOS_PER_SEC),
+            announce: Announce::default(),
         }
     }
 
@@ -808,5 +827,70 @@ mod tests {
             request_id(Dialect::Openai, 1),
             request_id(Dialect::Openai, 2)
         );
+    }
+
+    #[test]
+    fn silent_models_omit_rate_limit_headers_in_every_dialect() {
+        for dialect in [
+            Dialect::Openai,
+            Dialect::Azure,
+            Dialect::Anthropic,
+            Dialect::Dashscope,
+        ] {
+            let mut c = ctx(dialect);
+            let loud = render(&tpm_refusal(), &c);
+            if dialect != Dialect::Dashscope {
+                assert!(
+                    loud.headers
+                        .keys()
+                        .any(|n| n.as_str().contains("ratelimit")),
+                    "{dialect:?} announces its limits by default"
+                );
+            }
+            c.announce.rate_limit_headers = false;
+            let quiet = render(&tpm_refusal(), &c);
+            assert!(
+                quiet
+                    .headers
+                    .keys()
+                    .all(|n| !n.as_str().contains("ratelimit")),
+                "{dialect:?}: {:?}",
+                quiet.headers
+            );
+            assert!(
+                limit_headers(&c)
+                    .keys()
+                    .all(|n| !n.as_str().contains("ratelimit"))
+            );
+            assert_eq!(quiet.status, loud.status, "{dialect:?}");
+            assert_eq!(
+                body(&quiet),
+                body(&loud),
+                "{dialect:?}: the body is the dialect's"
+            );
+            if dialect != Dialect::Dashscope {
+                assert_eq!(
+                    header(&quiet, "retry-after").as_deref(),
+                    Some("2"),
+                    "{dialect:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_can_be_omitted() {
+        for dialect in [Dialect::Openai, Dialect::Azure, Dialect::Anthropic] {
+            let mut c = ctx(dialect);
+            c.announce.retry_after = false;
+            let r = render(&tpm_refusal(), &c);
+            assert_eq!(r.status, 429);
+            assert_eq!(header(&r, "retry-after"), None, "{dialect:?}");
+            assert_eq!(header(&r, "retry-after-ms"), None, "{dialect:?}");
+            assert!(
+                r.headers.keys().any(|n| n.as_str().contains("ratelimit")),
+                "{dialect:?}: the rate-limit headers stay"
+            );
+        }
     }
 }

@@ -57,7 +57,8 @@ use tokio::task::JoinHandle;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    AccountConfig, AccountState, Config, Dialect, FaultRule, Limit, ModelConfig, TokenRule,
+    AccountConfig, AccountState, Announce, Config, Dialect, FaultRule, Limit, ModelConfig,
+    TokenRule,
 };
 pub use error::{ConfigError, Error};
 pub use meter::Unit;

@@ -236,6 +236,7 @@ fn context<'a>(
         request_id,
         headline,
         unix_now: clock.unix_nanos_at(clock.now()),
+        announce: cell.model.announce,
     }
 }
 

@@ -206,6 +206,29 @@ pub struct ModelConfig {
     pub stream_chunk_tokens: u64,
     /// The line ending of streamed events (`\n` by default).
     pub sse_line_ending: SseLineEnding,
+    /// What the answers say about the limits (headers, `Retry-After`).
+    pub announce: Announce,
+}
+
+/// What a model's answers tell about its limits: like the real provider by default;
+/// a relay, self-hosted vLLM or TGI often says nothing but the 429 (and maybe a
+/// `Retry-After`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announce {
+    /// The dialect's rate-limit headers (`x-ratelimit-*`, `anthropic-ratelimit-*`) on
+    /// every answer.
+    pub rate_limit_headers: bool,
+    /// `Retry-After` (and `retry-after-ms`) on refusals.
+    pub retry_after: bool,
+}
+
+impl Default for Announce {
+    fn default() -> Self {
+        Self {
+            rate_limit_headers: true,
+            retry_after: true,
+        }
+    }
 }
 
 /// The line ending a streamed answer frames its events with (the SSE spec allows all
@@ -247,6 +270,7 @@ impl ModelConfig {
             max_output_tokens: DEFAULT_MAX_OUTPUT_TOKENS,
             stream_chunk_tokens: DEFAULT_STREAM_CHUNK_TOKENS,
             sse_line_ending: SseLineEnding::default(),
+            announce: Announce::default(),
         }
     }
 
@@ -607,6 +631,17 @@ stream_cut = 1.0
         );
         assert_eq!(c.accounts[1].display_name(), fingerprint("sk-b"));
         assert_eq!(c.faults[0].slow_ms, DEFAULT_SLOW_MS);
+    }
+
+    #[test]
+    fn a_model_may_announce_nothing() {
+        let c = Config::from_toml_str(
+            "[[models]]\nname = \"vllm\"\nrate_limit_headers = false\nretry_after = false\n[[models]]\nname = \"m\"",
+        )
+        .unwrap();
+        let v = c.model("vllm").unwrap().announce;
+        assert!(!v.rate_limit_headers && !v.retry_after);
+        assert_eq!(c.model("m").unwrap().announce, Announce::default());
     }
 
     #[test]

@@ -43,6 +43,10 @@ struct RawModel {
     stream_chunk_tokens: Option<u64>,
     #[serde(default)]
     sse_line_ending: super::SseLineEnding,
+    /// `false`: no rate-limit headers on any answer.
+    rate_limit_headers: Option<bool>,
+    /// `false`: no `Retry-After` on refusals.
+    retry_after: Option<bool>,
 }
 
 fn default_dialect() -> Dialect {
@@ -256,6 +260,12 @@ impl TryFrom<RawConfig> for Config {
                 model.stream_chunk_tokens = n;
             }
             model.sse_line_ending = m.sse_line_ending;
+            if let Some(b) = m.rate_limit_headers {
+                model.announce.rate_limit_headers = b;
+            }
+            if let Some(b) = m.retry_after {
+                model.announce.retry_after = b;
+            }
             models.push(model);
         }
         let mut accounts = Vec::new();
