@@ -211,57 +211,18 @@ impl Gateway {
         Router::new()
             .route(
                 "/v1/chat/completions",
-                post(|State(g): State<Gateway>, req: Request| {
-                    let (parts, body) = req.into_parts();
-                    pipeline::completions(
-                        g,
-                        Endpoint::Chat,
-                        "/chat/completions",
-                        parts.headers,
-                        body,
-                    )
-                }),
+                metered(Endpoint::Chat, "/chat/completions"),
             )
             .route(
                 "/v1/completions",
-                post(|State(g): State<Gateway>, req: Request| {
-                    let (parts, body) = req.into_parts();
-                    pipeline::completions(
-                        g,
-                        Endpoint::Completions,
-                        "/completions",
-                        parts.headers,
-                        body,
-                    )
-                }),
+                metered(Endpoint::Completions, "/completions"),
             )
             .route(
                 "/v1/embeddings",
-                post(|State(g): State<Gateway>, req: Request| {
-                    let (parts, body) = req.into_parts();
-                    pipeline::completions(
-                        g,
-                        Endpoint::Embeddings,
-                        "/embeddings",
-                        parts.headers,
-                        body,
-                    )
-                }),
+                metered(Endpoint::Embeddings, "/embeddings"),
             )
-            .route(
-                "/v1/responses",
-                post(|State(g): State<Gateway>, req: Request| {
-                    let (parts, body) = req.into_parts();
-                    pipeline::completions(g, Endpoint::Responses, "/responses", parts.headers, body)
-                }),
-            )
-            .route(
-                "/v1/messages",
-                post(|State(g): State<Gateway>, req: Request| {
-                    let (parts, body) = req.into_parts();
-                    pipeline::completions(g, Endpoint::Messages, "/messages", parts.headers, body)
-                }),
-            )
+            .route("/v1/responses", metered(Endpoint::Responses, "/responses"))
+            .route("/v1/messages", metered(Endpoint::Messages, "/messages"))
             .route("/v1/models", get(models))
             .route("/v1/quotas", get(quotas))
             .route(
@@ -444,4 +405,13 @@ fn metrics(State(g): State<Gateway>, headers: HeaderMap, open: bool) -> Response
         )
             .into_response(),
     }
+}
+
+/// The route of a metered API: `POST` through the pipeline as `endpoint`, sent to
+/// `path` of the model's upstream.
+fn metered(endpoint: Endpoint, path: &'static str) -> axum::routing::MethodRouter<Live> {
+    post(move |State(g): State<Gateway>, req: Request| {
+        let (parts, body) = req.into_parts();
+        pipeline::completions(g, endpoint, path, parts.headers, body)
+    })
 }
