@@ -50,17 +50,13 @@ fn main() -> anyhow::Result<()> {
         flags,
         exposure: sluice_config::Config::check_sidecar_exposure,
     };
-    let (config, hash) =
-        sluice_config::load_with_digest(&source.path, &source.flags, &sluice_config::ProcessEnv)
-            .with_context(|| {
-                format!(
-                    "refusing to start with configuration {}",
-                    args.config.display()
-                )
-            })?;
-    config
-        .check_sidecar_exposure()
-        .context("refusing to start")?;
+    // The same reading and checks as every reload (`ConfigSource::load`).
+    let (config, hash) = source.load().with_context(|| {
+        format!(
+            "refusing to start with configuration {}",
+            args.config.display()
+        )
+    })?;
     let runtime = tokio::runtime::Runtime::new().context("tokio runtime")?;
     let served = runtime.block_on(async move {
         let options = Options::from_config(&config);
