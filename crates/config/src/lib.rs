@@ -43,10 +43,11 @@ pub use duration::{DurationError, parse_duration};
 pub use env::{Env, ProcessEnv};
 pub use error::ConfigError;
 pub use model::{
-    Account, Config, Dialect, FailurePolicy, LimitSpec, LimitUnit, Model, PacingMode, Price, Queue,
-    Retry, Server, Sidecar, Store, Tenant, TenantPriority, Tokenizer, Upstream,
+    Account, Budget, Config, Dialect, FailurePolicy, LimitSpec, LimitUnit, Model, PacingMode,
+    Price, Queue, Retry, Server, Sidecar, Store, Tenant, TenantModelLimits, TenantPriority,
+    Tokenizer, Upstream,
 };
-pub use presets::{PRESETS, Preset, preset};
+pub use presets::{PRESETS, PRICES, Preset, preset, price};
 pub use secret::{KeyDigest, Secret};
 
 /// One override from the command line: a dotted key (`server.listen`) and its value as text.

@@ -285,13 +285,36 @@ pub enum PacingMode {
     Off,
 }
 
-/// USD per million tokens.
+/// USD per million tokens: the model's `price`, else its preset
+/// ([`presets::price`](crate::presets::price)).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Price {
     /// Per million input tokens.
     pub input_per_mtok: f64,
+    /// Per million input tokens read from the provider's prompt cache (default: the
+    /// input price).
+    pub cached_input_per_mtok: f64,
     /// Per million output tokens.
     pub output_per_mtok: f64,
+}
+
+impl Price {
+    /// What `uncached` and `cached` input tokens and `output` tokens cost, in micro-USD
+    /// (rounded up, so that a budget is never under-charged; saturating).
+    ///
+    /// ```
+    /// let p = sluice_config::Price { input_per_mtok: 2.5, cached_input_per_mtok: 1.25, output_per_mtok: 10.0 };
+    /// // 1,000 input tokens at $2.50/M, 1,000 cached at $1.25/M, 100 output at $10/M
+    /// assert_eq!(p.micro_usd(1_000, 1_000, 100), 2_500 + 1_250 + 1_000);
+    /// ```
+    pub fn micro_usd(&self, uncached: u64, cached: u64, output: u64) -> u64 {
+        // USD per million tokens is micro-USD per token.
+        let micro = uncached as f64 * self.input_per_mtok
+            + cached as f64 * self.cached_input_per_mtok
+            + output as f64 * self.output_per_mtok;
+        // `as` saturates (and maps NaN to 0); prices are validated finite and >= 0.
+        (micro - 1e-6).ceil().max(0.0) as u64
+    }
 }
 
 /// `[[models]]`.
@@ -355,6 +378,41 @@ pub struct Tenant {
     pub priority: TenantPriority,
     /// `max_wait`, if lower than the queue's.
     pub max_wait: Option<Duration>,
+    /// Its own limits on every model together (`rpm`, `tpd`, `limits`, ...), counted
+    /// across every replica when a request is admitted; empty for none.
+    pub limits: Vec<LimitSpec>,
+    /// `[[tenants.models]]`: its limits on one model, on top of `limits`.
+    pub model_limits: Vec<TenantModelLimits>,
+    /// `budget`: money it may spend.
+    pub budget: Budget,
+}
+
+/// A tenant's limits on one model (`[[tenants.models]]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantModelLimits {
+    /// The model (a `[[models]]` name).
+    pub model: String,
+    /// Its limits on that model.
+    pub limits: Vec<LimitSpec>,
+}
+
+/// A tenant's `budget`, in USD over trailing windows; each `None` when not set.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Budget {
+    /// `per_day`: USD in any trailing 24 hours.
+    pub per_day: Option<f64>,
+    /// `per_month`: USD in any trailing 30 days.
+    pub per_month: Option<f64>,
+}
+
+impl Tenant {
+    /// Whether anything limits this tenant besides the providers' quotas.
+    pub fn is_limited(&self) -> bool {
+        !self.limits.is_empty()
+            || !self.model_limits.is_empty()
+            || self.budget.per_day.is_some()
+            || self.budget.per_month.is_some()
+    }
 }
 
 /// A tenant's `priority` class.
@@ -378,6 +436,9 @@ impl Tenant {
             weight,
             priority: TenantPriority::Interactive,
             max_wait: None,
+            limits: Vec::new(),
+            model_limits: Vec::new(),
+            budget: Budget::default(),
         }
     }
 }

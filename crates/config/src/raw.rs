@@ -197,6 +197,8 @@ macro_rules! raw_limits {
 }
 raw_limits!(RawModel);
 raw_limits!(RawQuota);
+raw_limits!(RawTenant);
+raw_limits!(RawTenantModel);
 
 /// `[[quotas]]`: one pool of limits that several models draw on.
 #[derive(Debug, Deserialize)]
@@ -249,6 +251,7 @@ pub(crate) struct RawLimit {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPrice {
     pub(crate) input_per_mtok: f64,
+    pub(crate) cached_input_per_mtok: Option<f64>,
     pub(crate) output_per_mtok: f64,
 }
 
@@ -268,6 +271,38 @@ pub(crate) struct RawTenant {
     pub(crate) weight: Option<Num<u32>>,
     pub(crate) priority: Option<crate::TenantPriority>,
     pub(crate) max_wait: Option<Dur>,
+    pub(crate) rpm: Option<Num<u64>>,
+    pub(crate) tpm: Option<Num<u64>>,
+    pub(crate) rps: Option<Num<u64>>,
+    pub(crate) tps: Option<Num<u64>>,
+    pub(crate) rpd: Option<Num<u64>>,
+    pub(crate) tpd: Option<Num<u64>>,
+    pub(crate) limits: Option<Vec<RawLimit>>,
+    pub(crate) budget: Option<RawBudget>,
+    #[serde(default)]
+    pub(crate) models: Vec<RawTenantModel>,
+}
+
+/// `tenants[].budget`: money per trailing day and 30 days, in USD.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBudget {
+    pub(crate) per_day: Option<f64>,
+    pub(crate) per_month: Option<f64>,
+}
+
+/// `[[tenants.models]]`: a tenant's limits on one model (or `[[quotas]]` pool's model).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTenantModel {
+    pub(crate) model: String,
+    pub(crate) rpm: Option<Num<u64>>,
+    pub(crate) tpm: Option<Num<u64>>,
+    pub(crate) rps: Option<Num<u64>>,
+    pub(crate) tps: Option<Num<u64>>,
+    pub(crate) rpd: Option<Num<u64>>,
+    pub(crate) tpd: Option<Num<u64>>,
+    pub(crate) limits: Option<Vec<RawLimit>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -274,13 +274,67 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 name: t.name,
             });
         }
+        let limits = limits_of(&path, &t.raw_limits())?;
+        let mut model_limits: Vec<crate::TenantModelLimits> = Vec::new();
+        for (j, m) in t.models.iter().enumerate() {
+            let mpath = format!("{path}.models[{j}]");
+            if !names.contains(&m.model) {
+                return Err(invalid(
+                    format!("{mpath}.model"),
+                    format!(
+                        "{:?} (models: {})",
+                        m.model,
+                        list_names(names.iter().map(String::as_str))
+                    ),
+                    "the name of a [[models]] entry",
+                ));
+            }
+            if model_limits.iter().any(|x| x.model == m.model) {
+                return Err(ConfigError::Duplicate {
+                    path: format!("{mpath}.model"),
+                    what: "tenant model",
+                    name: m.model.clone(),
+                });
+            }
+            let limits = limits_of(&mpath, &m.raw_limits())?;
+            if limits.is_empty() {
+                return Err(invalid(
+                    mpath,
+                    "no limits",
+                    "at least one of rpm, tpm, rps, tps, rpd, tpd or limits",
+                ));
+            }
+            model_limits.push(crate::TenantModelLimits {
+                model: m.model.clone(),
+                limits,
+            });
+        }
+        let budget = budget(&path, t.budget.as_ref())?;
         tenants.push(Tenant {
             weight: nz32(&format!("{path}.weight"), t.weight, 1)?,
             priority: t.priority.unwrap_or_default(),
             max_wait: t.max_wait.map(|d| d.0),
             name: t.name,
             key,
+            limits,
+            model_limits,
+            budget,
         });
+    }
+
+    let budgeted = tenants
+        .iter()
+        .position(|t| t.budget != crate::Budget::default());
+    let unpriced = models.iter().position(|m: &Model| m.price.is_none());
+    if let (Some(i), Some(j)) = (budgeted, unpriced) {
+        return Err(invalid(
+            format!("models[{j}].price"),
+            format!(
+                "none, and {:?} has no list price (tenants[{i}] has a budget)",
+                models[j].name
+            ),
+            "a price = { input_per_mtok, output_per_mtok } on every model when a tenant has a budget",
+        ));
     }
 
     let retry = Retry {
@@ -551,6 +605,10 @@ fn model(
         Some(p) => {
             for (k, v) in [
                 ("input_per_mtok", p.input_per_mtok),
+                (
+                    "cached_input_per_mtok",
+                    p.cached_input_per_mtok.unwrap_or(p.input_per_mtok),
+                ),
                 ("output_per_mtok", p.output_per_mtok),
             ] {
                 if !v.is_finite() || v < 0.0 {
@@ -563,10 +621,12 @@ fn model(
             }
             Some(Price {
                 input_per_mtok: p.input_per_mtok,
+                cached_input_per_mtok: p.cached_input_per_mtok.unwrap_or(p.input_per_mtok),
                 output_per_mtok: p.output_per_mtok,
             })
         }
-    };
+    }
+    .or_else(|| crate::presets::price(m.upstream_model.as_deref().unwrap_or(&m.name)));
     let tokenizer = match m.tokenizer.unwrap_or(Tokenizer::Auto) {
         Tokenizer::Auto => auto_tokenizer(&upstream_model),
         t => t,
@@ -803,6 +863,39 @@ fn accounts(
             keys: keys.into_iter().map(Secret::new).collect(),
         })
         .collect())
+}
+
+/// The largest budget accepted: a million USD per window (amounts are kept in micro-USD).
+const MAX_BUDGET_USD: f64 = 1e6;
+
+/// `tenants[i].budget`, validated: each amount positive, finite and at most
+/// [`MAX_BUDGET_USD`].
+fn budget(path: &str, raw: Option<&crate::raw::RawBudget>) -> Result<crate::Budget, ConfigError> {
+    let Some(raw) = raw else {
+        return Ok(crate::Budget::default());
+    };
+    let check = |key: &str, v: Option<f64>| -> Result<Option<f64>, ConfigError> {
+        match v {
+            Some(usd) if !(usd.is_finite() && usd > 0.0 && usd <= MAX_BUDGET_USD) => Err(invalid(
+                format!("{path}.budget.{key}"),
+                usd,
+                "USD above 0 and at most 1000000 (omit the key for no budget)",
+            )),
+            v => Ok(v),
+        }
+    };
+    let budget = crate::Budget {
+        per_day: check("per_day", raw.per_day)?,
+        per_month: check("per_month", raw.per_month)?,
+    };
+    if budget.per_day.is_none() && budget.per_month.is_none() {
+        return Err(invalid(
+            format!("{path}.budget"),
+            "no amounts",
+            "per_day and/or per_month, in USD",
+        ));
+    }
+    Ok(budget)
 }
 
 fn limit(path: &str, l: &RawLimit) -> Result<LimitSpec, ConfigError> {

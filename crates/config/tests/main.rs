@@ -4,3 +4,4 @@ mod accounts;
 mod load;
 mod passthrough;
 mod security;
+mod tenants;

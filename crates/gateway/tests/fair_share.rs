@@ -228,6 +228,15 @@ async fn three_tenants_on_their_own_replicas_are_served_by_their_weights() {
         "only {used:.3} of the quota used ({counts:?})"
     );
     assert_weighted(counts, [3, 2, 1], "each tenant on its own replica");
+    // The waits for a turn are counted where they happen: team-a's own replica.
+    let waits = metric(
+        &client(),
+        &urls[0],
+        "sluice_fair_share_waits_total",
+        &["model=\"fair-m\"", "tenant=\"team-a\""],
+    )
+    .await;
+    assert!(waits > 0.0, "no fair-share wait counted");
 }
 
 /// The quota used over `elapsed` by `counts`, as a fraction.

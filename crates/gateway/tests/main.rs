@@ -24,5 +24,6 @@ mod safe_defaults;
 mod secrets;
 mod slow_clients;
 mod status_page;
+mod tenant_limits;
 mod traces;
 mod upstream_text;

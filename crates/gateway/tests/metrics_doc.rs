@@ -58,6 +58,22 @@ const NOT_HERE: &[(&str, &str)] = &[
         "stale or unknown observations: sidecar's metrics_doc test",
     ),
     ("sluice_observation_lag_seconds", "sidecar only"),
+    (
+        "sluice_tenant_budget_remaining_usd",
+        "needs tenants with limits: tenant_limits.rs asserts it",
+    ),
+    (
+        "sluice_tenant_limit_remaining",
+        "needs tenants with limits: tenant_limits.rs asserts it",
+    ),
+    (
+        "sluice_tenant_refusals_total",
+        "needs tenants with limits: tenant_limits.rs asserts it",
+    ),
+    (
+        "sluice_fair_share_waits_total",
+        "needs several tenants queueing: fair_share.rs asserts it",
+    ),
     ("sluice_probes_total", "sidecar only"),
     ("sluice_sidecar_acquire_total", "sidecar only"),
     ("sluice_sidecar_reports_total", "sidecar only"),

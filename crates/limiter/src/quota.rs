@@ -21,6 +21,8 @@ pub enum Unit {
     InputTokens,
     /// Completion (output) tokens only.
     OutputTokens,
+    /// Money, in millionths of a currency unit (micro-USD): a tenant's spend budget.
+    Spend,
 }
 
 impl Unit {
@@ -30,16 +32,19 @@ impl Unit {
             Unit::Tokens => 't',
             Unit::InputTokens => 'i',
             Unit::OutputTokens => 'o',
+            Unit::Spend => 's',
         }
     }
 
-    /// A stable lowercase name (`requests`, `tokens`, `input_tokens`, `output_tokens`).
+    /// A stable lowercase name (`requests`, `tokens`, `input_tokens`, `output_tokens`,
+    /// `spend`).
     pub fn as_str(self) -> &'static str {
         match self {
             Unit::Requests => "requests",
             Unit::Tokens => "tokens",
             Unit::InputTokens => "input_tokens",
             Unit::OutputTokens => "output_tokens",
+            Unit::Spend => "spend",
         }
     }
 }
@@ -131,6 +136,22 @@ impl Limit {
         NonZeroU64::new(amount).map(|a| Self::new(Unit::Tokens, a, window))
     }
 
+    /// The same limit with its own state, apart from an unscoped limit of the same unit
+    /// and window in the same quota: its identifier becomes `<scope>/<id>` (a tenant's
+    /// limit on one model, `m:qwen3-max/r60000`, beside its limit on every model).
+    ///
+    /// ```
+    /// use sluice_limiter::{Limit, Window};
+    /// let every = Limit::requests(100, Window::secs(60).unwrap()).unwrap();
+    /// let one = every.clone().scoped("m:qwen3-max");
+    /// assert_eq!(one.id().as_str(), "m:qwen3-max/r60000");
+    /// assert_ne!(one.id(), every.id());
+    /// ```
+    pub fn scoped(mut self, scope: &str) -> Self {
+        self.id = LimitId(format!("{scope}/{}", self.id).into());
+        self
+    }
+
     /// What the limit counts.
     pub fn unit(&self) -> Unit {
         self.unit
@@ -160,6 +181,7 @@ impl Limit {
             Unit::Tokens => cost.input_tokens.saturating_add(cost.output_tokens),
             Unit::InputTokens => cost.input_tokens,
             Unit::OutputTokens => cost.output_tokens,
+            Unit::Spend => cost.spend,
         };
         raw.min(TOO_LARGE_CHARGE)
     }
@@ -343,7 +365,10 @@ impl Quota {
             .zip(shares)
             .map(|(l, share)| {
                 let amount = NonZeroU64::new(share).unwrap_or(NonZeroU64::MIN);
-                Limit::new(l.unit, amount, l.window)
+                Limit {
+                    amount,
+                    ..l.clone()
+                }
             })
             .collect();
         Quota {
@@ -389,6 +414,9 @@ pub struct Cost {
     pub input_tokens: u64,
     /// Completion tokens.
     pub output_tokens: u64,
+    /// What it costs in money, in millionths of a currency unit (micro-USD); only
+    /// [`Unit::Spend`] limits (tenant budgets) count it.
+    pub spend: u64,
 }
 
 impl Cost {
@@ -397,6 +425,7 @@ impl Cost {
         requests: 0,
         input_tokens: 0,
         output_tokens: 0,
+        spend: 0,
     };
 
     /// One request with the given input and output tokens.
@@ -405,6 +434,7 @@ impl Cost {
             requests: 1,
             input_tokens,
             output_tokens,
+            spend: 0,
         }
     }
 

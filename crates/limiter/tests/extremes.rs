@@ -117,6 +117,7 @@ async fn check<S: Store>(
                     requests: 0,
                     input_tokens: *tokens,
                     output_tokens: 0,
+                    spend: 0,
                 };
                 let before = used(store, q).await;
                 store.record_usage(&key("a"), q, cost).await.unwrap();
@@ -212,6 +213,7 @@ async fn a_usage_of_two_to_the_63_closes_the_window_on_redis() {
         requests: 0,
         input_tokens: 1 << 63,
         output_tokens: 0,
+        spend: 0,
     };
     store.record_usage(&key("a"), &q, huge).await.unwrap();
     let mut admitted = 0;

@@ -404,6 +404,7 @@ async fn check<S: Store>(
                             requests: 0,
                             input_tokens: *tokens,
                             output_tokens: 0,
+                            spend: 0,
                         },
                     )
                     .await
@@ -413,6 +414,7 @@ async fn check<S: Store>(
                         requests: 0,
                         input_tokens: *tokens,
                         output_tokens: 0,
+                        spend: 0,
                     },
                     now,
                 );

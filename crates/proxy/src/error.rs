@@ -205,21 +205,23 @@ pub(crate) fn ratelimit_headers(
     remaining: &[Remaining],
     reset: Option<Duration>,
 ) {
-    for (unit, suffix) in [(Unit::Requests, "requests"), (Unit::Tokens, "tokens")] {
-        let Some(r) = remaining
+    let put = |h: &mut HeaderMap, name: String, value: String| {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::try_from(name),
+            HeaderValue::try_from(value),
+        ) {
+            h.insert(n, v);
+        }
+    };
+    let tightest = |unit: Unit| {
+        remaining
             .iter()
             .filter(|r| r.unit == unit)
             .min_by_key(|r| r.remaining)
-        else {
+    };
+    for (unit, suffix) in [(Unit::Requests, "requests"), (Unit::Tokens, "tokens")] {
+        let Some(r) = tightest(unit) else {
             continue;
-        };
-        let put = |h: &mut HeaderMap, name: String, value: String| {
-            if let (Ok(n), Ok(v)) = (
-                http::HeaderName::try_from(name),
-                HeaderValue::try_from(value),
-            ) {
-                h.insert(n, v);
-            }
         };
         put(
             headers,
@@ -238,6 +240,20 @@ pub(crate) fn ratelimit_headers(
                 go_duration(reset),
             );
         }
+    }
+    // A tenant's budget (micro-USD in the limiter), in USD.
+    if let Some(r) = tightest(Unit::Spend) {
+        let usd = |v: u64| format!("{:.6}", v as f64 / 1e6);
+        put(
+            headers,
+            "x-sluice-budget-limit-usd".into(),
+            usd(r.effective),
+        );
+        put(
+            headers,
+            "x-sluice-budget-remaining-usd".into(),
+            usd(r.remaining),
+        );
     }
 }
 

@@ -46,6 +46,7 @@ mod state;
 mod status_page;
 mod stream;
 mod telemetry;
+mod tenant_limits;
 mod upstream;
 mod usage;
 

@@ -47,6 +47,10 @@ struct QuotasView<'a> {
     /// This replica's last refusals, newest first.
     #[serde(skip_serializing_if = "Option::is_none")]
     recent_refusals: Option<Vec<crate::refusals::Refusal>>,
+    /// The tenants' own limits and budgets, fleet-wide: every tenant's for an operator,
+    /// the caller's own for a tenant.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tenants: Vec<crate::tenant_limits::TenantView>,
 }
 
 #[derive(serde::Serialize)]
@@ -59,9 +63,15 @@ struct QueueView<'a> {
 impl Gateway {
     /// The `/v1/quotas` answer of this snapshot: the report with the configuration's
     /// hash (`config_sha256`); redacted unless `details`; with this replica's queues and
-    /// last refusals (which name tenants) only for an `operator` (the admin key, or the
-    /// admin listener).
-    pub async fn quotas_view(&self, details: bool, operator: bool) -> Response {
+    /// last refusals (which name tenants) and every tenant's own limits only for an
+    /// `operator` (the admin key, or the admin listener); a tenant (`caller`) sees its
+    /// own limits.
+    pub(crate) async fn quotas_view(
+        &self,
+        details: bool,
+        operator: bool,
+        caller: Option<usize>,
+    ) -> Response {
         let mut report =
             sluice_recalibrate::report(&self.inner.catalog, &*self.inner.limiter).await;
         self.inner.recalibrator.annotate(&mut report);
@@ -81,12 +91,15 @@ impl Gateway {
         } else {
             Vec::new()
         };
+        let tenants =
+            crate::tenant_limits::views(&self.inner, |t| operator || caller == Some(t)).await;
         axum::Json(QuotasView {
             config_sha256: &self.inner.config_hash,
             changes_version: self.inner.overrides_version,
             report,
             queues,
             recent_refusals: operator.then(|| self.live.refusals.newest_first()),
+            tenants,
         })
         .into_response()
     }
@@ -271,14 +284,16 @@ async fn limit_in_flight(
 async fn quotas(State(g): State<Gateway>, headers: HeaderMap) -> Response {
     let token = crate::upstream::presented_key(&headers);
     let admin = g.is_admin(token);
-    if !admin && g.inner.tenant(token).is_none() {
+    let caller = g.inner.tenant(token);
+    if !admin && caller.is_none() {
         return admin_error(
             StatusCode::UNAUTHORIZED,
             "Invalid API key: send a tenant key or the admin key as Authorization: Bearer <key>.",
             "invalid_api_key",
         );
     }
-    g.quotas_view(admin || g.inner.admin_digest.is_none(), admin)
+    let caller = caller.filter(|_| !g.inner.tenants.is_empty());
+    g.quotas_view(admin || g.inner.admin_digest.is_none(), admin, caller)
         .await
 }
 
@@ -292,7 +307,7 @@ async fn admin_quotas(g: State<Gateway>, headers: HeaderMap, open: bool) -> Resp
             "invalid_api_key",
         );
     }
-    g.quotas_view(true, true).await
+    g.quotas_view(true, true, None).await
 }
 
 fn admin_error(status: StatusCode, message: &str, code: &str) -> Response {

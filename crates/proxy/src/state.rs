@@ -70,6 +70,8 @@ pub(crate) struct TenantState {
     /// Its fair share of each quota's queue across the fleet (none with a single
     /// tenant: there is nobody to share with).
     pub(crate) share: Option<Share>,
+    /// Its own limits and budgets, if it has any.
+    pub(crate) limits: Option<crate::tenant_limits::TenantLimits>,
     key: KeyDigest,
 }
 
@@ -379,20 +381,29 @@ impl Inner {
         let tenants = config
             .tenants
             .iter()
-            .map(|t| TenantState {
-                name: t.name.clone(),
-                weight: t.weight.get(),
-                max_wait: t.max_wait,
-                share: (config.tenants.len() > 1).then(|| {
-                    let priority = match t.priority {
-                        TenantPriority::Interactive => Priority::Interactive,
-                        TenantPriority::Batch => Priority::Batch,
-                    };
-                    Share::new(t.name.clone(), t.weight.get(), priority)
-                }),
-                key: t.key.clone(),
+            .map(|t| {
+                let limits = crate::tenant_limits::TenantLimits::new(t, &config.models).map_err(
+                    |source| StartError::Quota {
+                        model: format!("tenant {}", t.name),
+                        source,
+                    },
+                )?;
+                Ok(TenantState {
+                    name: t.name.clone(),
+                    weight: t.weight.get(),
+                    max_wait: t.max_wait,
+                    share: (config.tenants.len() > 1).then(|| {
+                        let priority = match t.priority {
+                            TenantPriority::Interactive => Priority::Interactive,
+                            TenantPriority::Batch => Priority::Batch,
+                        };
+                        Share::new(t.name.clone(), t.weight.get(), priority)
+                    }),
+                    limits,
+                    key: t.key.clone(),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, StartError>>()?;
         let recalibrator = Arc::new(Recalibrator::new(
             catalog.clone(),
             Tuning::from(&config.sidecar),

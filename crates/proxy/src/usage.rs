@@ -7,14 +7,54 @@ use tracing::Instrument;
 
 use crate::estimate::Endpoint;
 use crate::state::Gateway;
+use crate::tenant_limits::TenantHold;
 
-/// The `usage` object of an answer (OpenAI shape; native DashScope names accepted).
+/// The `usage` object of an answer (OpenAI shape; native DashScope and Responses names
+/// accepted).
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 pub(crate) struct Usage {
+    /// What counts towards the provider's input budget.
     #[serde(default, alias = "input_tokens")]
     pub(crate) prompt_tokens: u64,
     #[serde(default, alias = "output_tokens")]
     pub(crate) completion_tokens: u64,
+    /// OpenAI's cached part of `prompt_tokens` (`prompt_tokens_details.cached_tokens`,
+    /// Responses' `input_tokens_details.cached_tokens`).
+    #[serde(default, alias = "input_tokens_details")]
+    prompt_tokens_details: Option<PromptDetails>,
+    /// Anthropic's cache reads (`cache_read_input_tokens`), which are not part of
+    /// `prompt_tokens`.
+    #[serde(skip)]
+    cache_reads: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+struct PromptDetails {
+    #[serde(default)]
+    cached_tokens: u64,
+}
+
+impl Usage {
+    /// Usage of `prompt` and `completion` tokens, nothing read from a cache.
+    pub(crate) fn new(prompt: u64, completion: u64) -> Self {
+        Self {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            ..Self::default()
+        }
+    }
+
+    /// The input tokens as billed: (at the input price, at the cached-input price).
+    pub(crate) fn billed_input(&self) -> (u64, u64) {
+        if self.cache_reads > 0 {
+            return (self.prompt_tokens, self.cache_reads);
+        }
+        let cached = self
+            .prompt_tokens_details
+            .map_or(0, |d| d.cached_tokens)
+            .min(self.prompt_tokens);
+        (self.prompt_tokens - cached, cached)
+    }
 }
 
 /// Anthropic's `usage`: what counts towards its input budget is `input_tokens` plus
@@ -25,6 +65,8 @@ struct AnthropicUsage {
     input_tokens: Option<u64>,
     #[serde(default)]
     cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
     #[serde(default)]
     output_tokens: Option<u64>,
 }
@@ -48,8 +90,8 @@ pub(crate) fn usage_in(endpoint: Endpoint, body: &[u8]) -> Option<Usage> {
             .ok()?
             .usage?;
         return Some(Usage {
-            prompt_tokens: u.input()?,
-            completion_tokens: u.output_tokens?,
+            cache_reads: u.cache_read_input_tokens.unwrap_or(0),
+            ..Usage::new(u.input()?, u.output_tokens?)
         });
     }
     serde_json::from_slice::<WithUsage<Usage>>(body).ok()?.usage
@@ -66,6 +108,10 @@ pub(crate) struct StreamUsage {
     endpoint: Option<Endpoint>,
     input: Option<u64>,
     output: Option<u64>,
+    /// OpenAI's cached part of the input.
+    cached: u64,
+    /// Anthropic's cache reads (apart from the input).
+    cache_reads: u64,
 }
 
 impl StreamUsage {
@@ -90,6 +136,10 @@ impl StreamUsage {
                 if let Some(u) = json.pointer("/response/usage").filter(|_| closing) {
                     self.input = field(u, "input_tokens");
                     self.output = field(u, "output_tokens");
+                    self.cached = u
+                        .pointer("/input_tokens_details/cached_tokens")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(0);
                 }
                 false
             }
@@ -100,6 +150,7 @@ impl StreamUsage {
                             let u: AnthropicUsage =
                                 serde_json::from_value(u.clone()).unwrap_or_default();
                             self.input = u.input();
+                            self.cache_reads = u.cache_read_input_tokens.unwrap_or(0);
                         }
                     }
                     Some("message_delta") => {
@@ -123,6 +174,7 @@ impl StreamUsage {
                 if let Ok(u) = serde_json::from_value::<Usage>(usage.clone()) {
                     self.input = Some(u.prompt_tokens);
                     self.output = Some(u.completion_tokens);
+                    self.cached = u.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
                 }
                 json.get("choices")
                     .and_then(|c| c.as_array())
@@ -134,8 +186,11 @@ impl StreamUsage {
     /// The usage, once both sides are known.
     pub(crate) fn usage(&self) -> Option<Usage> {
         Some(Usage {
-            prompt_tokens: self.input?,
-            completion_tokens: self.output?,
+            prompt_tokens_details: (self.cached > 0).then_some(PromptDetails {
+                cached_tokens: self.cached,
+            }),
+            cache_reads: self.cache_reads,
+            ..Usage::new(self.input?, self.output?)
         })
     }
 }
@@ -147,6 +202,8 @@ pub(crate) struct Settle {
     pub(crate) tenant: usize,
     pub(crate) reservation: Reservation,
     pub(crate) raw_prompt: u64,
+    /// What the request holds of its tenant's own limits.
+    pub(crate) tenant_hold: TenantHold,
 }
 
 impl Settle {
@@ -170,10 +227,16 @@ impl Settle {
             metrics::counter!("sluice_tokens_total", "model" => model.clone(), "tenant" => tenant.clone(), "kind" => "input", "source" => "actual").increment(u.prompt_tokens);
             metrics::counter!("sluice_tokens_total", "model" => model.clone(), "tenant" => tenant.clone(), "kind" => "output", "source" => "actual").increment(u.completion_tokens);
         }
+        let (uncached, cached) = usage.map_or((input, 0), |u| u.billed_input());
         if let Some(p) = m.cfg.price {
-            let micro = input as f64 * p.input_per_mtok + output as f64 * p.output_per_mtok;
             metrics::counter!("sluice_spend_microusd_total", "model" => model, "tenant" => tenant)
-                .increment(micro.round() as u64);
+                .increment(p.micro_usd(uncached, cached, output));
+        }
+        match usage {
+            Some(u) => self
+                .tenant_hold
+                .settle(u.prompt_tokens, uncached, cached, output),
+            None => self.tenant_hold.keep(),
         }
         if let Some(u) = usage {
             let actual = Cost::request(u.prompt_tokens, u.completion_tokens);
@@ -210,31 +273,43 @@ mod tests {
         let usage_in = |b: &[u8]| super::usage_in(Endpoint::Chat, b);
         assert_eq!(
             usage_in(br#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#),
-            Some(Usage {
-                prompt_tokens: 3,
-                completion_tokens: 4
-            })
+            Some(Usage::new(3, 4))
         );
         assert_eq!(
             usage_in(br#"{"usage":{"input_tokens":3,"output_tokens":4}}"#),
-            Some(Usage {
-                prompt_tokens: 3,
-                completion_tokens: 4
-            })
+            Some(Usage::new(3, 4))
         );
         assert_eq!(usage_in(br#"{"usage":null}"#), None);
+        let cached = usage_in(
+            br#"{"usage":{"prompt_tokens":100,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":60}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cached.billed_input(),
+            (40, 60),
+            "OpenAI's cached tokens are part of the prompt"
+        );
+        let responses = usage_in(
+            br#"{"usage":{"input_tokens":100,"output_tokens":4,"input_tokens_details":{"cached_tokens":300}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            responses.billed_input(),
+            (0, 100),
+            "never more cached than the prompt"
+        );
         assert_eq!(usage_in(b"not json"), None);
     }
 
     #[test]
     fn anthropic_usage_counts_cache_writes_not_reads() {
         let body = br#"{"usage":{"input_tokens":10,"cache_creation_input_tokens":5,"cache_read_input_tokens":100,"output_tokens":4}}"#;
+        let u = usage_in(Endpoint::Messages, body).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (15, 4));
         assert_eq!(
-            usage_in(Endpoint::Messages, body),
-            Some(Usage {
-                prompt_tokens: 15,
-                completion_tokens: 4
-            })
+            u.billed_input(),
+            (15, 100),
+            "reads are billed apart, at the cached price"
         );
         assert_eq!(
             usage_in(Endpoint::Messages, br#"{"usage":{"output_tokens":4}}"#),
@@ -250,13 +325,7 @@ mod tests {
         assert_eq!(m.usage(), None, "the output is known only at the end");
         m.observe(&json!({"type":"content_block_delta","delta":{"text":"x"}}));
         m.observe(&json!({"type":"message_delta","usage":{"output_tokens":7}}));
-        assert_eq!(
-            m.usage(),
-            Some(Usage {
-                prompt_tokens: 12,
-                completion_tokens: 7
-            })
-        );
+        assert_eq!(m.usage(), Some(Usage::new(12, 7)));
         let mut cut = StreamUsage::new(Endpoint::Messages);
         cut.observe(&json!({"type":"message_delta","usage":{"output_tokens":7}}));
         assert_eq!(cut.usage(), None, "no input side: the estimate stands");
@@ -266,13 +335,7 @@ mod tests {
         r.observe(&json!({"type":"response.output_text.delta","response":{"usage":{"input_tokens":1,"output_tokens":1}}}));
         assert_eq!(r.usage(), None);
         r.observe(&json!({"type":"response.completed","response":{"usage":{"input_tokens":9,"output_tokens":3}}}));
-        assert_eq!(
-            r.usage(),
-            Some(Usage {
-                prompt_tokens: 9,
-                completion_tokens: 3
-            })
-        );
+        assert_eq!(r.usage(), Some(Usage::new(9, 3)));
 
         let mut c = StreamUsage::new(Endpoint::Chat);
         assert!(

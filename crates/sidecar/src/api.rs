@@ -208,6 +208,7 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
         requests: req.requests,
         input_tokens: req.input_tokens,
         output_tokens: req.output_tokens,
+        spend: 0,
     };
     let decision = gw.limiter().acquire(&keys, &m.quota, cost, max_wait).await;
     metrics::counter!("sluice_sidecar_acquire_total", "model" => m.name.clone(), "outcome" => match &decision { Ok(Decision::Granted(_)) => "granted", Ok(_) => "refused", Err(_) => "error" }).increment(1);
@@ -427,6 +428,7 @@ async fn report(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byte
             requests: t.requests,
             input_tokens: t.input_tokens,
             output_tokens: t.output_tokens,
+            spend: 0,
         };
         let actual = match (&req.usage, req.status) {
             (Some(u), _) => Some(Cost::request(u.prompt_tokens, u.completion_tokens)),
@@ -554,6 +556,7 @@ fn clamp_usage(actual: Cost, reserved: &Cost, status: &QuotaStatus) -> Cost {
         requests: actual.requests.min(reserved.requests.max(1)),
         input_tokens: actual.input_tokens.min(max_in),
         output_tokens: actual.output_tokens.min(max_out),
+        spend: 0,
     }
 }
 

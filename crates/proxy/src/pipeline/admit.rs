@@ -21,6 +21,7 @@ use super::{Bound, Failure};
 use crate::error::{ApiError, RateLimited};
 use crate::state::{Gateway, ModelState};
 use crate::telemetry::SPANS;
+use crate::tenant_limits::{self, TenantHold, TenantRefusal};
 
 /// Who is asking, for how long, for what.
 pub(super) struct Ask {
@@ -36,8 +37,22 @@ pub(super) struct Ask {
     pub(super) attempt: u32,
 }
 
-/// Admits a request on model `mi`: its reservation once its slot has come.
-pub(super) async fn admit(gw: &Gateway, mi: usize, ask: &Ask) -> Result<Reservation, Failure> {
+/// Admits a request on model `mi`: what it holds of its tenant's own limits, then its
+/// reservation once its slot has come (the hold is refunded if there is none).
+pub(super) async fn admit(
+    gw: &Gateway,
+    mi: usize,
+    ask: &Ask,
+) -> Result<(Reservation, TenantHold), Failure> {
+    let hold = match tenant_limits::charge(gw, ask.tenant, mi, ask.cost, ask.deadline).await {
+        Ok(hold) => hold,
+        Err(TenantRefusal::Limited(r, limit)) => {
+            let account = "none".to_owned();
+            return Err(Failure::Refused(r, Bound { account, limit }));
+        }
+        Err(TenantRefusal::TooLarge(e)) => return Err(Failure::TooLarge(e)),
+        Err(TenantRefusal::StoreDown(after)) => return Err(Failure::StoreDown(after)),
+    };
     let model = &gw.inner.models[mi];
     let queue_span = tracing::trace_span!(
         target: SPANS,
@@ -99,7 +114,7 @@ pub(super) async fn admit(gw: &Gateway, mi: usize, ask: &Ask) -> Result<Reservat
         queue_span.record("slot_wait_ms", ms(res.wait));
         queue_span.record("wait_ms", ms(gate_t0.elapsed()));
     }
-    Ok(res)
+    Ok((res, hold))
 }
 
 /// The refusal of a request that found the model's fair gate full at this replica.
@@ -423,7 +438,7 @@ impl Drop for AbandonedWait {
 mod tests {
     use serde_json::json;
 
-    use super::super::testing::{gateway, prepared};
+    use super::super::testing::{gateway, prepared, prepared_as};
     use super::*;
     use crate::estimate::Endpoint;
 
@@ -450,7 +465,9 @@ mod tests {
         let mut accounts = Vec::new();
         for _ in 0..4 {
             match admit(&gw, 0, &p.ask(cost, 0)).await {
-                Ok(res) => accounts.push(gw.inner.models[0].accounts[res.candidate].name.clone()),
+                Ok((res, _)) => {
+                    accounts.push(gw.inner.models[0].accounts[res.candidate].name.clone())
+                }
                 Err(_) => panic!("a slot was free"),
             }
         }
@@ -524,5 +541,211 @@ mod tests {
             store_failure(broken, model),
             Failure::StoreDown(_)
         ));
+    }
+
+    /// Tenant `capped` (`sk-capped-key`): 1 request per minute on every model, 1 s of
+    /// waiting at most.
+    const CAPPED: &str = r#"
+[[tenants]]
+name = "capped"
+key = "sk-capped-key"
+max_wait = "1s"
+rpm = 1
+"#;
+
+    /// What the account windows of model `mi` hold, in requests.
+    async fn provider_requests(gw: &Gateway, mi: usize) -> u64 {
+        let m = &gw.inner.models[mi];
+        let mut used = 0;
+        for k in &m.keys {
+            let status = gw.inner.limiter.status(k, &m.quota).await.unwrap();
+            used += status.limits[0].used;
+        }
+        used
+    }
+
+    /// What tenant `ti`'s limit `i` holds, fleet-wide.
+    async fn tenant_used(gw: &Gateway, ti: usize, i: usize) -> u64 {
+        let limits = gw.inner.tenants[ti].limits.as_ref().unwrap();
+        let status = limits.status(&gw.inner.limiter).await.unwrap();
+        status.limits[i].used
+    }
+
+    /// Waits (bounded) until tenant `ti`'s limit `i` holds `want`: a refund or settle
+    /// runs in the background.
+    async fn until_tenant_used(gw: &Gateway, ti: usize, i: usize, want: u64) {
+        for _ in 0..500 {
+            if tenant_used(gw, ti, i).await == want {
+                return;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        panic!(
+            "tenant limit {i} holds {}, not {want}",
+            tenant_used(gw, ti, i).await
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tenants_own_limit_refuses_before_the_provider_is_asked() {
+        let gw = gateway(URL, CAPPED);
+        let body =
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
+        let p = prepared_as(&gw, "sk-capped-key", Endpoint::Chat, body).await;
+        let (cost, _) = p.cost_on(&gw.inner.models[0]);
+        let Ok((_, hold)) = admit(&gw, 0, &p.ask(cost, 0)).await else {
+            panic!("the tenant's first request of the minute was refused");
+        };
+        hold.keep();
+        // On another model too: the limit is the tenant's, on every model.
+        match admit(&gw, 1, &p.ask(cost, 0)).await {
+            Err(Failure::Refused(r, bound)) => {
+                assert_eq!(bound.limit, "tenant capped: 1 requests per 60s");
+                assert_eq!(bound.account, "none");
+                assert!(r.what.contains("the provider was not asked"), "{}", r.what);
+                assert!(
+                    r.retry_after > Duration::from_secs(1),
+                    "{:?}",
+                    r.retry_after
+                );
+                let requests = r
+                    .remaining
+                    .iter()
+                    .find(|x| x.unit == sluice_limiter::Unit::Requests);
+                assert_eq!(
+                    requests.map(|x| (x.effective, x.remaining)),
+                    Some((1, 0)),
+                    "the tenant's own budget in the headers"
+                );
+            }
+            _ => panic!("the tenant's second request in a minute was not refused"),
+        }
+        assert_eq!(provider_requests(&gw, 0).await, 1);
+        assert_eq!(
+            provider_requests(&gw, 1).await,
+            0,
+            "the provider's quota is not charged for it"
+        );
+        // Another tenant is not limited by it.
+        let other = prepared(
+            &gw,
+            Endpoint::Chat,
+            json!({"model": "m2", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+        let (cost, _) = other.cost_on(&gw.inner.models[1]);
+        assert!(admit(&gw, 1, &other.ask(cost, 0)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_refusal_on_the_providers_side_costs_the_tenant_nothing() {
+        let gw = gateway(URL, CAPPED);
+        let model = &gw.inner.models[0];
+        // Fill the provider's windows (2 per minute on each of 2 accounts).
+        for _ in 0..4 {
+            let granted = gw
+                .inner
+                .limiter
+                .acquire(
+                    &model.keys,
+                    &model.quota,
+                    Cost::request(1, 1),
+                    Duration::ZERO,
+                )
+                .await;
+            assert!(matches!(granted, Ok(Decision::Granted(_))));
+        }
+        let body =
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
+        let p = prepared_as(&gw, "sk-capped-key", Endpoint::Chat, body).await;
+        let (cost, _) = p.cost_on(model);
+        match admit(&gw, 0, &p.ask(cost, 0)).await {
+            Err(Failure::Refused(_, bound)) => assert_eq!(bound.limit, "2 requests per 60s"),
+            _ => panic!("the provider's full window did not refuse"),
+        }
+        // The tenant's hold was given back: its one request a minute is still free.
+        until_tenant_used(&gw, 2, 0, 0).await;
+        let Ok((_, hold)) = admit(&gw, 1, &p.ask(cost, 0)).await else {
+            panic!("the refused request was charged to the tenant");
+        };
+        hold.keep();
+        assert_eq!(tenant_used(&gw, 2, 0).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_budget_refuses_what_would_cross_it_and_settles_to_the_actual_price() {
+        // 1,000 micro-USD a day; a request of m is estimated at its prompt at $1/M and
+        // 5 output tokens at $100/M: about 510 micro-USD.
+        let budget = r#"
+[[tenants]]
+name = "spender"
+key = "sk-spender-key"
+max_wait = "1s"
+budget = { per_day = 0.001 }
+"#;
+        let gw = gateway(URL, budget);
+        let body =
+            json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
+        let p = prepared_as(&gw, "sk-spender-key", Endpoint::Chat, body).await;
+        let (cost, _) = p.cost_on(&gw.inner.models[0]);
+        let estimate = cost.input_tokens + cost.output_tokens * 100;
+        let Ok((_, first)) = admit(&gw, 0, &p.ask(cost, 0)).await else {
+            panic!("the first request fits the budget");
+        };
+        assert_eq!(tenant_used(&gw, 2, 0).await, estimate);
+        match admit(&gw, 1, &p.ask(cost, 0)).await {
+            Err(Failure::Refused(r, bound)) => {
+                assert_eq!(bound.limit, "tenant spender: budget of USD 0.001 per day");
+                assert!(
+                    r.retry_after > Duration::from_secs(3600),
+                    "a day's budget: {:?}",
+                    r.retry_after
+                );
+            }
+            _ => panic!("a request that would cross the budget was admitted"),
+        }
+        // The answer used 10 input tokens (4 from the cache, at the input price here)
+        // and 1 output token: 10 + 100 micro-USD, so a second request now fits.
+        first.settle(10, 10, 0, 1);
+        until_tenant_used(&gw, 2, 0, 110).await;
+        let Ok((_, second)) = admit(&gw, 1, &p.ask(cost, 0)).await else {
+            panic!("the refund of the estimate was not applied");
+        };
+        second.keep();
+        assert_eq!(tenant_used(&gw, 2, 0).await, 110 + estimate);
+    }
+
+    #[tokio::test]
+    async fn a_tenants_limit_on_one_model_leaves_the_others_free() {
+        let narrow = r#"
+[[tenants]]
+name = "narrow"
+key = "sk-narrow-key"
+max_wait = "1s"
+[[tenants.models]]
+model = "m"
+rpm = 1
+"#;
+        let gw = gateway(URL, narrow);
+        let ask_for = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
+        let p = prepared_as(&gw, "sk-narrow-key", Endpoint::Chat, ask_for("m")).await;
+        let (cost, _) = p.cost_on(&gw.inner.models[0]);
+        let Ok((_, hold)) = admit(&gw, 0, &p.ask(cost, 0)).await else {
+            panic!("the first request on m was refused");
+        };
+        hold.keep();
+        match admit(&gw, 0, &p.ask(cost, 0)).await {
+            Err(Failure::Refused(_, bound)) => {
+                assert_eq!(bound.limit, "tenant narrow: 1 requests per 60s on m")
+            }
+            _ => panic!("the tenant's second request on m in a minute was admitted"),
+        }
+        for _ in 0..3 {
+            let Ok((_, hold)) = admit(&gw, 1, &p.ask(cost, 0)).await else {
+                panic!("m2 is not limited for the tenant");
+            };
+            hold.keep();
+        }
     }
 }

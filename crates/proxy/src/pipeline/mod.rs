@@ -294,8 +294,10 @@ async fn through_model(
     let max_attempts = inner.config.retry.max_attempts.get();
     let mut attempt = 0u32;
     while attempt < max_attempts {
-        let res = match admit(gw, mi, &p.ask(cost, attempt)).await {
-            Ok(res) => res,
+        // `tenant_hold` is refunded when dropped unsettled: on every path below but a
+        // success (a retry, a fallback, an unanswered or refused attempt).
+        let (res, tenant_hold) = match admit(gw, mi, &p.ask(cost, attempt)).await {
+            Ok(admitted) => admitted,
             // A request too large for a later model of the chain: answer with what
             // stopped an earlier one, if anything did.
             Err(Failure::TooLarge(_)) if !matches!(failure, Failure::None) => return Hop::Next,
@@ -337,6 +339,7 @@ async fn through_model(
                 tenant: p.tenant,
                 reservation: res,
                 raw_prompt,
+                tenant_hold,
             };
             // `through_model` runs inside the `request` span.
             let spans = (Span::current(), up_span.clone());
@@ -396,6 +399,7 @@ pub(super) fn release(gw: &Gateway, mi: usize, res: Reservation, parent: &Span) 
             requests: 1,
             input_tokens: 0,
             output_tokens: 0,
+            spend: 0,
         },
     );
 }
@@ -452,7 +456,8 @@ pub(super) mod testing {
 
     /// Tenants `app` (`sk-app-key`) and `slow` (`sk-slow-key`, at most 2 s of waiting), an
     /// OpenAI upstream at `base_url` with accounts `a` and `b`, and models `m` (served
-    /// upstream as `m-upstream`, 2 requests per minute) and `m2`, plus `extra`.
+    /// upstream as `m-upstream`, 2 requests per minute; $1 per million input tokens,
+    /// $100 per million output) and `m2`, plus `extra`.
     pub(super) fn gateway(base_url: &str, extra: &str) -> Gateway {
         let toml = format!(
             r#"
@@ -474,10 +479,12 @@ name = "m"
 upstream = "up"
 upstream_model = "m-upstream"
 limits = [{{ requests = 2, per = "60s" }}, {{ tokens = 100000, per = "60s" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 100.0 }}
 [[models]]
 name = "m2"
 upstream = "up"
 limits = [{{ requests = 100, per = "60s" }}]
+price = {{ input_per_mtok = 1.0, output_per_mtok = 100.0 }}
 {extra}
 "#
         );
@@ -498,12 +505,22 @@ limits = [{{ requests = 100, per = "60s" }}]
 
     /// The request `body` of `endpoint` through the prepare stage, by tenant `app`.
     pub(super) async fn prepared(gw: &Gateway, endpoint: Endpoint, body: Value) -> Prepared {
+        prepared_as(gw, "sk-app-key", endpoint, body).await
+    }
+
+    /// [`prepared`], by the tenant whose key is `key`.
+    pub(super) async fn prepared_as(
+        gw: &Gateway,
+        key: &str,
+        endpoint: Endpoint,
+        body: Value,
+    ) -> Prepared {
         let body = Body::from(body.to_string());
         match prepare(
             gw,
             endpoint,
             "/chat/completions",
-            &bearer("sk-app-key"),
+            &bearer(key),
             body,
             Instant::now(),
         )

@@ -122,6 +122,7 @@ async fn slot(gw: &Gateway, mi: usize, max_wait: Duration) -> Result<Reservation
         requests: 1,
         input_tokens: 0,
         output_tokens: 0,
+        spend: 0,
     };
     let decision = gw
         .inner
