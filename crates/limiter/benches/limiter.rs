@@ -7,12 +7,14 @@
 //!   concurrency against the same server in the same run: the ceiling Redis sets here;
 //! - throughput and Redis memory with 1, 1k and 100k quotas;
 //! - Redis time per decision (`INFO commandstats`) without a tenant's share, with one
-//!   while nothing queues, and with three tenants sharing a queue (the fair ledger).
+//!   while nothing queues, and with three tenants sharing a queue (the fair ledger);
+//! - Redis time per request with and without a tenant's own limits and budgets.
 //!
 //! `SLUICE_BENCH_QUICK=1` shortens every run (for a smoke test);
 //! `SLUICE_BENCH_ONLY=memory` runs only the in-process part (for profiling),
 //! `SLUICE_BENCH_ONLY=fair` only the Redis time per decision with and without the fair
-//! ledger.
+//! ledger, `SLUICE_BENCH_ONLY=tenant` only the Redis time per request with and without
+//! a tenant's own limits.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -234,6 +236,95 @@ fn fair_section(rt: &tokio::runtime::Runtime, server: &RedisServer, store: &Redi
     );
 }
 
+/// Total `EVALSHA` time since the last `CONFIG RESETSTAT`, in µs.
+fn evalsha_usec(server: &RedisServer) -> f64 {
+    let stats = server.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("usec=")))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("EVALSHA ran")
+}
+
+/// Redis time per request, with and without a tenant's own limits: a request is an
+/// acquire and a reconcile on the provider's account; a tenant with limits adds an
+/// acquire (four limits: rpm, tpd, a daily and a monthly budget) and a reconcile on
+/// its own key.
+async fn tenant_time(server: &RedisServer, store: &RedisStore, n: usize, tenant: bool) -> f64 {
+    let s = |n| Window::secs(n).unwrap();
+    let tenant_quota = Quota::new(vec![
+        Limit::requests(1_000_000_000, s(60)).unwrap(),
+        Limit::tokens(1_000_000_000_000, s(86_400)).unwrap(),
+        Limit::new(
+            sluice_limiter::Unit::Spend,
+            std::num::NonZeroU64::new(1_000_000_000_000).unwrap(),
+            s(86_400),
+        ),
+        Limit::new(
+            sluice_limiter::Unit::Spend,
+            std::num::NonZeroU64::new(1_000_000_000_000).unwrap(),
+            s(30 * 86_400),
+        ),
+    ])
+    .unwrap()
+    .with_pacing(Pacing::Off)
+    .unwrap();
+    let tenant_key = [QuotaKey::new("tenant:team-a", "limits").unwrap()];
+    server.cli(&["FLUSHALL"]);
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let (q, account) = (quota(), keys(1));
+    let estimate = Cost {
+        spend: 3_000,
+        ..Cost::request(500, 200)
+    };
+    let actual = Cost {
+        spend: 2_000,
+        ..Cost::request(480, 120)
+    };
+    let decided = |d| match d {
+        Ok(sluice_limiter::Decision::Granted(res)) => res,
+        other => panic!("not granted: {other:?}"),
+    };
+    for _ in 0..n {
+        let hold = if tenant {
+            let d = store
+                .acquire(&tenant_key, &tenant_quota, estimate, Duration::ZERO)
+                .await;
+            Some(decided(d))
+        } else {
+            None
+        };
+        let d = store
+            .acquire(&account, &q, estimate, Duration::from_secs(3600))
+            .await;
+        let res = decided(d);
+        store.reconcile(&q, &res, actual).await.expect("reconcile");
+        if let Some(hold) = hold {
+            store
+                .reconcile(&tenant_quota, &hold, actual)
+                .await
+                .expect("reconcile");
+        }
+    }
+    evalsha_usec(server) / n as f64
+}
+
+/// The table of Redis time per request with and without a tenant's own limits.
+fn tenant_section(rt: &tokio::runtime::Runtime, server: &RedisServer, store: &RedisStore) {
+    println!("\n### Redis time per request, with and without a tenant's own limits (same run)\n");
+    println!("| case | µs of EVALSHA per request | ratio |");
+    println!("|---|---:|---:|");
+    let n = if quick() { 2_000 } else { 20_000 };
+    let base = rt.block_on(tenant_time(server, store, n, false));
+    let limited = rt.block_on(tenant_time(server, store, n, true));
+    println!("| acquire + reconcile on the account (three limits) | {base:.2} | 1.00 |");
+    println!(
+        "| the same + the tenant's acquire + reconcile (rpm, tpd, two budgets) | {limited:.2} | {:.2} |",
+        limited / base
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -278,8 +369,14 @@ fn main() {
     );
     let total = if quick() { 20_000 } else { 200_000 };
 
-    fair_section(&rt, &server, &store);
+    if only != "tenant" {
+        fair_section(&rt, &server, &store);
+    }
     if only == "fair" {
+        return;
+    }
+    tenant_section(&rt, &server, &store);
+    if only == "tenant" {
         return;
     }
 

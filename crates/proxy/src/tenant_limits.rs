@@ -293,9 +293,10 @@ fn publish(tenant: &str, limits: &TenantLimits, remaining: &[Remaining]) {
 /// What a request holds of its tenant's limits between admission and its answer.
 ///
 /// [`settle`](Self::settle) replaces the estimate with what the answer used;
-/// [`keep`](Self::keep) keeps the estimate (the usage is unknown). Dropped without
-/// either (the provider refused it, it went unanswered, the client left, or it moved
-/// on to another model), it is refunded: reconciled to zero, in the background.
+/// [`keep`](Self::keep) keeps the estimate (the usage is unknown); the retries of a
+/// request on one model share its hold, and [`refund`](Self::refund) gives it back
+/// before the request moves on to another model or fails. Dropped without any of them
+/// (the client left), it is refunded in the background.
 pub(crate) struct TenantHold {
     gw: Gateway,
     model: usize,
@@ -328,6 +329,25 @@ impl TenantHold {
         };
         if actual != res.cost {
             self.reconcile(res, actual);
+        }
+    }
+
+    /// Gives the charge back now (reconciled to zero), before a fallback model is
+    /// charged for the same request.
+    pub(crate) async fn refund(mut self) {
+        let Some(res) = self.reservation.take() else {
+            return;
+        };
+        let inner = &self.gw.inner;
+        let Some(quota) = inner.tenants[self.tenant]
+            .limits
+            .as_ref()
+            .and_then(|l| l.per_model.get(self.model)?.as_ref())
+        else {
+            return;
+        };
+        if let Err(e) = inner.limiter.reconcile(quota, &res, Cost::ZERO).await {
+            tracing::warn!(error = %e, tenant = %inner.tenant_name(self.tenant), "refunding a tenant's limits failed; the charge ages out");
         }
     }
 

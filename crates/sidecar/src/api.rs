@@ -170,6 +170,17 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
     let Some(tenant) = authenticate(&s, &headers) else {
         return unauthenticated();
     };
+    // A slot from here bypasses the request path that counts a tenant's own limits and
+    // budget: refuse rather than let the tenant spend past them.
+    if gw.tenant_has_own_limits(&tenant) {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Tenant {tenant:?} has limits or a budget of its own, which /v1/acquire does not count: send its requests through the gateway or this sidecar's proxy."
+            ),
+            "tenant_limits_need_the_proxy",
+        );
+    }
     let req: AcquireRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {

@@ -185,3 +185,66 @@ async fn the_forward_proxy_is_the_gateway_and_observes_in_process() {
     let ready = c.get(format!("{url}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_its_own_limits_is_counted_through_the_proxy_and_refused_an_uncounted_slot() {
+    let sim = sim(
+        "app-m",
+        Dialect::Openai,
+        Duration::from_secs(60),
+        &[SimAccount {
+            name: "a",
+            key: "sk-a",
+            requests: 100,
+            background_rps: None,
+        }],
+    )
+    .await;
+    let tenants = r#"
+[[tenants]]
+name = "limited"
+key = "sk-limited-key"
+max_wait = "1s"
+rpm = 1
+[[tenants]]
+name = "open"
+key = "sk-open-tenant"
+"#;
+    let url = sidecar_in_process(&format!("{}{tenants}", toml(&sim.base_url()))).await;
+    let c = client();
+    let post = |path: &'static str, key: &'static str, body: serde_json::Value| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            c.post(format!("{url}{path}"))
+                .bearer_auth(key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let slot = serde_json::json!({"model": "app-m"});
+    let r = post("/v1/acquire", "sk-limited-key", slot.clone()).await;
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"]["code"], "tenant_limits_need_the_proxy",
+        "{body}"
+    );
+    assert_eq!(
+        post("/v1/acquire", "sk-open-tenant", slot).await.status(),
+        200
+    );
+
+    // Through the forward proxy the tenant's limit is counted: one a minute.
+    let chat = serde_json::json!({"model": "app-m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
+    let first = post("/v1/chat/completions", "sk-limited-key", chat.clone()).await;
+    assert_eq!(first.status(), 200, "{:?}", first.text().await);
+    let second = post("/v1/chat/completions", "sk-limited-key", chat).await;
+    assert_eq!(second.status(), 429);
+    let body = second.text().await.unwrap();
+    assert!(
+        body.contains("tenant limited's own limit: 1 requests per 60s"),
+        "{body}"
+    );
+}

@@ -37,22 +37,26 @@ pub(super) struct Ask {
     pub(super) attempt: u32,
 }
 
-/// Admits a request on model `mi`: what it holds of its tenant's own limits, then its
-/// reservation once its slot has come (the hold is refunded if there is none).
+/// Admits a request on model `mi`: what it holds of its tenant's own limits (kept in
+/// `hold`: charged by the first attempt on the model, reused by its retries), then its
+/// reservation once its slot has come.
 pub(super) async fn admit(
     gw: &Gateway,
     mi: usize,
     ask: &Ask,
-) -> Result<(Reservation, TenantHold), Failure> {
-    let hold = match tenant_limits::charge(gw, ask.tenant, mi, ask.cost, ask.deadline).await {
-        Ok(hold) => hold,
-        Err(TenantRefusal::Limited(r, limit)) => {
-            let account = "none".to_owned();
-            return Err(Failure::Refused(r, Bound { account, limit }));
+    hold: &mut Option<TenantHold>,
+) -> Result<Reservation, Failure> {
+    if hold.is_none() {
+        match tenant_limits::charge(gw, ask.tenant, mi, ask.cost, ask.deadline).await {
+            Ok(charged) => *hold = Some(charged),
+            Err(TenantRefusal::Limited(r, limit)) => {
+                let account = "none".to_owned();
+                return Err(Failure::Refused(r, Bound { account, limit }));
+            }
+            Err(TenantRefusal::TooLarge(e)) => return Err(Failure::TooLarge(e)),
+            Err(TenantRefusal::StoreDown(after)) => return Err(Failure::StoreDown(after)),
         }
-        Err(TenantRefusal::TooLarge(e)) => return Err(Failure::TooLarge(e)),
-        Err(TenantRefusal::StoreDown(after)) => return Err(Failure::StoreDown(after)),
-    };
+    }
     let model = &gw.inner.models[mi];
     let queue_span = tracing::trace_span!(
         target: SPANS,
@@ -114,7 +118,7 @@ pub(super) async fn admit(
         queue_span.record("slot_wait_ms", ms(res.wait));
         queue_span.record("wait_ms", ms(gate_t0.elapsed()));
     }
-    Ok((res, hold))
+    Ok(res)
 }
 
 /// The refusal of a request that found the model's fair gate full at this replica.
@@ -444,6 +448,18 @@ mod tests {
 
     const URL: &str = "http://127.0.0.1:9";
 
+    /// One admission with a hold of its own: the reservation and what it holds of the
+    /// tenant's limits.
+    async fn admitted(
+        gw: &Gateway,
+        mi: usize,
+        ask: &Ask,
+    ) -> Result<(Reservation, TenantHold), Failure> {
+        let mut hold = None;
+        let res = admit(gw, mi, ask, &mut hold).await?;
+        Ok((res, hold.expect("charged")))
+    }
+
     fn refusal_of(reason: RefusalReason, retry_after: Option<Duration>) -> Refusal {
         Refusal {
             retry_after,
@@ -464,7 +480,7 @@ mod tests {
         // about a minute, beyond the request's 10 s.
         let mut accounts = Vec::new();
         for _ in 0..4 {
-            match admit(&gw, 0, &p.ask(cost, 0)).await {
+            match admitted(&gw, 0, &p.ask(cost, 0)).await {
                 Ok((res, _)) => {
                     accounts.push(gw.inner.models[0].accounts[res.candidate].name.clone())
                 }
@@ -473,7 +489,7 @@ mod tests {
         }
         accounts.sort();
         assert_eq!(accounts, ["a", "a", "b", "b"]);
-        match admit(&gw, 0, &p.ask(cost, 0)).await {
+        match admitted(&gw, 0, &p.ask(cost, 0)).await {
             Err(Failure::Refused(r, bound)) => {
                 assert!(
                     r.retry_after > Duration::from_secs(10),
@@ -594,12 +610,12 @@ rpm = 1
             json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
         let p = prepared_as(&gw, "sk-capped-key", Endpoint::Chat, body).await;
         let (cost, _) = p.cost_on(&gw.inner.models[0]);
-        let Ok((_, hold)) = admit(&gw, 0, &p.ask(cost, 0)).await else {
+        let Ok((_, hold)) = admitted(&gw, 0, &p.ask(cost, 0)).await else {
             panic!("the tenant's first request of the minute was refused");
         };
         hold.keep();
         // On another model too: the limit is the tenant's, on every model.
-        match admit(&gw, 1, &p.ask(cost, 0)).await {
+        match admitted(&gw, 1, &p.ask(cost, 0)).await {
             Err(Failure::Refused(r, bound)) => {
                 assert_eq!(bound.limit, "tenant capped: 1 requests per 60s");
                 assert_eq!(bound.account, "none");
@@ -635,7 +651,7 @@ rpm = 1
         )
         .await;
         let (cost, _) = other.cost_on(&gw.inner.models[1]);
-        assert!(admit(&gw, 1, &other.ask(cost, 0)).await.is_ok());
+        assert!(admitted(&gw, 1, &other.ask(cost, 0)).await.is_ok());
     }
 
     #[tokio::test]
@@ -660,13 +676,13 @@ rpm = 1
             json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
         let p = prepared_as(&gw, "sk-capped-key", Endpoint::Chat, body).await;
         let (cost, _) = p.cost_on(model);
-        match admit(&gw, 0, &p.ask(cost, 0)).await {
+        match admitted(&gw, 0, &p.ask(cost, 0)).await {
             Err(Failure::Refused(_, bound)) => assert_eq!(bound.limit, "2 requests per 60s"),
             _ => panic!("the provider's full window did not refuse"),
         }
         // The tenant's hold was given back: its one request a minute is still free.
         until_tenant_used(&gw, 2, 0, 0).await;
-        let Ok((_, hold)) = admit(&gw, 1, &p.ask(cost, 0)).await else {
+        let Ok((_, hold)) = admitted(&gw, 1, &p.ask(cost, 0)).await else {
             panic!("the refused request was charged to the tenant");
         };
         hold.keep();
@@ -690,11 +706,11 @@ budget = { per_day = 0.001 }
         let p = prepared_as(&gw, "sk-spender-key", Endpoint::Chat, body).await;
         let (cost, _) = p.cost_on(&gw.inner.models[0]);
         let estimate = cost.input_tokens + cost.output_tokens * 100;
-        let Ok((_, first)) = admit(&gw, 0, &p.ask(cost, 0)).await else {
+        let Ok((_, first)) = admitted(&gw, 0, &p.ask(cost, 0)).await else {
             panic!("the first request fits the budget");
         };
         assert_eq!(tenant_used(&gw, 2, 0).await, estimate);
-        match admit(&gw, 1, &p.ask(cost, 0)).await {
+        match admitted(&gw, 1, &p.ask(cost, 0)).await {
             Err(Failure::Refused(r, bound)) => {
                 assert_eq!(bound.limit, "tenant spender: budget of USD 0.001 per day");
                 assert!(
@@ -709,7 +725,7 @@ budget = { per_day = 0.001 }
         // and 1 output token: 10 + 100 micro-USD, so a second request now fits.
         first.settle(10, 10, 0, 1);
         until_tenant_used(&gw, 2, 0, 110).await;
-        let Ok((_, second)) = admit(&gw, 1, &p.ask(cost, 0)).await else {
+        let Ok((_, second)) = admitted(&gw, 1, &p.ask(cost, 0)).await else {
             panic!("the refund of the estimate was not applied");
         };
         second.keep();
@@ -731,18 +747,18 @@ rpm = 1
         let ask_for = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5});
         let p = prepared_as(&gw, "sk-narrow-key", Endpoint::Chat, ask_for("m")).await;
         let (cost, _) = p.cost_on(&gw.inner.models[0]);
-        let Ok((_, hold)) = admit(&gw, 0, &p.ask(cost, 0)).await else {
+        let Ok((_, hold)) = admitted(&gw, 0, &p.ask(cost, 0)).await else {
             panic!("the first request on m was refused");
         };
         hold.keep();
-        match admit(&gw, 0, &p.ask(cost, 0)).await {
+        match admitted(&gw, 0, &p.ask(cost, 0)).await {
             Err(Failure::Refused(_, bound)) => {
                 assert_eq!(bound.limit, "tenant narrow: 1 requests per 60s on m")
             }
             _ => panic!("the tenant's second request on m in a minute was admitted"),
         }
         for _ in 0..3 {
-            let Ok((_, hold)) = admit(&gw, 1, &p.ask(cost, 0)).await else {
+            let Ok((_, hold)) = admitted(&gw, 1, &p.ask(cost, 0)).await else {
                 panic!("m2 is not limited for the tenant");
             };
             hold.keep();

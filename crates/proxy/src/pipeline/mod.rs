@@ -29,6 +29,7 @@ use crate::error::{ApiError, ErrorShape, RateLimited};
 use crate::estimate::Endpoint;
 use crate::state::{Gateway, Inner};
 use crate::telemetry::{self, SPANS};
+use crate::tenant_limits::TenantHold;
 use crate::upstream;
 use crate::usage::{Settle, reconcile};
 
@@ -277,15 +278,34 @@ enum Hop {
     GiveUp,
 }
 
-/// The attempts on model `mi` (hop `hop` of the chain): admit, send, and what
-/// [`decide`] makes of each answer. Keeps in `failure` what to answer with if no
-/// later model serves.
+/// The attempts on model `mi` (hop `hop` of the chain), then the tenant's charge for
+/// them given back unless one was answered (before a later model charges its own).
 async fn through_model(
     gw: &Gateway,
     p: &Prepared,
     hop: usize,
     mi: usize,
     failure: &mut Failure,
+) -> Hop {
+    let mut tenant_hold = None;
+    let outcome = attempts(gw, p, hop, mi, failure, &mut tenant_hold).await;
+    if let Some(unserved) = tenant_hold {
+        unserved.refund().await;
+    }
+    outcome
+}
+
+/// The attempts on model `mi`: admit, send, and what [`decide`] makes of each answer.
+/// Keeps in `failure` what to answer with if no later model serves; the attempts share
+/// one charge of the tenant's own limits (`tenant_hold`), which an answered attempt
+/// takes to settle.
+async fn attempts(
+    gw: &Gateway,
+    p: &Prepared,
+    hop: usize,
+    mi: usize,
+    failure: &mut Failure,
+    tenant_hold: &mut Option<TenantHold>,
 ) -> Hop {
     let inner = &*gw.inner;
     let model = &inner.models[mi];
@@ -294,10 +314,8 @@ async fn through_model(
     let max_attempts = inner.config.retry.max_attempts.get();
     let mut attempt = 0u32;
     while attempt < max_attempts {
-        // `tenant_hold` is refunded when dropped unsettled: on every path below but a
-        // success (a retry, a fallback, an unanswered or refused attempt).
-        let (res, tenant_hold) = match admit(gw, mi, &p.ask(cost, attempt)).await {
-            Ok(admitted) => admitted,
+        let res = match admit(gw, mi, &p.ask(cost, attempt), tenant_hold).await {
+            Ok(res) => res,
             // A request too large for a later model of the chain: answer with what
             // stopped an earlier one, if anything did.
             Err(Failure::TooLarge(_)) if !matches!(failure, Failure::None) => return Hop::Next,
@@ -339,7 +357,7 @@ async fn through_model(
                 tenant: p.tenant,
                 reservation: res,
                 raw_prompt,
-                tenant_hold,
+                tenant_hold: tenant_hold.take().unwrap_or_else(|| TenantHold::none(gw)),
             };
             // `through_model` runs inside the `request` span.
             let spans = (Span::current(), up_span.clone());
