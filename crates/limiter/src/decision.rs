@@ -22,6 +22,11 @@ impl ReservationId {
     pub const fn from_u64(id: u64) -> Self {
         Self(id)
     }
+
+    /// The identifier as a number (the inverse of [`from_u64`](Self::from_u64)).
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
 }
 
 impl fmt::Display for ReservationId {

@@ -383,7 +383,7 @@ impl ApiError {
     }
 
     /// The message: what happened, the setting or parameter behind it, what to do.
-    fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             ApiError::Unauthorized => "Incorrect or missing API key: send your Sluice tenant key as `Authorization: Bearer <key>`.".into(),
             ApiError::BadRequest { message, .. } => message.clone(),

@@ -59,6 +59,7 @@ pub use reload::{
 pub use sluice_config as config;
 pub use state::Gateway;
 pub use telemetry::{Telemetry, init_logs};
+pub use tenant_limits::{TenantCharge, TenantHold, TenantRefused};
 pub use upstream::presented_key;
 
 /// Serves `gateway` on `listener` until `shutdown` resolves, then stops accepting and

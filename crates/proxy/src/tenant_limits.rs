@@ -152,15 +152,8 @@ fn scope(model: &str) -> String {
 }
 
 fn limit(unit: sluice_config::LimitUnit, amount: u64, per: Duration) -> Result<Limit, QuotaError> {
-    use sluice_config::LimitUnit;
-    let unit = match unit {
-        LimitUnit::Requests => Unit::Requests,
-        LimitUnit::Tokens => Unit::Tokens,
-        LimitUnit::InputTokens => Unit::InputTokens,
-        LimitUnit::OutputTokens => Unit::OutputTokens,
-    };
     Ok(Limit::new(
-        unit,
+        sluice_recalibrate::unit(unit),
         std::num::NonZeroU64::new(amount).unwrap_or(std::num::NonZeroU64::MIN),
         Window::new(per)?,
     ))
@@ -290,6 +283,123 @@ fn publish(tenant: &str, limits: &TenantLimits, remaining: &[Remaining]) {
     }
 }
 
+/// Why [`Gateway::charge_tenant`] did not charge a tenant's own limits.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TenantRefused {
+    /// A limit of the tenant is full until after the deadline.
+    Limited {
+        /// Which limit, in words (`tenant team-a's own limit: 100 requests per 60s; …`).
+        message: String,
+        /// When it frees up.
+        retry_after: Duration,
+    },
+    /// The request alone is more than a limit of the tenant holds.
+    TooLarge(String),
+    /// The store could not decide; try again after this long.
+    StoreDown(Duration),
+}
+
+/// A charge of a tenant's own limits as an application holds it between the sidecar's
+/// `/v1/acquire` and `/v1/report`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantCharge {
+    /// The reservation on the tenant's key.
+    pub id: u64,
+    /// Its slot (µs on the store's clock).
+    pub slot_us: u64,
+    /// What was charged (`spend` in micro-USD).
+    pub cost: Cost,
+    /// Whether it was counted by this process alone (the store was away).
+    pub local: bool,
+}
+
+impl Gateway {
+    /// Charges tenant `tenant`'s own limits (and budget, at `model`'s price) for a
+    /// request of `model` costing `cost`, waiting within `deadline` for a full limit to
+    /// free up: the first step of every request, for callers outside the request path
+    /// (the sidecar's `/v1/acquire`). A tenant without limits gets an empty hold.
+    pub async fn charge_tenant(
+        &self,
+        tenant: &str,
+        model: &str,
+        cost: Cost,
+        deadline: Instant,
+    ) -> Result<TenantHold, TenantRefused> {
+        let inner = &self.inner;
+        let (Some(ti), Some(&mi)) = (
+            inner.tenants.iter().position(|t| t.name == tenant),
+            inner.by_name.get(model),
+        ) else {
+            return Ok(TenantHold::none(self));
+        };
+        charge(self, ti, mi, cost, deadline)
+            .await
+            .map_err(|refusal| match refusal {
+                TenantRefusal::Limited(r, _) => TenantRefused::Limited {
+                    message: r.what,
+                    retry_after: r.retry_after,
+                },
+                TenantRefusal::TooLarge(e) => TenantRefused::TooLarge(e.message()),
+                TenantRefusal::StoreDown(after) => TenantRefused::StoreDown(after),
+            })
+    }
+
+    /// Raises `charge` of tenant `tenant` on `model` to what was `used`, where that is
+    /// more (never lower: the usage an application reports is its word, so it may add to
+    /// what it declared, never take away). `used.spend` is ignored: it is priced here.
+    pub async fn raise_tenant_charge(
+        &self,
+        tenant: &str,
+        model: &str,
+        charge: &TenantCharge,
+        used: Cost,
+    ) -> Result<(), LimitError> {
+        let inner = &self.inner;
+        let (Some(t), Some(&mi)) = (
+            inner.tenants.iter().find(|t| t.name == tenant),
+            inner.by_name.get(model),
+        ) else {
+            return Ok(());
+        };
+        let Some((limits, quota)) = t
+            .limits
+            .as_ref()
+            .and_then(|l| Some((l, l.per_model.get(mi)?.as_ref()?)))
+        else {
+            return Ok(());
+        };
+        let price = inner.models[mi].cfg.price;
+        let reserved = charge.cost;
+        let raised = Cost {
+            requests: reserved.requests.max(used.requests),
+            input_tokens: reserved.input_tokens.max(used.input_tokens),
+            output_tokens: reserved.output_tokens.max(used.output_tokens),
+            spend: reserved
+                .spend
+                .max(price.map_or(0, |p| p.micro_usd(used.input_tokens, 0, used.output_tokens))),
+        };
+        if raised == reserved {
+            return Ok(());
+        }
+        let reservation = Reservation {
+            id: sluice_limiter::ReservationId::from_u64(charge.id),
+            key: limits.key[0].clone(),
+            candidate: 0,
+            slot: sluice_limiter::Timestamp::from_micros(charge.slot_us),
+            wait: Duration::ZERO,
+            cost: reserved,
+            remaining: Vec::new(),
+            origin: if charge.local {
+                sluice_limiter::Origin::Local
+            } else {
+                sluice_limiter::Origin::Shared
+            },
+        };
+        inner.limiter.reconcile(quota, &reservation, raised).await
+    }
+}
+
 /// What a request holds of its tenant's limits between admission and its answer.
 ///
 /// [`settle`](Self::settle) replaces the estimate with what the answer used;
@@ -297,7 +407,7 @@ fn publish(tenant: &str, limits: &TenantLimits, remaining: &[Remaining]) {
 /// request on one model share its hold, and [`refund`](Self::refund) gives it back
 /// before the request moves on to another model or fails. Dropped without any of them
 /// (the client left), it is refunded in the background.
-pub(crate) struct TenantHold {
+pub struct TenantHold {
     gw: Gateway,
     model: usize,
     tenant: usize,
@@ -332,9 +442,21 @@ impl TenantHold {
         }
     }
 
+    /// The charge, handed to an application (no refund when dropped); `None` when the
+    /// tenant has no limits on the model.
+    pub fn into_charge(mut self) -> Option<TenantCharge> {
+        let res = self.reservation.take()?;
+        Some(TenantCharge {
+            id: res.id.as_u64(),
+            slot_us: res.slot.as_micros(),
+            cost: res.cost,
+            local: res.origin == sluice_limiter::Origin::Local,
+        })
+    }
+
     /// Gives the charge back now (reconciled to zero), before a fallback model is
     /// charged for the same request.
-    pub(crate) async fn refund(mut self) {
+    pub async fn refund(mut self) {
         let Some(res) = self.reservation.take() else {
             return;
         };

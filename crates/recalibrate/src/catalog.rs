@@ -38,7 +38,8 @@ pub struct Catalog {
     pub models: Vec<CatalogModel>,
 }
 
-fn unit(u: LimitUnit) -> Unit {
+/// What a configured limit's unit counts, in the limiter's terms.
+pub fn unit(u: LimitUnit) -> Unit {
     match u {
         LimitUnit::Requests => Unit::Requests,
         LimitUnit::Tokens => Unit::Tokens,

@@ -86,7 +86,7 @@ mod recalibrator;
 mod report;
 mod tuning;
 
-pub use catalog::{Catalog, CatalogModel, cooldown_without_wait, provider, quota};
+pub use catalog::{Catalog, CatalogModel, cooldown_without_wait, provider, quota, unit};
 pub use corroborate::{CORROBORATION_SPAN, Corroboration, Verdict, is_last_live};
 pub use error::CatalogError;
 pub use recalibrator::{Applied, Change, Recalibrator, header_map};

@@ -21,7 +21,7 @@ use sluice_observe::Observation;
 use sluice_recalibrate::CatalogModel;
 
 use crate::State;
-use crate::ticket::Ticket;
+use crate::ticket::{TenantTicket, Ticket};
 
 type St = AxState<Arc<State>>;
 
@@ -170,17 +170,6 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
     let Some(tenant) = authenticate(&s, &headers) else {
         return unauthenticated();
     };
-    // A slot from here bypasses the request path that counts a tenant's own limits and
-    // budget: refuse rather than let the tenant spend past them.
-    if gw.tenant_has_own_limits(&tenant) {
-        return error(
-            StatusCode::FORBIDDEN,
-            format!(
-                "Tenant {tenant:?} has limits or a budget of its own, which /v1/acquire does not count: send its requests through the gateway or this sidecar's proxy."
-            ),
-            "tenant_limits_need_the_proxy",
-        );
-    }
     let req: AcquireRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -221,7 +210,23 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
         output_tokens: req.output_tokens,
         spend: 0,
     };
+    // The tenant's own limits first, as on the request path; given back unless the
+    // provider's side grants a slot.
+    let hold = match gw
+        .charge_tenant(&tenant, &m.name, cost, std::time::Instant::now() + max_wait)
+        .await
+    {
+        Ok(hold) => hold,
+        Err(refused) => return tenant_refused(&m.name, refused),
+    };
     let decision = gw.limiter().acquire(&keys, &m.quota, cost, max_wait).await;
+    let hold = match &decision {
+        Ok(Decision::Granted(_)) => Some(hold),
+        _ => {
+            hold.refund().await;
+            None
+        }
+    };
     metrics::counter!("sluice_sidecar_acquire_total", "model" => m.name.clone(), "outcome" => match &decision { Ok(Decision::Granted(_)) => "granted", Ok(_) => "refused", Err(_) => "error" }).increment(1);
     match decision {
         Ok(Decision::Granted(r)) => {
@@ -238,6 +243,9 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
                 input_tokens: r.cost.input_tokens,
                 output_tokens: r.cost.output_tokens,
                 origin: origin_name(r.origin).to_owned(),
+                tenant_charge: hold
+                    .and_then(|h| h.into_charge())
+                    .map(|c| TenantTicket::of(&c)),
                 sig: String::new(),
             };
             s.tickets.sign(&mut ticket);
@@ -304,6 +312,37 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             e.to_string(),
+            "store_unavailable",
+        ),
+    }
+}
+
+/// The answer to an acquire that the tenant's own limits refused: 429 naming the limit
+/// with `Retry-After`, 413 when the request can never fit one, 503 when the store is
+/// away.
+fn tenant_refused(model: &str, refused: sluice_proxy::TenantRefused) -> Response {
+    match refused {
+        sluice_proxy::TenantRefused::Limited {
+            message,
+            retry_after,
+        } => {
+            let ms = retry_after.as_millis() as u64;
+            let mut resp = (
+                StatusCode::TOO_MANY_REQUESTS,
+                axum::Json(serde_json::json!({"granted": false, "model": model, "reason": message, "retry_after_ms": ms})),
+            )
+                .into_response();
+            if let Ok(v) = http::HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
+                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+            }
+            resp
+        }
+        sluice_proxy::TenantRefused::TooLarge(message) => {
+            error(StatusCode::PAYLOAD_TOO_LARGE, message, "request_too_large")
+        }
+        refused => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{refused:?}"),
             "store_unavailable",
         ),
     }
@@ -472,6 +511,33 @@ async fn report(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byte
                 );
             }
             reconciled = true;
+        }
+    }
+    // The tenant's own limits: what the app reports may raise its charge, never lower
+    // it (the usage is the app's word).
+    if let (Some(t), Some(u)) = (
+        req.reservation
+            .as_ref()
+            .and_then(|t| t.tenant_charge.as_ref()),
+        &req.usage,
+    ) {
+        let Some(charge) = t.charge() else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "The reservation's tenant charge is not one this sidecar gave.",
+                "invalid_reservation",
+            );
+        };
+        let used = Cost::request(u.prompt_tokens, u.completion_tokens);
+        if let Err(e) = gw
+            .raise_tenant_charge(&tenant, &m.name, &charge, used)
+            .await
+        {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                e.to_string(),
+                "store_unavailable",
+            );
         }
     }
     let at = now_ms();

@@ -28,9 +28,55 @@ pub(crate) struct Ticket {
     pub(crate) input_tokens: u64,
     pub(crate) output_tokens: u64,
     pub(crate) origin: String,
+    /// What the tenant's own limits were charged, when it has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) tenant_charge: Option<TenantTicket>,
     /// HMAC-SHA256 of every other field, hex.
     #[serde(default)]
     pub(crate) sig: String,
+}
+
+/// A charge of the tenant's own limits, as the ticket carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TenantTicket {
+    pub(crate) id: String,
+    pub(crate) slot_us: u64,
+    pub(crate) requests: u64,
+    pub(crate) input_tokens: u64,
+    pub(crate) output_tokens: u64,
+    /// Micro-USD.
+    pub(crate) spend: u64,
+    pub(crate) local: bool,
+}
+
+impl TenantTicket {
+    pub(crate) fn of(c: &sluice_proxy::TenantCharge) -> Self {
+        Self {
+            id: format!("{:016x}", c.id),
+            slot_us: c.slot_us,
+            requests: c.cost.requests,
+            input_tokens: c.cost.input_tokens,
+            output_tokens: c.cost.output_tokens,
+            spend: c.cost.spend,
+            local: c.local,
+        }
+    }
+
+    /// The charge, or `None` when its id is not one a sidecar writes.
+    pub(crate) fn charge(&self) -> Option<sluice_proxy::TenantCharge> {
+        Some(sluice_proxy::TenantCharge {
+            id: u64::from_str_radix(&self.id, 16).ok()?,
+            slot_us: self.slot_us,
+            cost: sluice_limiter::Cost {
+                requests: self.requests,
+                input_tokens: self.input_tokens,
+                output_tokens: self.output_tokens,
+                spend: self.spend,
+            },
+            local: self.local,
+        })
+    }
 }
 
 impl Ticket {
@@ -50,6 +96,21 @@ impl Ticket {
         put(&self.input_tokens.to_be_bytes());
         put(&self.output_tokens.to_be_bytes());
         put(self.origin.as_bytes());
+        // A ticket without a tenant charge encodes as before.
+        if let Some(t) = &self.tenant_charge {
+            put(b"tenant-charge");
+            put(t.id.as_bytes());
+            for n in [
+                t.slot_us,
+                t.requests,
+                t.input_tokens,
+                t.output_tokens,
+                t.spend,
+            ] {
+                put(&n.to_be_bytes());
+            }
+            put(&[u8::from(t.local)]);
+        }
         out
     }
 }
@@ -129,6 +190,15 @@ mod tests {
             input_tokens: 100,
             output_tokens: 50,
             origin: "shared".into(),
+            tenant_charge: Some(TenantTicket {
+                id: "00aa".into(),
+                slot_us: 7,
+                requests: 1,
+                input_tokens: 100,
+                output_tokens: 50,
+                spend: 1_000,
+                local: false,
+            }),
             sig: String::new(),
         }
     }
@@ -150,6 +220,14 @@ mod tests {
             Box::new(|t| t.input_tokens += 1),
             Box::new(|t| t.output_tokens += 1),
             Box::new(|t| t.origin = "local".into()),
+            Box::new(|t| t.tenant_charge = None),
+            Box::new(|t| t.tenant_charge.as_mut().unwrap().id.push('0')),
+            Box::new(|t| t.tenant_charge.as_mut().unwrap().slot_us += 1),
+            Box::new(|t| t.tenant_charge.as_mut().unwrap().requests += 1),
+            Box::new(|t| t.tenant_charge.as_mut().unwrap().input_tokens += 1),
+            Box::new(|t| t.tenant_charge.as_mut().unwrap().output_tokens += 1),
+            Box::new(|t| t.tenant_charge.as_mut().unwrap().spend -= 1),
+            Box::new(|t| t.tenant_charge.as_mut().unwrap().local = true),
             Box::new(|t| t.sig = "00".repeat(32)),
             Box::new(|t| t.sig.clear()),
         ];

@@ -187,7 +187,7 @@ async fn the_forward_proxy_is_the_gateway_and_observes_in_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_with_its_own_limits_is_counted_through_the_proxy_and_refused_an_uncounted_slot() {
+async fn a_tenants_own_limits_count_slots_from_acquire_and_the_proxy_alike() {
     let sim = sim(
         "app-m",
         Dialect::Openai,
@@ -200,12 +200,14 @@ async fn a_tenant_with_its_own_limits_is_counted_through_the_proxy_and_refused_a
         }],
     )
     .await;
+    // `limited`: 2 requests and 1,000 tokens a minute, of its own.
     let tenants = r#"
 [[tenants]]
 name = "limited"
 key = "sk-limited-key"
 max_wait = "1s"
-rpm = 1
+rpm = 2
+tpm = 1000
 [[tenants]]
 name = "open"
 key = "sk-open-tenant"
@@ -223,28 +225,48 @@ key = "sk-open-tenant"
                 .unwrap()
         }
     };
-    let slot = serde_json::json!({"model": "app-m"});
+    // A slot from /v1/acquire is charged to the tenant's own limits ...
+    let slot = serde_json::json!({"model": "app-m", "account": "key-0", "input_tokens": 100, "output_tokens": 100});
     let r = post("/v1/acquire", "sk-limited-key", slot.clone()).await;
-    assert_eq!(r.status(), 403);
-    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let granted: serde_json::Value = r.json().await.unwrap();
+    let ticket = granted["reservation"].clone();
+    assert_eq!(ticket["tenant_charge"]["input_tokens"], 100, "{ticket}");
+    // ... and what the app reports may raise the charge (900 tokens used), never lower it.
+    let report = serde_json::json!({"model": "app-m", "status": 200, "reservation": ticket,
+        "usage": {"prompt_tokens": 300, "completion_tokens": 600}});
     assert_eq!(
-        body["error"]["code"], "tenant_limits_need_the_proxy",
+        post("/v1/report", "sk-limited-key", report).await.status(),
+        200
+    );
+    // 900 of 1,000 tokens used: a second slot of 200 would cross them.
+    let r = post("/v1/acquire", "sk-limited-key", slot.clone()).await;
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("tenant limited's own limit: 1000 tokens per 60s"),
         "{body}"
     );
+    // Another tenant is not affected.
     assert_eq!(
         post("/v1/acquire", "sk-open-tenant", slot).await.status(),
         200
     );
 
-    // Through the forward proxy the tenant's limit is counted: one a minute.
+    // Through the forward proxy the same windows count: a small request is the
+    // tenant's second of the minute, and a third is refused.
     let chat = serde_json::json!({"model": "app-m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
     let first = post("/v1/chat/completions", "sk-limited-key", chat.clone()).await;
     assert_eq!(first.status(), 200, "{:?}", first.text().await);
-    let second = post("/v1/chat/completions", "sk-limited-key", chat).await;
-    assert_eq!(second.status(), 429);
-    let body = second.text().await.unwrap();
+    let third = post("/v1/chat/completions", "sk-limited-key", chat).await;
+    assert_eq!(third.status(), 429);
+    let body = third.text().await.unwrap();
     assert!(
-        body.contains("tenant limited's own limit: 1 requests per 60s"),
+        body.contains("tenant limited's own limit: 2 requests per 60s"),
         "{body}"
     );
 }
