@@ -422,7 +422,8 @@ pub enum TenantPriority {
     /// Shares queued slots by weight with the other interactive tenants (the default).
     #[default]
     Interactive,
-    /// Queues only behind an empty queue: served from what interactive tenants leave.
+    /// Takes only slots free now, never queueing ahead of anyone: served from what
+    /// interactive tenants leave.
     Batch,
 }
 

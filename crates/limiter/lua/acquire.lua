@@ -28,7 +28,8 @@
 -- Fair share (fair.rs has the rule and its reasoning; the in-process twin the same
 -- arithmetic): only a slot later than now, within max wait, asked with a share,
 -- consults the ledger. Slots booked that passed are dropped and move the virtual time
--- V to their largest start tag. Batch books only when nothing is booked ahead.
+-- V to their largest start tag. Batch never books ahead: asked for a later slot, it is
+-- refused (binding 4) with the wait until that slot, when it may find it free.
 -- Batch is also paced without the burst tolerance (slot >= tat), so that batch never
 -- takes a burst an interactive request would queue behind. Interactive starts at
 -- S = max(V, its finish tag) and is refused (binding 4, wait
@@ -265,11 +266,11 @@ local function fair_admit()
     redis.call('ZREMRANGEBYSCORE', fair_z, '-inf', now)
     redis.call('HSET', fair_c, 'v', int(v))
   end
+  if class == 'b' then return best.slot - now, nil end
   local start = math.max(v, tonumber(redis.call('HGET', fair_c, 'f:' .. tenant)) or 0)
   local ahead = redis.call('ZRANGE', fair_z, 0, -1, 'WITHSCORES')
   if #ahead == 0 then return nil, start end
   local earliest = tonumber(ahead[2])
-  if class == 'b' then return earliest - now, nil end
   for j = 1, #ahead, 2 do
     local cls, t = string.match(ahead[j], '^(%a)|%d+|%d+|(.*)$')
     if cls == 'i' and t ~= tenant then

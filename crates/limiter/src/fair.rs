@@ -22,12 +22,14 @@
 //!   books at once; a tenant alone in the queue (no other interactive tenant has a slot
 //!   ahead) is never refused; a slot free now (no queue) is never refused for fairness.
 //!   An idle tenant holds nothing back: the others' tags are measured against `V`.
-//! - **Priority classes.** A [`Priority::Batch`] tenant books only when nothing at all
-//!   is booked ahead, and its slots are paced without the burst tolerance (one pacing
-//!   interval apart even when nothing queues), so an interactive request finds at most
-//!   one batch slot before its own and never a batch burst filling the window: its
-//!   wait stays within about one pacing interval while batch fills whatever
-//!   interactive leaves.
+//! - **Priority classes.** A [`Priority::Batch`] tenant never books ahead: it takes a
+//!   slot only when one is free now, and asked for a later one it is refused with the
+//!   wait until that slot (when it may find it free). Its slots are also paced without
+//!   the burst tolerance (one pacing interval apart even when nothing queues). So an
+//!   interactive request never queues behind a batch request nor finds a batch burst
+//!   filling the window: it waits at most for the next slot to come free, under one
+//!   pacing interval when no other interactive request is queued, while batch fills
+//!   whatever interactive leaves.
 //! - **A refusal charges nothing** and says when to ask again: when the queue's
 //!   earliest booked slot passes (the earliest moment `V` moves).
 //!
@@ -53,7 +55,7 @@ pub enum Priority {
     /// Served by weight among the other interactive tenants (the default).
     #[default]
     Interactive,
-    /// Booked only when nothing is queued ahead.
+    /// Takes only slots free now: never queued ahead of anyone.
     Batch,
 }
 
@@ -110,21 +112,22 @@ pub(crate) struct Ledger {
 }
 
 impl Ledger {
-    /// Whether `share` may book a slot later than `now`: `Ok(tag)`, its start tag, or
-    /// `Err` with the µs to wait before asking again. Only the passing of time changes
-    /// the ledger here (booked slots that passed move the virtual time on).
-    pub(crate) fn admit(&mut self, share: &Share, now: u64) -> Result<u64, u64> {
+    /// Whether `share` may book `slot`, later than `now`: `Ok(tag)`, its start tag, or
+    /// `Err` with the µs to wait before asking again (a batch tenant: until `slot`).
+    /// Only the passing of time changes the ledger here (booked slots that passed move
+    /// the virtual time on).
+    pub(crate) fn admit(&mut self, share: &Share, now: u64, slot: u64) -> Result<u64, u64> {
         for b in self.bookings.iter().filter(|b| b.slot <= now) {
             self.virtual_time = self.virtual_time.max(b.tag);
         }
         self.bookings.retain(|b| b.slot > now);
+        if share.priority == Priority::Batch {
+            return Err(slot.saturating_sub(now).max(1));
+        }
         let start = self.start(share);
         let Some(earliest) = self.bookings.iter().map(|b| b.slot).min() else {
             return Ok(start);
         };
-        if share.priority == Priority::Batch {
-            return Err(earliest - now);
-        }
         let contended = self
             .bookings
             .iter()
@@ -181,7 +184,7 @@ mod tests {
         let mut i = 0;
         while got.iter().sum::<usize>() < n {
             let s = &asking[i % asking.len()];
-            if let Ok(tag) = ledger.admit(s, 1) {
+            if let Ok(tag) = ledger.admit(s, 1, 101) {
                 slot += 1;
                 ledger.book(s, slot, tag);
                 got[i % asking.len()] += 1;
@@ -203,7 +206,7 @@ mod tests {
         while booked < bookings {
             let who = i % asking.len();
             i += 1;
-            match ledger.admit(&asking[who], now) {
+            match ledger.admit(&asking[who], now, now + 100) {
                 Ok(tag) => {
                     tail = tail.max(now) + 10;
                     ledger.book(&asking[who], tail, tag);
@@ -237,7 +240,7 @@ mod tests {
     fn an_empty_queue_admits_anyone_and_a_lone_tenant_is_never_refused() {
         let mut ledger = Ledger::default();
         for slot in 10..100 {
-            let tag = ledger.admit(&share("a", 1), 5).expect("alone");
+            let tag = ledger.admit(&share("a", 1), 5, 105).expect("alone");
             ledger.book(&share("a", 1), slot, tag);
         }
     }
@@ -255,35 +258,41 @@ mod tests {
             (&a, 300),
             (&a, 400),
         ] {
-            let tag = ledger.admit(who, 0).unwrap();
+            let tag = ledger.admit(who, 0, 100).unwrap();
             ledger.book(who, slot, tag);
         }
         // a booked 4 = HORIZON × 1 ahead of V = 0 while b queues too.
         assert_eq!(
-            ledger.admit(&a, 10),
+            ledger.admit(&a, 10, 110),
             Err(40),
             "b's slot at 50 is the earliest"
         );
         assert!(
-            ledger.admit(&b, 10).is_ok(),
+            ledger.admit(&b, 10, 110).is_ok(),
             "b is behind a: it books at once"
         );
         // By 150, b's second slot (tag 1) passed: V = 1, a's turn.
-        assert!(ledger.admit(&a, 150).is_ok());
+        assert!(ledger.admit(&a, 150, 250).is_ok());
     }
 
     #[test]
-    fn batch_books_only_behind_an_empty_queue() {
+    fn batch_never_books_ahead() {
         let mut ledger = Ledger::default();
         let batch = Share::new("etl", 5, Priority::Batch);
-        let tag = ledger.admit(&batch, 0).unwrap();
-        ledger.book(&batch, 100, tag);
-        assert_eq!(ledger.admit(&batch, 10), Err(90));
-        assert!(
-            ledger.admit(&share("web", 1), 10).is_ok(),
-            "interactive goes on"
+        assert_eq!(
+            ledger.admit(&batch, 0, 100),
+            Err(100),
+            "even with nothing queued"
         );
-        assert!(ledger.admit(&batch, 100).is_ok(), "the queue passed");
+        let web = share("web", 1);
+        let tag = ledger.admit(&web, 0, 100).expect("interactive books");
+        ledger.book(&web, 100, tag);
+        assert_eq!(
+            ledger.admit(&batch, 10, 200),
+            Err(190),
+            "until the slot it found"
+        );
+        assert!(ledger.admit(&web, 10, 200).is_ok(), "interactive goes on");
     }
 
     #[test]
@@ -295,12 +304,12 @@ mod tests {
             // light asks for one slot every fourth round, heavy for all it may have.
             if round % 4 == 0 {
                 let tag = ledger
-                    .admit(&light, now)
+                    .admit(&light, now, now + 350)
                     .unwrap_or_else(|_| panic!("round {round}"));
                 ledger.book(&light, now + 350, tag);
                 light_booked += 1;
             }
-            while let Ok(tag) = ledger.admit(&heavy, now) {
+            while let Ok(tag) = ledger.admit(&heavy, now, now + 100) {
                 ledger.book(&heavy, now + 350, tag);
                 heavy_booked += 1;
             }

@@ -315,7 +315,7 @@ fn settle(
     let fair_share = ask.share.filter(|_| wait > 0 && *cost != Cost::ZERO);
     if let Some(share) = fair_share {
         let ledger = fair.entry_ref(key.group()).or_default();
-        match ledger.admit(share, now) {
+        match ledger.admit(share, now, plan.slot) {
             Ok(tag) => ledger.book(share, plan.slot, tag),
             Err(after) => return refuse(account, after, RefusalReason::FairShare),
         }

@@ -58,13 +58,15 @@ impl Model {
             }
         }
         self.booked = kept;
+        // Batch never books ahead; the wait is until the slot the store found, which
+        // the model does not know (0 here: the caller checks it is positive).
+        if batch {
+            return Err(0);
+        }
         let start = self.virtual_time.max(self.finish[tenant]);
         let Some(earliest) = self.booked.iter().map(|b| b.0).min() else {
             return Ok(start);
         };
-        if batch {
-            return Err(earliest - now);
-        }
         let someone_else = self.booked.iter().any(|b| !b.3 && b.1 != tenant);
         if someone_else && start >= self.virtual_time + HORIZON * SCALE {
             return Err(earliest - now);
@@ -121,6 +123,7 @@ async fn check<S: Store>(
                 match d {
                     Decision::Granted(r) if r.wait.is_zero() => {}
                     Decision::Granted(r) => {
+                        prop_assert!(!batch, "a batch tenant was booked ahead: {r:?}");
                         let start = model.decide(tenant, weight, batch, now);
                         prop_assert!(start.is_ok(), "granted, the model refuses: {start:?}");
                         model.book(tenant, weight, batch, r.slot.as_micros(), start.unwrap());
@@ -128,7 +131,12 @@ async fn check<S: Store>(
                     Decision::Refused(r) if r.reason == RefusalReason::FairShare => {
                         let wait = model.decide(tenant, weight, batch, now);
                         let got = r.retry_after.map(|d| d.as_micros() as u64);
-                        prop_assert_eq!(wait.err(), got, "refused for fairness");
+                        if batch {
+                            prop_assert_eq!(wait, Err(0), "refused for fairness");
+                            prop_assert!(got.is_some_and(|us| us > 0), "a batch wait: {got:?}");
+                        } else {
+                            prop_assert_eq!(wait.err(), got, "refused for fairness");
+                        }
                     }
                     // Past the maximum wait: the ledger was not consulted.
                     Decision::Refused(_) => {}
