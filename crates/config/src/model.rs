@@ -359,6 +359,9 @@ pub struct Queue {
     /// `booked_ahead`: per model and replica, how many requests may hold a future slot
     /// at once; more wait in the tenant-weighted local queue (default 16).
     pub booked_ahead: NonZeroU32,
+    /// `interactive_reserve`: requests of each request limit's window that `batch`
+    /// tenants leave free for interactive ones (at most half of the limit; default 0).
+    pub interactive_reserve: u32,
 }
 
 /// `[[tenants]]`.

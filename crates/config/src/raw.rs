@@ -260,6 +260,7 @@ pub(crate) struct RawPrice {
 pub(crate) struct RawQueue {
     pub(crate) max_wait: Option<Dur>,
     pub(crate) booked_ahead: Option<Num<u32>>,
+    pub(crate) interactive_reserve: Option<Num<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -246,6 +246,7 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let queue = crate::model::Queue {
         max_wait: raw.queue.max_wait.map_or(Duration::from_secs(30), |d| d.0),
         booked_ahead: nz32("queue.booked_ahead", raw.queue.booked_ahead, 16)?,
+        interactive_reserve: raw.queue.interactive_reserve.map_or(0, |n| n.0),
     };
 
     let mut tenants = Vec::with_capacity(raw.tenants.len());

@@ -22,7 +22,7 @@ const TENANTS: [(&str, &str, u32); 3] = [
 const REQUESTS: u64 = 20;
 const PER: Duration = Duration::from_secs(2);
 
-fn config(redis: &str, sim: &str, classes: [&str; 3]) -> String {
+fn config(redis: &str, sim: &str, classes: [&str; 3], reserve: u32) -> String {
     let mut toml = format!(
         r#"
 [store]
@@ -30,6 +30,7 @@ redis_url = "{redis}"
 expected_replicas = 3
 [queue]
 max_wait = "20s"
+interactive_reserve = {reserve}
 [[upstreams]]
 name = "sim"
 base_url = "{sim}"
@@ -202,9 +203,17 @@ fn assert_weighted(counts: [u64; 3], weights: [u32; 3], what: &str) {
 }
 
 async fn fleet(classes: [&str; 3]) -> (RedisServer, sluice_sim::SimHandle, Vec<GatewayProcess>) {
+    fleet_reserving(classes, 0).await
+}
+
+/// [`fleet`], batch tenants leaving `reserve` requests of each window to interactive ones.
+async fn fleet_reserving(
+    classes: [&str; 3],
+    reserve: u32,
+) -> (RedisServer, sluice_sim::SimHandle, Vec<GatewayProcess>) {
     let redis = RedisServer::start();
     let sim = sim(vec![sim_model("fair-m", REQUESTS, 10_000_000, PER)], &[]).await;
-    let toml = config(&redis.url(), &sim.base_url(), classes);
+    let toml = config(&redis.url(), &sim.base_url(), classes, reserve);
     let gateways = (0..3).map(|_| GatewayProcess::start(&toml)).collect();
     (redis, sim, gateways)
 }
@@ -299,7 +308,22 @@ async fn spread_over_every_replica_the_shares_hold_and_an_idle_tenant_leaves_its
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batch_fills_what_interactive_leaves_and_interactive_is_never_refused() {
-    let (_redis, sim, gateways) = fleet(["", "priority = \"batch\"", "priority = \"batch\""]).await;
+    batch_run(0, 0.95).await;
+}
+
+/// With a reserve, interactive requests arriving together find capacity at once, and
+/// batch fills the rest but the reserve (2 of 20 here: a tenth of this small quota).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reserve_batch_leaves_serves_interactive_at_once() {
+    batch_run(2, 0.85).await;
+}
+
+/// team-a interactive, team-b and team-c batch (leaving `reserve` requests of each
+/// window): interactive is never refused, batch fills the rest, at least `min_used` of
+/// the quota is used, the provider refuses nothing.
+async fn batch_run(reserve: u32, min_used: f64) {
+    let batch = "priority = \"batch\"";
+    let (_redis, sim, gateways) = fleet_reserving(["", batch, batch], reserve).await;
     let urls: Vec<String> = gateways.iter().map(|g| g.url.clone()).collect();
     // The interactive tenant's latency with nothing queued: the simulator's answer time
     // and the hops, the baseline its waits under load are read against.
@@ -336,7 +360,8 @@ async fn batch_fills_what_interactive_leaves_and_interactive_is_never_refused() 
     waits.sort_by(f64::total_cmp);
     let p99 = waits[(waits.len() * 99 / 100).min(waits.len() - 1)];
     println!(
-        "batch: served {counts:?}, refused {refused:?}, interactive latency p50 {:.0} ms p99 {p99:.0} ms (alone, nothing queued: p50 {:.0} ms max {:.0} ms; the pacing interval is {} ms)",
+        "batch (reserve {reserve}): served {counts:?} ({:.3} of the quota), refused {refused:?}, interactive latency p50 {:.0} ms p99 {p99:.0} ms (alone, nothing queued: p50 {:.0} ms max {:.0} ms; the pacing interval is {} ms)",
+        used(&counts, elapsed),
         waits[waits.len() / 2],
         alone[alone.len() / 2],
         alone[alone.len() - 1],
@@ -349,7 +374,7 @@ async fn batch_fills_what_interactive_leaves_and_interactive_is_never_refused() 
         "batch fills the rest: {counts:?}"
     );
     assert!(
-        used(&counts, elapsed) >= 0.95,
+        used(&counts, elapsed) >= min_used,
         "only {:.3} of the quota used ({counts:?})",
         used(&counts, elapsed)
     );

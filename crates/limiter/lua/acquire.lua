@@ -1,4 +1,4 @@
--- sluice_acquire_v2: reserve the earliest slot for a cost on the best of N accounts,
+-- sluice_acquire_v3: reserve the earliest slot for a cost on the best of N accounts,
 -- and, for a tenant's share, take it only when the quota's fair ledger admits it.
 -- Bump the version (name, Rust constant and docs/ARCHITECTURE.md) whenever KEYS, ARGV
 -- or the reply change: old and new gateways run side by side during a rolling deploy.
@@ -17,7 +17,8 @@
 --   then n rows of 6: id, window (us), bucket width (us), configured limit, charge,
 --   auto-pacing eligible (1/0)
 --   then, optionally, the share: tenant, weight (>= 1), class ('i' interactive, 'b'
---   batch), tag scale, horizon (fair.rs: TAG_SCALE, HORIZON)
+--   batch), tag scale, horizon (fair.rs: TAG_SCALE, HORIZON), reserve (v3: requests of
+--   each request limit a batch share leaves free, at most half of the limit)
 -- Returns one of:
 --   {1, c, slot_us, wait_us, binding, remaining_1..n, effective_1..n}   granted on c
 --   {0, c, retry_after_us, binding, remaining_1..n, effective_1..n}      refused; c is ready first
@@ -60,9 +61,11 @@ local fair = tenant ~= nil
 local fair_z, fair_c, weight, class
 local candidates = #KEYS / 2
 local scale, horizon
+local reserve = 0
 if fair then
   weight, class = tonumber(ARGV[share_at + 1]), ARGV[share_at + 2]
   scale, horizon = tonumber(ARGV[share_at + 3]), tonumber(ARGV[share_at + 4])
+  if class == 'b' then reserve = tonumber(ARGV[share_at + 5]) or 0 end
   candidates = (#KEYS - 2) / 2
   fair_z, fair_c = KEYS[#KEYS - 1], KEYS[#KEYS]
 end
@@ -191,7 +194,12 @@ for c = 1, candidates do
       local headroom = nil
       for i, r in ipairs(rows) do
         if r.charge > 0 then
-          local ti = fit(h, r, eff[i], total[i], r.charge, from)
+          -- a batch share leaves its reserve of a request limit (id 'r…') free
+          local cap = eff[i]
+          if reserve > 0 and string.byte(r.id, 1) == 114 then
+            cap = math.max(cap - math.min(reserve, math.floor(cap / 2)), r.charge)
+          end
+          local ti = fit(h, r, cap, total[i], r.charge, from)
           if ti > slot then slot, binding = ti, 10 + i end
           local left = math.floor((eff[i] - total[i] - r.charge) / eff[i] * 1e6)
           if headroom == nil or left < headroom then headroom = left end

@@ -29,7 +29,9 @@
 //!   interactive request never queues behind a batch request nor finds a batch burst
 //!   filling the window: it waits at most for the next slot to come free, under one
 //!   pacing interval when no other interactive request is queued, while batch fills
-//!   whatever interactive leaves.
+//!   whatever interactive leaves. With [`Share::with_reserve`], batch also leaves that
+//!   many requests of every request limit's window free (at most half of it), so that
+//!   interactive requests arriving together find capacity at once.
 //! - **A refusal charges nothing** and says when to ask again: when the queue's
 //!   earliest booked slot passes (the earliest moment `V` moves).
 //!
@@ -46,6 +48,7 @@ pub struct Share {
     tenant: String,
     weight: u32,
     priority: Priority,
+    reserve: u32,
 }
 
 /// A tenant's class: interactive tenants share the queue by weight; batch tenants take
@@ -66,6 +69,32 @@ impl Share {
             tenant: tenant.into(),
             weight: weight.max(1),
             priority,
+            reserve: 0,
+        }
+    }
+
+    /// The same share, for a [`Priority::Batch`] tenant, keeping `requests` of every
+    /// request limit's window out of its reach (at most half of the limit): capacity
+    /// that interactive tenants find free at once when they arrive, so that they wait
+    /// less than one pacing interval while batch fills the rest. Ignored for
+    /// interactive tenants.
+    ///
+    /// ```
+    /// use sluice_limiter::{Priority, Share};
+    /// let etl = Share::new("etl", 1, Priority::Batch).with_reserve(1);
+    /// assert_eq!(etl.reserve(), 1);
+    /// ```
+    pub fn with_reserve(mut self, requests: u32) -> Self {
+        self.reserve = requests;
+        self
+    }
+
+    /// What a batch tenant leaves of each request limit (0 for interactive tenants).
+    pub fn reserve(&self) -> u32 {
+        if self.priority == Priority::Batch {
+            self.reserve
+        } else {
+            0
         }
     }
 

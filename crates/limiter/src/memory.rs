@@ -227,13 +227,14 @@ fn decide(
     let (cost, now) = (ask.cost, ask.now);
     // A batch tenant's slots are paced without the burst tolerance (fair.rs).
     let burst = ask.share.is_none_or(|s| s.priority() != Priority::Batch);
+    let reserve = ask.share.map_or(0, |s| u64::from(s.reserve()));
     let mut best: Option<(usize, Plan)> = None;
     let mut disabled: Option<(usize, String)> = None;
     let mut capacity: Option<LimitError> = None;
     if let [only] = candidates {
         // One account: one lookup, no second pass.
         let account = shard.accounts.entry_ref(only).or_default();
-        return match account.plan_paced(quota, cost, now, burst) {
+        return match account.plan_paced(quota, cost, now, burst, reserve) {
             Ok(plan) => Ok(settle(account, &mut shard.fair, 0, only, plan, quota, ask)),
             Err(Unplannable::Disabled(reason)) => Ok(disabled_refusal(0, reason)),
             Err(Unplannable::Capacity(e)) => Err(e),
@@ -241,7 +242,7 @@ fn decide(
     }
     for (i, key) in candidates.iter().enumerate() {
         let account = shard.accounts.entry_ref(key).or_default();
-        match account.plan_paced(quota, cost, now, burst) {
+        match account.plan_paced(quota, cost, now, burst, reserve) {
             Ok(plan) => {
                 let better = best.as_ref().is_none_or(|(_, b)| {
                     plan.slot < b.slot || (plan.slot == b.slot && plan.headroom > b.headroom)

@@ -309,18 +309,20 @@ impl AccountState {
         cost: &Cost,
         now: u64,
     ) -> Result<Plan, Unplannable> {
-        self.plan_paced(quota, cost, now, true)
+        self.plan_paced(quota, cost, now, true, 0)
     }
 
     /// [`plan`](Self::plan); without `burst`, pacing gives no burst tolerance (the
     /// slot is never before the theoretical arrival time), as for a batch tenant, so
-    /// that its slots are one interval apart even when nothing is queued.
+    /// that its slots are one interval apart even when nothing is queued; `reserve`
+    /// requests of each request limit (at most half of it) are left out of reach.
     pub(crate) fn plan_paced(
         &mut self,
         quota: &Quota,
         cost: &Cost,
         now: u64,
         burst: bool,
+        reserve: u64,
     ) -> Result<Plan, Unplannable> {
         if let Some(reason) = &self.disabled {
             return Err(Unplannable::Disabled(reason.clone()));
@@ -380,7 +382,14 @@ impl AccountState {
             let w = quota.bucket_micros(limit);
             let buckets = self.window_at(i, limit.id());
             if charge > 0 {
-                let t = buckets.fit(from, charge, eff, limit.window().micros(), w);
+                // What this ask may fill: all of the limit, or for a batch tenant all
+                // but its reserve of a request limit (at most half held back).
+                let cap = if limit.unit() == crate::Unit::Requests {
+                    (eff - reserve.min(eff / 2)).max(charge)
+                } else {
+                    eff
+                };
+                let t = buckets.fit(from, charge, cap, limit.window().micros(), w);
                 raise(t, Binding::Limit(i), &mut slot, &mut binding);
                 let left = eff as f64 - buckets.total as f64 - charge as f64;
                 headroom = headroom.min((left / eff as f64 * 1e6).floor() as i64);

@@ -104,7 +104,7 @@ async fn check<S: Store>(
             } else {
                 Priority::Interactive
             };
-            Share::new(format!("tenant {i}|x"), w, class)
+            Share::new(format!("tenant {i}|x"), w, class).with_reserve(1)
         })
         .collect();
     let mut model = Model::default();

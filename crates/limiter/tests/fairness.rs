@@ -12,6 +12,7 @@ for_each_backend!(
     a_slot_free_now_is_never_refused_for_fairness,
     a_fair_refusal_charges_nothing_and_says_when_to_ask_again,
     batch_takes_only_a_slot_free_now,
+    batch_leaves_its_reserve_to_interactive,
     an_idle_tenants_share_goes_to_the_others,
 );
 
@@ -159,6 +160,38 @@ async fn batch_takes_only_a_slot_free_now<S: Store>(rig: Rig<S>) {
         .granted()
         .expect("a slot free now");
     assert_eq!(took.wait, Duration::ZERO);
+}
+
+async fn batch_leaves_its_reserve_to_interactive<S: Store>(rig: Rig<S>) {
+    // 10 requests per second; batch leaves 2 of them.
+    let q = paced();
+    let batch = Share::new("etl", 1, Priority::Batch).with_reserve(2);
+    let mut took = 0;
+    for _ in 0..30 {
+        match ask(&rig, &q, &batch).await {
+            Decision::Granted(r) => {
+                assert_eq!(r.wait, Duration::ZERO, "batch booked ahead");
+                took += 1;
+            }
+            Decision::Refused(r) => assert_eq!(r.reason, RefusalReason::FairShare),
+        }
+        assert!(rig.used(&q).await[0] <= 8, "batch took the reserve");
+        rig.advance(ms(100));
+    }
+    assert!(took >= 20, "batch filled the rest: {took} of 30 steps");
+    // Two interactive requests arriving together both go at once; a third waits.
+    for _ in 0..2 {
+        let r = ask(&rig, &q, &tenant("web", 1))
+            .await
+            .granted()
+            .expect("interactive");
+        assert_eq!(r.wait, Duration::ZERO, "the reserve was not free");
+    }
+    let third = ask(&rig, &q, &tenant("web", 1))
+        .await
+        .granted()
+        .expect("queued");
+    assert!(third.wait > Duration::ZERO);
 }
 
 async fn an_idle_tenants_share_goes_to_the_others<S: Store>(rig: Rig<S>) {

@@ -407,6 +407,7 @@ impl Inner {
                             TenantPriority::Batch => Priority::Batch,
                         };
                         Share::new(t.name.clone(), t.weight.get(), priority)
+                            .with_reserve(config.queue.interactive_reserve)
                     }),
                     limits,
                     key: t.key.clone(),

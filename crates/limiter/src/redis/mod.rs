@@ -545,6 +545,7 @@ impl Store for RedisStore {
             args.push(class.to_owned());
             args.push(crate::fair::TAG_SCALE.to_string());
             args.push(crate::fair::HORIZON.to_string());
+            args.push(share.reserve().to_string());
         }
         let reply = self.call(&self.scripts.acquire, &keys, &args).await?;
         self.decode_acquire(&reply, candidates, quota, cost)
