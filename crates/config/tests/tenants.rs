@@ -75,7 +75,10 @@ rpm = 10
         (t.budget.per_day, t.budget.per_month),
         (Some(20.0), Some(300.0))
     );
-    assert_eq!(c.queue.interactive_reserve, 0, "by default batch may fill every window");
+    assert_eq!(
+        c.queue.interactive_reserve, 0,
+        "by default batch may fill every window"
+    );
     let price = c.models[0].price.unwrap();
     assert_eq!(price.micro_usd(1_000, 1_000, 100), 2_500 + 1_250 + 1_000);
 }
