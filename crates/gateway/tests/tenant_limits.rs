@@ -98,6 +98,34 @@ async fn drive(urls: &[String], key: &str, clients: usize, cap: u64) -> Arc<Seen
     seen
 }
 
+/// Asserts that `used` never passed `limit` and that nearly all of it went (within two
+/// requests of `served`), then that the last refusal named `named`.
+fn assert_spent_and_named(what: &str, seen: &Seen, used: u64, limit: u64, named: &str) {
+    let served = seen.served.load(Ordering::Relaxed);
+    let refused = seen.refused.load(Ordering::Relaxed);
+    println!("{what}: {served} served, {used} of {limit} used, {refused} refused");
+    assert!(used <= limit, "{what}: {used} used of a limit of {limit}");
+    let per_request = used / served.max(1);
+    assert!(
+        used + 2 * per_request >= limit,
+        "{what}: only {used} of {limit} used ({per_request} a request)"
+    );
+    let body = seen.last_refusal.lock().clone();
+    assert!(body.contains(named), "{what}: {body}");
+}
+
+/// `GET {url}/v1/quotas` as `key`.
+async fn quotas(c: &reqwest::Client, url: &str, key: &str) -> serde_json::Value {
+    c.get(format!("{url}/v1/quotas"))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn token_and_money_budgets_hold_across_the_fleet_and_survive_a_restart() {
     let redis = RedisServer::start();
@@ -123,49 +151,29 @@ async fn token_and_money_budgets_hold_across_the_fleet_and_survive_a_restart() {
 
     // The token limit: never over it fleet-wide, and nearly all of it used (each
     // request reserves its prompt and max_tokens and is reconciled to its usage).
-    let used = tokens.tokens.load(Ordering::Relaxed);
-    let served = tokens.served.load(Ordering::Relaxed);
-    println!(
-        "tokens-capped: {served} served, {used} of {TPD} tokens, {} refused",
-        tokens.refused.load(Ordering::Relaxed)
+    assert_spent_and_named(
+        "tokens-capped",
+        &tokens,
+        tokens.tokens.load(Ordering::Relaxed),
+        TPD,
+        "tenant tokens-capped's own limit: 1500 tokens per 86400s",
     );
-    assert!(used <= TPD, "{used} tokens used of a limit of {TPD}");
-    let per_request = used / served.max(1);
-    assert!(
-        used + 2 * per_request >= TPD,
-        "only {used} of {TPD} tokens used ({per_request} a request)"
-    );
-    let body = tokens.last_refusal.lock().clone();
-    assert!(
-        body.contains("tenant tokens-capped's own limit: 1500 tokens per 86400s"),
-        "{body}"
-    );
-
     // The money budget, in the model's price.
     let spent = money.tokens.load(Ordering::Relaxed) * MICRO_USD_PER_TOKEN;
-    let served_money = money.served.load(Ordering::Relaxed);
-    println!(
-        "money-capped: {served_money} served, {spent} of {BUDGET_MICRO_USD} micro-USD, {} refused",
-        money.refused.load(Ordering::Relaxed)
-    );
-    assert!(
-        spent <= BUDGET_MICRO_USD,
-        "{spent} micro-USD spent of {BUDGET_MICRO_USD}"
-    );
-    let per_request = spent / served_money.max(1);
-    assert!(
-        spent + 2 * per_request >= BUDGET_MICRO_USD,
-        "only {spent} of {BUDGET_MICRO_USD} micro-USD spent"
-    );
-    let body = money.last_refusal.lock().clone();
-    assert!(
-        body.contains("tenant money-capped's own limit: budget of USD 0.40 per day"),
-        "{body}"
+    assert_spent_and_named(
+        "money-capped",
+        &money,
+        spent,
+        BUDGET_MICRO_USD,
+        "tenant money-capped's own limit: budget of USD 0.40 per day",
     );
 
     // The third tenant was never refused, and the provider saw exactly what was served.
     assert_eq!(free.refused.load(Ordering::Relaxed), 0);
-    let all_served = served + served_money + free.served.load(Ordering::Relaxed);
+    let all_served = [&tokens, &money, &free]
+        .iter()
+        .map(|s| s.served.load(Ordering::Relaxed))
+        .sum::<u64>();
     let report = sim_report(&sim, "gov-m");
     assert_eq!(
         report.accepted, all_served,
@@ -179,15 +187,7 @@ async fn token_and_money_budgets_hold_across_the_fleet_and_survive_a_restart() {
     let money_used = |url: String| {
         let c = c.clone();
         async move {
-            let q: serde_json::Value = c
-                .get(format!("{url}/v1/quotas"))
-                .bearer_auth("admin-key-0123456789")
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let q = quotas(&c, &url, "admin-key-0123456789").await;
             q["tenants"]
                 .as_array()
                 .unwrap()
@@ -255,15 +255,7 @@ async fn token_and_money_budgets_hold_across_the_fleet_and_survive_a_restart() {
     assert_eq!(a.status, 200, "{a:?}");
 
     // A tenant sees its own limits in /v1/quotas, and no one else's.
-    let q: serde_json::Value = c
-        .get(format!("{}/v1/quotas", fresh.url))
-        .bearer_auth("sk-money-capped")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let q = quotas(&c, &fresh.url, "sk-money-capped").await;
     let shown: Vec<&str> = q["tenants"]
         .as_array()
         .unwrap()

@@ -267,15 +267,6 @@ impl Gateway {
         self.inner.tenant(token).map(|i| self.inner.tenant_name(i))
     }
 
-    /// Whether tenant `name` has limits or a budget of its own (`tenants[].rpm`, …,
-    /// `budget`), which only the gateway's request path counts.
-    pub fn tenant_has_own_limits(&self, name: &str) -> bool {
-        self.inner
-            .tenants
-            .iter()
-            .any(|t| t.name == name && t.limits.is_some())
-    }
-
     /// Sends one minimal request (`max_tokens: 1`) on `account` of `model` through the
     /// gateway's upstream client, bypassing the limiter, and records it as usage:
     /// the probe of a disabled account. Returns the upstream status and body.

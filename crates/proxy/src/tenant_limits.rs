@@ -179,16 +179,10 @@ pub(crate) async fn charge(
     deadline: Instant,
 ) -> Result<TenantHold, TenantRefusal> {
     let inner = &gw.inner;
-    let Some((tenant, limits)) = inner
-        .tenants
-        .get(ti)
-        .and_then(|t| Some((t, t.limits.as_ref()?)))
-    else {
-        return Ok(TenantHold::none(gw));
+    let Some((limits, quota)) = quota_of(inner, ti, mi) else {
+        return Ok(TenantHold::none());
     };
-    let Some(quota) = limits.per_model.get(mi).and_then(Option::as_ref) else {
-        return Ok(TenantHold::none(gw));
-    };
+    let tenant = &inner.tenants[ti];
     let model = &inner.models[mi];
     let cost = Cost {
         spend: model
@@ -206,10 +200,12 @@ pub(crate) async fn charge(
             Ok(Decision::Granted(res)) => {
                 publish(&tenant.name, limits, &res.remaining);
                 return Ok(TenantHold {
-                    gw: gw.clone(),
-                    model: mi,
-                    tenant: ti,
-                    reservation: Some(res),
+                    held: Some(Held {
+                        gw: gw.clone(),
+                        tenant: ti,
+                        model: mi,
+                        reservation: res,
+                    }),
                 });
             }
             Ok(Decision::Refused(r)) => r,
@@ -331,7 +327,7 @@ impl Gateway {
             inner.tenants.iter().position(|t| t.name == tenant),
             inner.by_name.get(model),
         ) else {
-            return Ok(TenantHold::none(self));
+            return Ok(TenantHold::none());
         };
         charge(self, ti, mi, cost, deadline)
             .await
@@ -346,8 +342,8 @@ impl Gateway {
     }
 
     /// Raises `charge` of tenant `tenant` on `model` to what was `used`, where that is
-    /// more (never lower: the usage an application reports is its word, so it may add to
-    /// what it declared, never take away). `used.spend` is ignored: it is priced here.
+    /// more (never below what was declared: the usage an application reports is its
+    /// word, so it may add to what it declared, never take away). `used.spend` is ignored: it is priced here.
     pub async fn raise_tenant_charge(
         &self,
         tenant: &str,
@@ -356,17 +352,13 @@ impl Gateway {
         used: Cost,
     ) -> Result<(), LimitError> {
         let inner = &self.inner;
-        let (Some(t), Some(&mi)) = (
-            inner.tenants.iter().find(|t| t.name == tenant),
+        let (Some(ti), Some(&mi)) = (
+            inner.tenants.iter().position(|t| t.name == tenant),
             inner.by_name.get(model),
         ) else {
             return Ok(());
         };
-        let Some((limits, quota)) = t
-            .limits
-            .as_ref()
-            .and_then(|l| Some((l, l.per_model.get(mi)?.as_ref()?)))
-        else {
+        let Some((limits, quota)) = quota_of(inner, ti, mi) else {
             return Ok(());
         };
         let price = inner.models[mi].cfg.price;
@@ -408,44 +400,44 @@ impl Gateway {
 /// before the request moves on to another model or fails. Dropped without any of them
 /// (the client left), it is refunded in the background.
 pub struct TenantHold {
+    /// `None`: the tenant has no limits on the model (nothing to settle or refund).
+    held: Option<Held>,
+}
+
+struct Held {
     gw: Gateway,
-    model: usize,
     tenant: usize,
-    reservation: Option<Reservation>,
+    model: usize,
+    reservation: Reservation,
 }
 
 impl TenantHold {
     /// A hold of nothing (the tenant has no limits on the model).
-    pub(crate) fn none(gw: &Gateway) -> Self {
-        Self {
-            gw: gw.clone(),
-            model: 0,
-            tenant: 0,
-            reservation: None,
-        }
+    pub(crate) fn none() -> Self {
+        Self { held: None }
     }
 
     /// Reconciles the hold to what the answer used: `input` tokens as the provider
     /// counts them, billed as `uncached` and `cached` (read from the prompt cache)
     /// input tokens, and `output` tokens, at the model's price.
     pub(crate) fn settle(mut self, input: u64, uncached: u64, cached: u64, output: u64) {
-        let Some(res) = self.reservation.take() else {
+        let Some(held) = self.held.take() else {
             return;
         };
-        let price = self.gw.inner.models[self.model].cfg.price;
+        let price = held.gw.inner.models[held.model].cfg.price;
         let actual = Cost {
             spend: price.map_or(0, |p| p.micro_usd(uncached, cached, output)),
             ..Cost::request(input, output)
         };
-        if actual != res.cost {
-            self.reconcile(res, actual);
+        if actual != held.reservation.cost {
+            held.in_background(actual);
         }
     }
 
     /// The charge, handed to an application (no refund when dropped); `None` when the
     /// tenant has no limits on the model.
     pub fn into_charge(mut self) -> Option<TenantCharge> {
-        let res = self.reservation.take()?;
+        let res = self.held.take()?.reservation;
         Some(TenantCharge {
             id: res.id.as_u64(),
             slot_us: res.slot.as_micros(),
@@ -457,53 +449,54 @@ impl TenantHold {
     /// Gives the charge back now (reconciled to zero), before a fallback model is
     /// charged for the same request.
     pub async fn refund(mut self) {
-        let Some(res) = self.reservation.take() else {
-            return;
-        };
-        let inner = &self.gw.inner;
-        let Some(quota) = inner.tenants[self.tenant]
-            .limits
-            .as_ref()
-            .and_then(|l| l.per_model.get(self.model)?.as_ref())
-        else {
-            return;
-        };
-        if let Err(e) = inner.limiter.reconcile(quota, &res, Cost::ZERO).await {
-            tracing::warn!(error = %e, tenant = %inner.tenant_name(self.tenant), "refunding a tenant's limits failed; the charge ages out");
+        if let Some(held) = self.held.take() {
+            held.reconcile(Cost::ZERO).await;
         }
     }
 
     /// Keeps the estimate charged (the request was sent; what it used is unknown).
     pub(crate) fn keep(mut self) {
-        self.reservation = None;
+        self.held = None;
     }
+}
 
-    fn reconcile(&self, res: Reservation, actual: Cost) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+impl Held {
+    /// Replaces the charge with `actual` (zero: a refund).
+    async fn reconcile(self, actual: Cost) {
+        let inner = &self.gw.inner;
+        let Some((_, quota)) = quota_of(inner, self.tenant, self.model) else {
             return;
         };
-        let gw = self.gw.clone();
-        let (ti, mi) = (self.tenant, self.model);
-        runtime.spawn(async move {
-            let Some(limits) = gw.inner.tenants.get(ti).and_then(|t| t.limits.as_ref()) else {
-                return;
-            };
-            let Some(quota) = limits.per_model.get(mi).and_then(Option::as_ref) else {
-                return;
-            };
-            if let Err(e) = gw.inner.limiter.reconcile(quota, &res, actual).await {
-                tracing::warn!(error = %e, tenant = %gw.inner.tenant_name(ti), "reconciling a tenant's limits failed; the estimate stands");
-            }
-        });
+        if let Err(e) = inner
+            .limiter
+            .reconcile(quota, &self.reservation, actual)
+            .await
+        {
+            tracing::warn!(error = %e, tenant = %inner.tenant_name(self.tenant), "reconciling a tenant's limits failed; the charge stands until it ages out");
+        }
+    }
+
+    /// [`reconcile`](Self::reconcile), off the caller's path.
+    fn in_background(self, actual: Cost) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(self.reconcile(actual));
+        }
     }
 }
 
 impl Drop for TenantHold {
     fn drop(&mut self) {
-        if let Some(res) = self.reservation.take() {
-            self.reconcile(res, Cost::ZERO);
+        if let Some(held) = self.held.take() {
+            held.in_background(Cost::ZERO);
         }
     }
+}
+
+/// Tenant `ti`'s limits and the quota a request of model `mi` is charged against, if
+/// any of its limits apply to that model.
+fn quota_of(inner: &crate::state::Inner, ti: usize, mi: usize) -> Option<(&TenantLimits, &Quota)> {
+    let limits = inner.tenants.get(ti)?.limits.as_ref()?;
+    Some((limits, limits.per_model.get(mi)?.as_ref()?))
 }
 
 /// One tenant's limits in `/v1/quotas` (operators only: it names tenants).

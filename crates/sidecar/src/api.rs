@@ -284,19 +284,7 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
                     format!("{other:?}").to_lowercase(),
                 ),
             };
-            let retry = r.retry_after.map(|d| d.as_millis() as u64);
-            let mut resp = (
-                status,
-                axum::Json(serde_json::json!({"granted": false, "model": m.name, "reason": reason, "retry_after_ms": retry})),
-            )
-                .into_response();
-            if let Some(ms) = retry {
-                let secs = ms.div_ceil(1000).max(1);
-                if let Ok(v) = http::HeaderValue::from_str(&secs.to_string()) {
-                    resp.headers_mut().insert(http::header::RETRY_AFTER, v);
-                }
-            }
-            resp
+            not_granted(status, &m.name, &reason, r.retry_after)
         }
         Err(LimitError::InsufficientCapacity {
             limit,
@@ -317,6 +305,28 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
     }
 }
 
+/// An acquire's refusal: `status` with the `reason`, and `Retry-After` (whole seconds,
+/// at least 1) when the wait is known.
+fn not_granted(
+    status: StatusCode,
+    model: &str,
+    reason: &str,
+    retry_after: Option<Duration>,
+) -> Response {
+    let retry = retry_after.map(|d| d.as_millis() as u64);
+    let mut resp = (
+        status,
+        axum::Json(serde_json::json!({"granted": false, "model": model, "reason": reason, "retry_after_ms": retry})),
+    )
+        .into_response();
+    if let Some(ms) = retry
+        && let Ok(v) = http::HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string())
+    {
+        resp.headers_mut().insert(http::header::RETRY_AFTER, v);
+    }
+    resp
+}
+
 /// The answer to an acquire that the tenant's own limits refused: 429 naming the limit
 /// with `Retry-After`, 413 when the request can never fit one, 503 when the store is
 /// away.
@@ -325,24 +335,24 @@ fn tenant_refused(model: &str, refused: sluice_proxy::TenantRefused) -> Response
         sluice_proxy::TenantRefused::Limited {
             message,
             retry_after,
-        } => {
-            let ms = retry_after.as_millis() as u64;
-            let mut resp = (
-                StatusCode::TOO_MANY_REQUESTS,
-                axum::Json(serde_json::json!({"granted": false, "model": model, "reason": message, "retry_after_ms": ms})),
-            )
-                .into_response();
-            if let Ok(v) = http::HeaderValue::from_str(&ms.div_ceil(1000).max(1).to_string()) {
-                resp.headers_mut().insert(http::header::RETRY_AFTER, v);
-            }
-            resp
-        }
+        } => not_granted(
+            StatusCode::TOO_MANY_REQUESTS,
+            model,
+            &message,
+            Some(retry_after),
+        ),
         sluice_proxy::TenantRefused::TooLarge(message) => {
             error(StatusCode::PAYLOAD_TOO_LARGE, message, "request_too_large")
         }
-        refused => error(
+        sluice_proxy::TenantRefused::StoreDown(after) => not_granted(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("{refused:?}"),
+            model,
+            "the shared store is unavailable",
+            Some(after),
+        ),
+        _ => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the tenant's limits could not be decided".to_owned(),
             "store_unavailable",
         ),
     }
@@ -513,7 +523,7 @@ async fn report(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byte
             reconciled = true;
         }
     }
-    // The tenant's own limits: what the app reports may raise its charge, never lower
+    // The tenant's own limits: what the app reports may raise its charge, never below
     // it (the usage is the app's word).
     if let (Some(t), Some(u)) = (
         req.reservation

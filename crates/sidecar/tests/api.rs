@@ -232,7 +232,8 @@ key = "sk-open-tenant"
     let granted: serde_json::Value = r.json().await.unwrap();
     let ticket = granted["reservation"].clone();
     assert_eq!(ticket["tenant_charge"]["input_tokens"], 100, "{ticket}");
-    // ... and what the app reports may raise the charge (900 tokens used), never lower it.
+    // ... and what the app reports may raise the charge (900 tokens used), never take it
+    // below what was declared.
     let report = serde_json::json!({"model": "app-m", "status": 200, "reservation": ticket,
         "usage": {"prompt_tokens": 300, "completion_tokens": 600}});
     assert_eq!(
@@ -251,6 +252,16 @@ key = "sk-open-tenant"
             .contains("tenant limited's own limit: 1000 tokens per 60s"),
         "{body}"
     );
+    // A hostile second report of the same ticket, claiming nothing was used, gives
+    // nothing back.
+    let refund = serde_json::json!({"model": "app-m", "status": 200, "reservation": ticket,
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0}});
+    assert_eq!(
+        post("/v1/report", "sk-limited-key", refund).await.status(),
+        200
+    );
+    let r = post("/v1/acquire", "sk-limited-key", slot.clone()).await;
+    assert_eq!(r.status(), 429, "a report lowered the tenant's charge");
     // Another tenant is not affected.
     assert_eq!(
         post("/v1/acquire", "sk-open-tenant", slot).await.status(),

@@ -357,7 +357,7 @@ async fn attempts(
                 tenant: p.tenant,
                 reservation: res,
                 raw_prompt,
-                tenant_hold: tenant_hold.take().unwrap_or_else(|| TenantHold::none(gw)),
+                tenant_hold: tenant_hold.take().unwrap_or_else(TenantHold::none),
             };
             // `through_model` runs inside the `request` span.
             let spans = (Span::current(), up_span.clone());

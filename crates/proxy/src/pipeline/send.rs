@@ -216,7 +216,7 @@ mod tests {
             tenant: p.tenant,
             reservation,
             raw_prompt,
-            tenant_hold: crate::tenant_limits::TenantHold::none(&gw),
+            tenant_hold: crate::tenant_limits::TenantHold::none(),
         };
         let spans = (Span::none(), Span::none());
         let resp = success(
