@@ -1,10 +1,13 @@
--- sluice_acquire_v3: reserve the earliest slot for a cost on the best of N accounts,
--- and, for a tenant's share, take it only when the quota's fair ledger admits it.
+-- sluice_acquire_v4: reserve the earliest slot for a cost on the best of N accounts,
+-- and, for a tenant's share, take it only when the quota's fair ledger admits it;
+-- first apply the reconciles it carries (v4), so that a request costs one call.
 -- Bump the version (name, Rust constant and docs/ARCHITECTURE.md) whenever KEYS, ARGV
 -- or the reply change: old and new gateways run side by side during a rolling deploy.
 --
 -- KEYS: 2 per candidate account, all with the same hash tag:
 --   KEYS[2c-1] = sluice:{<group>}:w:<name>   KEYS[2c] = sluice:{<group>}:s:<name>
+--   then 2 per carried reconcile (v4): sluice:{<group>}:w:<name> and its mark
+--   sluice:{<group>}:r:<name>:<reservation id> (reconcile.lua),
 --   then, when a share is given (ARGV after the rows), the fair ledger of the group:
 --   sluice:{<group>}:f (zset: slots booked ahead, member <i|b>|<start tag>|<seq>|<tenant>,
 --   score the slot) and sluice:{<group>}:fc (hash: v = virtual time, f:<tenant> = its
@@ -14,8 +17,11 @@
 --   [3] requests in the cost (for pacing)     [4] 1 for a read-only check (cost zero)
 --   [5] pacing mode: 0 off, 1 auto, 2 fixed   [6] fixed interval (us)   [7] fixed burst
 --   [8] windows TTL past the last slot (ms)   [9] n, the number of limits
+--   [10] f, the number of reconciles carried   [11] their reconcile window (ms)
 --   then n rows of 6: id, window (us), bucket width (us), configured limit, charge,
 --   auto-pacing eligible (1/0)
+--   then f carried reconciles of 1 + 2n: the reservation's slot (us), then per limit
+--   its estimated and its actual charge (of the same quota: the rows above)
 --   then, optionally, the share: tenant, weight (>= 1), class ('i' interactive, 'b'
 --   batch), tag scale, horizon (fair.rs: TAG_SCALE, HORIZON), reserve (v3: requests of
 --   each request limit a batch share leaves free, at most half of the limit)
@@ -26,6 +32,11 @@
 --   {3, i, capacity, charge}                          limit i can never hold the charge
 --   binding: 0 now, 1 queue (earlier slots), 2 cooldown, 3 pacing, 4 fair share,
 --   10 + i limit i.
+--   Each reply ends with f more values: the carried reconciles' outcomes in order
+--   (reconcile.lua's replies 1-4). They are applied before anything is read for the
+--   decision, whatever it is.
+-- A windows hash that holds many buckets is made a real hash table once (field `enc`,
+-- a value longer than a listpack holds): a listpack's field lookups scan it.
 -- Fair share (fair.rs has the rule and its reasoning; the in-process twin the same
 -- arithmetic): only a slot later than now, within max wait, asked with a share,
 -- consults the ledger. Slots booked that passed are dropped and move the virtual time
@@ -55,18 +66,20 @@ local read_only = ARGV[4] == '1'
 local mode, interval, burst = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local windows_ttl_ms = tonumber(ARGV[8])
 local n = tonumber(ARGV[9])
-local share_at = 10 + 6 * n
+local folded, fold_window_ms = tonumber(ARGV[10]), tonumber(ARGV[11])
+local fold_at = 12 + 6 * n
+local share_at = fold_at + folded * (1 + 2 * n)
 local tenant = ARGV[share_at]
 local fair = tenant ~= nil
 local fair_z, fair_c, weight, class
-local candidates = #KEYS / 2
+local candidates = (#KEYS - 2 * folded) / 2
 local scale, horizon
 local reserve = 0
 if fair then
   weight, class = tonumber(ARGV[share_at + 1]), ARGV[share_at + 2]
   scale, horizon = tonumber(ARGV[share_at + 3]), tonumber(ARGV[share_at + 4])
   if class == 'b' then reserve = tonumber(ARGV[share_at + 5]) or 0 end
-  candidates = (#KEYS - 2) / 2
+  candidates = (#KEYS - 2 * folded - 2) / 2
   fair_z, fair_c = KEYS[#KEYS - 1], KEYS[#KEYS]
 end
 local unchosen = {}
@@ -104,10 +117,33 @@ local function fit(h, r, eff, total, charge, from)
 end
 
 -- The limit rows are the same for every candidate; per-candidate values live apart.
-local rows = read_limits(10, n, 6)
+local rows = read_limits(12, n, 6)
 for _, r in ipairs(rows) do
   r.charge, r.auto = r.a, r.b
 end
+
+-- The carried reconciles, applied first (common.lua's reconcile_rows), so that the
+-- decision sees them; their outcomes end every reply.
+local outcomes = {}
+for j = 1, folded do
+  local at = fold_at + (j - 1) * (1 + 2 * n)
+  local amounts = {}
+  for m = 1, 2 * n do
+    amounts[m] = amount(ARGV[at + m])
+  end
+  local k = 2 * candidates + 2 * j
+  outcomes[j] = reconcile_rows(KEYS[k - 1], KEYS[k], tonumber(ARGV[at]), fold_window_ms,
+    windows_ttl_ms, now, rows, amounts)
+end
+local function answer(reply)
+  for j = 1, folded do
+    reply[#reply + 1] = outcomes[j]
+  end
+  return reply
+end
+-- Buckets a windows hash may hold as a listpack: past this, its linear field lookups
+-- cost more than a hash table's memory (docs/benchmarks.md, #17).
+local LISTPACK_MAX_BUCKETS = 24
 -- One read of the windows hash: tail, tat, exp, then per limit its total, its eviction
 -- pointer and the bucket of now (where a charge without wait lands).
 local wfields = { 'tail', 'tat', 'exp' }
@@ -118,6 +154,7 @@ for i, r in ipairs(rows) do
 end
 wfields[#wfields + 1] = 'holes'
 local holes_at = #wfields
+wfields[#wfields + 1] = 'enc'
 local charges_any = false
 for _, r in ipairs(rows) do
   if r.charge > 0 then charges_any = true end
@@ -168,6 +205,7 @@ for c = 1, candidates do
       local w = redis.call('HMGET', h, unpack(wfields))
       local tail, tat, exp = tonumber(w[1]) or 0, tonumber(w[2]) or 0, tonumber(w[3]) or 0
       local evicted, current = {}, {}
+      local spread = 0
       for i, r in ipairs(rows) do
         total[i] = tonumber(w[1 + 3 * i]) or 0
         oldest[i] = tonumber(w[2 + 3 * i])
@@ -178,6 +216,12 @@ for c = 1, candidates do
           oldest[i] = kmin
           evicted[#evicted + 1] = i
         end
+        if oldest[i] ~= nil then spread = spread + r.know - oldest[i] + 1 end
+      end
+      -- Many buckets: made a hash table, for good (the value is longer than any
+      -- listpack value; nothing reads it). Only the key's memory grows.
+      if spread > LISTPACK_MAX_BUCKETS and not w[holes_at + 1] then
+        redis.call('HSET', h, 'enc', string.rep('h', 256))
       end
       local slot, binding = now, 0
       if tail > slot then slot, binding = tail, 1 end
@@ -256,9 +300,9 @@ end
 
 if best == nil then
   if disabled ~= nil then
-    return { 2, disabled[1], disabled[2] }
+    return answer({ 2, disabled[1], disabled[2] })
   end
-  return { 3, capacity[1], capacity[2], capacity[3] }
+  return answer({ 3, capacity[1], capacity[2], capacity[3] })
 end
 
 -- The fair ledger's word on a slot ahead for the share: (nil, start tag) admitted, or
@@ -383,4 +427,4 @@ end
 for i = 1, n do
   reply[#reply + 1] = best.eff[i]
 end
-return reply
+return answer(reply)

@@ -178,3 +178,55 @@ local function read_state(st, rows)
   end
   return v[1], tonumber(v[2]) or 0, tonumber(v[3]) or 1000
 end
+
+-- Replaces a reservation's estimated charges with the actual ones (reconcile.lua, and
+-- the reconciles an acquire carries). `rows` give each limit's id, window and bucket
+-- width; `amounts` its estimated and actual charge, 2 per limit, in row order.
+-- Returns 1 applied for the first time, 2 replaced an earlier reconcile, 3 the
+-- reservation was released (nothing changed), 4 after the reconcile window (ignored).
+-- reconcile.lua's header has the invariants.
+local function reconcile_rows(h, mark, slot, window_ms, windows_ttl_ms, now, rows, amounts)
+  local deadline = slot + window_ms * 1000
+  if now > deadline then
+    return 4
+  end
+  local mark_ttl_ms = math.max(math.ceil((deadline - now) / 1000), 1)
+  local previous = redis.call('GET', mark)
+  if previous == 'released' then
+    return 3
+  end
+  local before = {}
+  if previous then
+    for id, v in string.gmatch(previous, '([^=,]+)=(%d+)') do
+      before[id] = tonumber(v)
+    end
+  end
+  local applied = {}
+  local wrote = false
+  for i, r in ipairs(rows) do
+    local estimate, actual = amounts[2 * i - 1], amounts[2 * i]
+    local was = estimate
+    if previous then
+      was = before[r.id] or 0
+    end
+    local delta = actual - was
+    local total, oldest = evict(h, r.id, r.window, r.bucket, now)
+    local k = math.floor(slot / r.bucket)
+    if delta ~= 0 and k >= kmin_of(now, r.window, r.bucket) then
+      add(h, r.id, k, delta, total, oldest, now, r.window, r.bucket)
+      wrote = true
+    elseif delta > 0 then
+      add(h, r.id, math.floor(now / r.bucket), delta, total, oldest, now, r.window, r.bucket)
+      wrote = true
+    end
+    applied[i] = r.id .. '=' .. int(actual)
+  end
+  if wrote then
+    keep(h, windows_ttl_ms)
+  end
+  redis.call('SET', mark, table.concat(applied, ','), 'PX', int(mark_ttl_ms))
+  if previous then
+    return 2
+  end
+  return 1
+end

@@ -21,52 +21,12 @@
 -- never goes below zero.
 
 local now = clock(ARGV[1])
-local slot = tonumber(ARGV[2])
-local window_ms, windows_ttl_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
-local deadline = slot + window_ms * 1000
-if now > deadline then
-  return 4
+local rows = read_limits(6, tonumber(ARGV[5]), 6)
+local amounts = {}
+for i, r in ipairs(rows) do
+  amounts[2 * i - 1], amounts[2 * i] = r.a, r.b
 end
-local mark_ttl_ms = math.max(math.ceil((deadline - now) / 1000), 1)
-local n = tonumber(ARGV[5])
-local h, mark = KEYS[1], KEYS[2]
-local rows = read_limits(6, n, 6)
-
-local previous = redis.call('GET', mark)
-if previous == 'released' then
-  return 3
-end
-local before = {}
-if previous then
-  for id, v in string.gmatch(previous, '([^=,]+)=(%d+)') do
-    before[id] = tonumber(v)
-  end
-end
-
-local applied = {}
-local wrote = false
-for _, r in ipairs(rows) do
-  local was = r.a
-  if previous then
-    was = before[r.id] or 0
-  end
-  local delta = r.b - was
-  local total, oldest = evict(h, r.id, r.window, r.bucket, now)
-  local k = math.floor(slot / r.bucket)
-  if delta ~= 0 and k >= kmin_of(now, r.window, r.bucket) then
-    add(h, r.id, k, delta, total, oldest, now, r.window, r.bucket)
-    wrote = true
-  elseif delta > 0 then
-    add(h, r.id, math.floor(now / r.bucket), delta, total, oldest, now, r.window, r.bucket)
-    wrote = true
-  end
-  applied[#applied + 1] = r.id .. '=' .. int(r.b)
-end
-if wrote then
-  keep(h, windows_ttl_ms)
-end
-redis.call('SET', mark, table.concat(applied, ','), 'PX', int(mark_ttl_ms))
-if previous then
-  return 2
-end
-return 1
+-- The work is common.lua's reconcile_rows, which acquire.lua runs too for the
+-- reconciles it carries.
+return reconcile_rows(KEYS[1], KEYS[2], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+  now, rows, amounts)

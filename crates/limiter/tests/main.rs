@@ -4,6 +4,7 @@
 
 #![allow(unreachable_pub)]
 
+mod carried;
 mod cluster;
 mod concurrency;
 mod conformance;

@@ -2,6 +2,7 @@
 //! standalone Redis, a Redis Cluster or a primary found through Redis Sentinel.
 
 mod connection;
+mod fold;
 mod script;
 
 pub use connection::RedisConnection;
@@ -43,6 +44,10 @@ pub struct RedisOptions {
     /// Where time comes from: `None` reads Redis `TIME` in the scripts (production);
     /// tests pass a [`ManualClock`](crate::ManualClock).
     pub clock: Option<Arc<dyn Clock>>,
+    /// How long a reconcile waits for the next acquire on its model to carry it (one
+    /// script call for both) before it is sent alone; zero sends every reconcile at
+    /// once. Its future resolves once Redis has applied it either way.
+    pub carry_reconciles_within: Duration,
 }
 
 impl std::fmt::Debug for RedisOptions {
@@ -54,6 +59,7 @@ impl std::fmt::Debug for RedisOptions {
             .field("breaker_open_for", &self.breaker_open_for)
             .field("key_prefix", &self.key_prefix)
             .field("clock", &self.clock.as_ref().map(|_| "injected"))
+            .field("carry_reconciles_within", &self.carry_reconciles_within)
             .finish()
     }
 }
@@ -67,6 +73,7 @@ impl Default for RedisOptions {
             breaker_open_for: Duration::from_secs(1),
             key_prefix: "sluice".to_owned(),
             clock: None,
+            carry_reconciles_within: Duration::from_millis(1),
         }
     }
 }
@@ -78,6 +85,8 @@ pub struct RedisStore {
     scripts: Scripts,
     options: RedisOptions,
     breaker: Breaker,
+    /// Reconciles waiting for an acquire to carry them.
+    waiting: fold::Waiting,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -104,6 +113,7 @@ impl RedisStore {
             scripts: Scripts::new(),
             breaker: Breaker::new(options.breaker_threshold, options.breaker_open_for),
             options,
+            waiting: fold::Waiting::default(),
         })
     }
 
@@ -428,6 +438,49 @@ fn candidate(v: &Value, candidates: &[QuotaKey]) -> Result<usize, StoreError> {
 }
 
 impl RedisStore {
+    /// One reconcile in its own script call; returns `reconcile.lua`'s reply.
+    async fn reconcile_alone(
+        &self,
+        quota: &Quota,
+        keys: [String; 2],
+        slot: u64,
+        amounts: &[u64],
+    ) -> Result<i64, StoreError> {
+        let mut args = vec![
+            self.now_arg(),
+            slot.to_string(),
+            ms(duration_micros(quota.reconcile_window())),
+            ms(windows_ttl_after(quota)),
+            quota.limits().len().to_string(),
+        ];
+        args.extend(limit_rows(quota, |i| [amounts[2 * i], amounts[2 * i + 1]]));
+        let reply = self.call(&self.scripts.reconcile, &keys, &args).await?;
+        int(&reply)
+    }
+
+    /// Answers the reconciles an acquire carried from the last values of its `reply`
+    /// (`None`, sent again alone, when they are missing) and returns the rest.
+    fn answer_carried(reply: Value, carried: Vec<fold::Carried>) -> Result<Value, StoreError> {
+        if carried.is_empty() {
+            return Ok(reply);
+        }
+        match reply {
+            Value::Array(mut items) if items.len() >= carried.len() => {
+                let outcomes = items.split_off(items.len() - carried.len());
+                for (c, o) in carried.into_iter().zip(outcomes) {
+                    c.answer(int(&o).ok());
+                }
+                Ok(Value::Array(items))
+            }
+            other => {
+                carried.into_iter().for_each(|c| c.answer(None));
+                Err(StoreError::Protocol(format!(
+                    "unexpected acquire reply {other:?}"
+                )))
+            }
+        }
+    }
+
     fn decode_acquire(
         &self,
         reply: &Value,
@@ -516,6 +569,7 @@ impl Store for RedisStore {
             keys.push(self.key("w", k));
             keys.push(self.key("s", k));
         }
+        let carried = self.waiting.take_for(first.group(), quota);
         let [mode, interval, burst] = pacing_args(quota);
         let mut args = vec![
             self.now_arg(),
@@ -527,10 +581,17 @@ impl Store for RedisStore {
             burst,
             ms(windows_ttl_after(quota)),
             quota.limits().len().to_string(),
+            carried.len().to_string(),
+            ms(duration_micros(quota.reconcile_window())),
         ];
         args.extend(limit_rows(quota, |i| {
             [quota.limits()[i].charge(&cost), auto_eligible(quota, i)]
         }));
+        for c in &carried {
+            keys.extend(c.keys.iter().cloned());
+            args.push(c.slot.to_string());
+            args.extend(c.amounts.iter().map(u64::to_string));
+        }
         if let Some(share) = share {
             let group =
                 |kind: &str| format!("{}:{{{}}}:{kind}", self.options.key_prefix, first.group());
@@ -547,7 +608,14 @@ impl Store for RedisStore {
             args.push(crate::fair::HORIZON.to_string());
             args.push(share.reserve().to_string());
         }
-        let reply = self.call(&self.scripts.acquire, &keys, &args).await?;
+        let reply = match self.call(&self.scripts.acquire, &keys, &args).await {
+            Ok(reply) => Self::answer_carried(reply, carried)?,
+            Err(e) => {
+                // Each is sent again alone (idempotent: applied once at most).
+                carried.into_iter().for_each(|c| c.answer(None));
+                return Err(e.into());
+            }
+        };
         self.decode_acquire(&reply, candidates, quota, cost)
     }
 
@@ -561,19 +629,36 @@ impl Store for RedisStore {
             self.key("w", &reservation.key),
             format!("{}:{}", self.key("r", &reservation.key), reservation.id),
         ];
-        let mut args = vec![
-            self.now_arg(),
-            reservation.slot.as_micros().to_string(),
-            ms(duration_micros(quota.reconcile_window())),
-            ms(windows_ttl_after(quota)),
-            quota.limits().len().to_string(),
-        ];
-        args.extend(limit_rows(quota, |i| {
-            let l = &quota.limits()[i];
-            [l.charge(&reservation.cost), l.charge(&actual)]
-        }));
-        let reply = self.call(&self.scripts.reconcile, &keys, &args).await?;
-        if int(&reply)? == 4 {
+        let amounts: Vec<u64> = quota
+            .limits()
+            .iter()
+            .flat_map(|l| [l.charge(&reservation.cost), l.charge(&actual)])
+            .collect();
+        let within = self.options.carry_reconciles_within;
+        let group = reservation.key.group();
+        let slot = reservation.slot.as_micros();
+        let left = if within.is_zero() {
+            None
+        } else {
+            self.waiting
+                .leave(group, quota, keys.clone(), slot, amounts.clone())
+        };
+        let outcome = match left {
+            None => None,
+            Some(mut left) => match tokio::time::timeout(within, &mut left.answer).await {
+                Ok(answer) => answer.ok().flatten(),
+                // Not carried in time: sent alone, unless an acquire took it meanwhile.
+                Err(_) => match self.waiting.take_back(group, left.ticket) {
+                    Some(_) => None,
+                    None => left.answer.await.ok().flatten(),
+                },
+            },
+        };
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            None => self.reconcile_alone(quota, keys, slot, &amounts).await?,
+        };
+        if outcome == 4 {
             metrics::counter!("sluice_limiter_late_reconciles_total").increment(1);
             tracing::warn!(
                 account = reservation.key.name(),

@@ -36,7 +36,7 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
-            acquire: script!("sluice_acquire_v3", "acquire.lua"),
+            acquire: script!("sluice_acquire_v4", "acquire.lua"),
             reconcile: script!("sluice_reconcile_v3", "reconcile.lua"),
             release: script!("sluice_release_v1", "release.lua"),
             record: script!("sluice_record_v4", "record.lua"),
