@@ -53,6 +53,10 @@
 -- charge covers the cost in every limit; taking it removes the hole and writes no charge,
 -- tail or tat (the hole's charge, already in the buckets, is inherited), so no window's
 -- total grows. KEYS, ARGV and the reply are unchanged: an older acquire ignores holes.
+-- Candidates are examined in the order given, and the scan stops early at a slot now
+-- with at least half of every charged limit left, or at the best slot now of the first
+-- eight (GOOD_HEADROOM, GOOD_AFTER): an account far from full costs one account's work
+-- however many are listed. The caller rotates the order to spread the load.
 -- Invariants: read all, check all, then write: a refusal charges nothing (it may drop
 -- expired buckets). Pacing is GCRA whose burst tolerance serves only arrivals with
 -- nobody queued ahead (tail <= now); queued slots are at least one interval apart. A slot is never before the account's tail, so the only window a
@@ -141,6 +145,10 @@ local function answer(reply)
   end
   return reply
 end
+-- The early stop of the candidate scan: a slot now with at least this headroom (in
+-- millionths of the tightest limit, after the charge), or any slot now once this many
+-- candidates were examined (memory.rs: GOOD_HEADROOM, GOOD_AFTER).
+local GOOD_HEADROOM, GOOD_AFTER = 500000, 8
 -- Buckets a windows hash may hold as a listpack: past this, its linear field lookups
 -- cost more than a hash table's memory (docs/benchmarks.md, #17).
 local LISTPACK_MAX_BUCKETS = 24
@@ -182,6 +190,13 @@ local best = nil
 local disabled = nil
 local capacity = nil
 for c = 1, candidates do
+  -- Good enough (#17): a slot now with half of every limit left, or the best slot now
+  -- of the first eight; past that, the later candidates cannot do better where it
+  -- matters, and examining them is what makes many accounts cost (store.rs).
+  if best ~= nil and best.slot == now
+    and (best.headroom >= GOOD_HEADROOM or c > GOOD_AFTER) then
+    break
+  end
   local h, st = KEYS[2 * c - 1], KEYS[2 * c]
   local off, cool, pace = read_state(st, rows)
   if off then

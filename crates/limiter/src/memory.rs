@@ -241,6 +241,9 @@ fn decide(
         };
     }
     for (i, key) in candidates.iter().enumerate() {
+        if best.as_ref().is_some_and(|(_, b)| good_enough(b, now, i)) {
+            break;
+        }
         let account = shard.accounts.entry_ref(key).or_default();
         match account.plan_paced(quota, cost, now, burst, reserve) {
             Ok(plan) => {
@@ -278,6 +281,20 @@ fn decide(
         quota,
         ask,
     ))
+}
+
+/// A slot now with at least this headroom after the charge (millionths of the tightest
+/// limit) ends the scan of the candidates (`acquire.lua` has the same rule).
+pub(crate) const GOOD_HEADROOM: i64 = 500_000;
+/// Once this many candidates were examined, any slot now ends the scan.
+pub(crate) const GOOD_AFTER: usize = 8;
+
+/// Whether the best plan so far, `examined` candidates in, ends the scan: a slot now
+/// with half of every limit left, or any slot now after [`GOOD_AFTER`] candidates. The
+/// later candidates could only offer more headroom, and examining every one is what
+/// makes a model of many accounts cost (#17).
+fn good_enough(best: &Plan, now: u64, examined: usize) -> bool {
+    best.slot == now && (best.headroom >= GOOD_HEADROOM || examined >= GOOD_AFTER)
 }
 
 fn disabled_refusal(candidate: usize, reason: String) -> Decision {

@@ -44,7 +44,11 @@ pub trait Store: Send + Sync {
     /// serve the same model, all in one key group) within `max_wait`.
     ///
     /// The chosen candidate is the one with the earliest slot, then the most headroom,
-    /// then the first listed. The decision checks every limit before it writes any: a
+    /// then the first listed, among those examined: candidates are examined in the
+    /// order given, and the scan stops at a slot now with at least half of every charged
+    /// limit left after the charge, or at the best slot now of the first eight. So an
+    /// account far from full costs one account's work however many are listed; rotate
+    /// the order to spread the load. The decision checks every limit before it writes any: a
     /// refusal leaves no trace. A slot is never earlier than one already given on the
     /// same account (first come, first served, across every replica), and admitting it
     /// never takes any trailing window over its limit.

@@ -23,6 +23,7 @@ for_each_backend!(
     effective_limit_lowers_but_never_raises,
     disabled_accounts_are_skipped_until_enabled,
     acquire_any_prefers_the_earliest_slot_then_the_most_headroom,
+    the_scan_stops_at_an_account_that_serves_now_with_room_to_spare,
     waiters_are_served_in_order_paced_and_within_the_window,
     retry_after_is_never_early_and_never_late,
     split_token_limits_charge_their_own_unit,
@@ -321,6 +322,55 @@ async fn acquire_any_prefers_the_earliest_slot_then_the_most_headroom<S: Store>(
         .granted()
         .unwrap();
     assert_eq!((r.key, r.wait), (key("c"), ms(800)));
+}
+
+async fn the_scan_stops_at_an_account_that_serves_now_with_room_to_spare<S: Store>(rig: Rig<S>) {
+    let q = quota(vec![Limit::requests(10, window(1000)).unwrap()]);
+    let fill = |k: String, n: usize| {
+        let rig = &rig;
+        let q = &q;
+        async move {
+            for _ in 0..n {
+                rig.store
+                    .acquire(&[key(&k)], q, one(), ms(0))
+                    .await
+                    .unwrap()
+                    .granted()
+                    .unwrap();
+            }
+        }
+    };
+    // One request on the first of `names` that the scan takes.
+    let pick = |names: Vec<String>| {
+        let rig = &rig;
+        let q = &q;
+        async move {
+            let keys: Vec<_> = names.iter().map(|n| key(n)).collect();
+            let d = rig.store.acquire(&keys, q, one(), ms(0)).await.unwrap();
+            d.granted().unwrap().key.name().to_owned()
+        }
+    };
+    // "a" keeps 8 of 10 after the charge: good enough, though "b" has more.
+    fill("a".into(), 1).await;
+    assert_eq!(pick(vec!["a".into(), "b".into()]).await, "a");
+    // "c" keeps 3 of 10: not enough; "b", examined next, has more headroom.
+    fill("c".into(), 6).await;
+    assert_eq!(pick(vec!["c".into(), "b".into()]).await, "b");
+    // Eight accounts with a slot now but little room (3 of 10 left after the charge),
+    // then an empty one: after eight, the best slot now so far is taken (the first of
+    // equals) and the ninth is not examined.
+    let mut names: Vec<String> = (0..8).map(|i| format!("full-{i}")).collect();
+    for n in &names {
+        fill(n.clone(), 6).await;
+    }
+    names.push("empty".into());
+    assert_eq!(pick(names.clone()).await, "full-0");
+    // With no slot now among the first eight, every candidate is examined.
+    fill("full-0".into(), 3).await;
+    for n in &names[1..8] {
+        fill(n.clone(), 4).await;
+    }
+    assert_eq!(pick(names).await, "empty");
 }
 
 async fn waiters_are_served_in_order_paced_and_within_the_window<S: Store>(rig: Rig<S>) {

@@ -21,16 +21,19 @@ fn options() -> RedisOptions {
     }
 }
 
-/// 10 requests per minute: long enough that no test depends on the wall clock.
-fn per_minute() -> sluice_limiter::Quota {
+/// 10 requests per day: long enough that no test depends on the wall clock, and no
+/// bucket boundary (every 2.4 h) passes during a test. A decision after one would start
+/// by dropping buckets (`HDEL`), a write a full Redis allows, after which it allows the
+/// script's other writes too: the tests of a full Redis need every write refused.
+fn per_day() -> sluice_limiter::Quota {
     quota(vec![
-        sluice_limiter::Limit::requests(10, Window::secs(60).unwrap()).unwrap(),
+        sluice_limiter::Limit::requests(10, Window::secs(86_400).unwrap()).unwrap(),
     ])
 }
 
 async fn origin_of(limiter: &Limiter) -> Result<Origin, RefusalReason> {
     let d = limiter
-        .acquire(&[key("a")], &per_minute(), one(), Duration::ZERO)
+        .acquire(&[key("a")], &per_day(), one(), Duration::ZERO)
         .await
         .unwrap();
     match d {
@@ -50,10 +53,10 @@ async fn kill_and_restart(policy: OnError, handed_back: u64, check: impl AsyncFn
     check(&limiter).await;
     assert!(limiter.is_degraded());
     server.restart(); // empty: no keys, no cached scripts
-    until_shared(&limiter, &key("a"), &per_minute()).await;
+    until_shared(&limiter, &key("a"), &per_day()).await;
     assert!(!limiter.is_degraded());
     let used = async || {
-        let status = limiter.status(&key("a"), &per_minute()).await.unwrap();
+        let status = limiter.status(&key("a"), &per_day()).await.unwrap();
         status.limits[0].used
     };
     assert_eq!(
@@ -119,7 +122,7 @@ async fn a_flushed_script_cache_is_reloaded() {
     assert_eq!(origin_of(&limiter).await, Ok(Origin::Shared));
     assert_eq!(server.cli(&["SCRIPT", "FLUSH"]).trim(), "OK");
     assert_eq!(origin_of(&limiter).await, Ok(Origin::Shared));
-    let status = limiter.status(&key("a"), &per_minute()).await.unwrap();
+    let status = limiter.status(&key("a"), &per_day()).await.unwrap();
     assert_eq!(status.limits[0].used, 2);
 }
 
@@ -147,7 +150,10 @@ async fn a_paused_redis_times_out_instead_of_hanging() {
 async fn every_key_expires() {
     let server = RedisServer::start();
     let store = sluice_limiter::RedisStore::new(&server.url(), options()).unwrap();
-    let q = per_minute();
+    // A minute's window: the TTLs below are bounded by it.
+    let q = quota(vec![
+        sluice_limiter::Limit::requests(10, Window::secs(60).unwrap()).unwrap(),
+    ]);
     let r = store
         .acquire(&[key("a")], &q, one(), Duration::ZERO)
         .await
@@ -194,7 +200,7 @@ async fn every_key_expires() {
 async fn the_in_process_store_forgets_expired_accounts() {
     let clock = ManualClock::new(Timestamp::from_micros(T0));
     let store = InProcessStore::with_clock(Arc::new(clock.clone()));
-    let q = per_minute();
+    let q = per_day();
     for i in 0..200 {
         let k = sluice_limiter::QuotaKey::new("test/model", format!("k{i}")).unwrap();
         store
@@ -823,7 +829,7 @@ async fn fill_and_free(policy: OnError, check: impl AsyncFnOnce(&Limiter)) {
             .cli(&["CONFIG", "SET", "maxmemory", "0"])
             .contains("OK")
     );
-    until_shared(&limiter, &key("a"), &per_minute()).await;
+    until_shared(&limiter, &key("a"), &per_day()).await;
     assert!(!limiter.is_degraded());
 }
 

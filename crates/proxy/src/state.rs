@@ -37,6 +37,8 @@ pub(crate) struct ModelState {
     pub(crate) cfg: Model,
     pub(crate) quota: Quota,
     pub(crate) keys: Vec<QuotaKey>,
+    /// The order each acquire lists the accounts in, from a rotating start.
+    pub(crate) rotation: Rotation,
     pub(crate) accounts: Vec<Account>,
     pub(crate) provider: Provider,
     /// Base URL with `{model}` filled in.
@@ -54,6 +56,40 @@ pub(crate) struct ModelState {
     pub(crate) model_header: HeaderValue,
     /// When a success was last sampled as an observation, per account (ms).
     pub(crate) sampled_ms: Vec<AtomicU64>,
+}
+
+/// A model's accounts listed twice over, so that each acquire can name them all from a
+/// rotating start without a copy. The limiter examines candidates in order and stops at
+/// the first that serves now with room to spare, so the start spreads the requests
+/// across the accounts (and one far from full is all a decision examines).
+pub(crate) struct Rotation {
+    twice: Vec<QuotaKey>,
+    next: AtomicUsize,
+}
+
+impl Rotation {
+    pub(crate) fn new(keys: &[QuotaKey]) -> Self {
+        Self {
+            twice: keys.iter().chain(keys).cloned().collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next start and every account from it, in order.
+    pub(crate) fn next(&self) -> (usize, &[QuotaKey]) {
+        let n = self.twice.len() / 2;
+        if n <= 1 {
+            return (0, &self.twice[..n]);
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        (start, &self.twice[start..start + n])
+    }
+
+    /// The index into the model's accounts of candidate `c` of a list from `start`.
+    pub(crate) fn account(&self, start: usize, c: usize) -> usize {
+        let n = (self.twice.len() / 2).max(1);
+        (start + c) % n
+    }
 }
 
 impl ModelState {
@@ -510,6 +546,7 @@ fn model_states(
         models.push(ModelState {
             quota: cm.quota.clone(),
             sampled_ms: keys.iter().map(|_| AtomicU64::new(0)).collect(),
+            rotation: Rotation::new(&keys),
             keys,
             accounts,
             provider: cm.provider,
@@ -529,4 +566,30 @@ fn model_states(
         });
     }
     models
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_start_lists_every_account_once_and_maps_back() {
+        let keys: Vec<QuotaKey> = (0..3)
+            .map(|i| QuotaKey::new("m", format!("key-{i}")).unwrap())
+            .collect();
+        let r = Rotation::new(&keys);
+        let mut starts = Vec::new();
+        for _ in 0..4 {
+            let (start, listed) = r.next();
+            starts.push(start);
+            assert_eq!(listed.len(), 3);
+            for (c, k) in listed.iter().enumerate() {
+                assert_eq!(&keys[r.account(start, c)], k);
+            }
+        }
+        assert_eq!(starts, vec![0, 1, 2, 0]);
+        let one = Rotation::new(&keys[..1]);
+        assert_eq!(one.next(), (0, &keys[..1]));
+        assert_eq!(one.next(), (0, &keys[..1]));
+    }
 }

@@ -188,7 +188,14 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
         );
     };
     let keys: Vec<QuotaKey> = match &req.account {
-        None => m.keys.clone(),
+        None => {
+            let mut keys = m.keys.clone();
+            if keys.len() > 1 {
+                let start = s.next_account.fetch_add(1, Ordering::Relaxed) % keys.len();
+                keys.rotate_left(start);
+            }
+            keys
+        }
         Some(a) => match m.keys.iter().find(|k| k.name() == a) {
             Some(k) => vec![k.clone()],
             None => {

@@ -25,7 +25,7 @@ mod ticket;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -77,6 +77,10 @@ pub(crate) struct State {
     pub(crate) tickets: ticket::TicketSigner,
     /// When each upstream × account was last probed to corroborate a report.
     pub(crate) corroborated: Mutex<HashMap<(String, String), Instant>>,
+    /// Where `POST /v1/acquire` starts the list of a model's accounts: the limiter stops
+    /// at the first that serves now with room to spare, so a rotating start spreads the
+    /// load (as the gateway's `Rotation`).
+    pub(crate) next_account: AtomicUsize,
 }
 
 impl State {
@@ -138,6 +142,7 @@ impl Sidecar {
                 consuming: AtomicBool::new(!shared),
                 tickets,
                 corroborated: Mutex::new(HashMap::new()),
+                next_account: AtomicUsize::new(0),
             }),
         })
     }

@@ -111,6 +111,17 @@ mod tests {
     }
 
     #[test]
+    fn the_scan_stops_where_the_in_process_store_stops() {
+        let scripts = Scripts::new();
+        let line = format!(
+            "local GOOD_HEADROOM, GOOD_AFTER = {}, {}",
+            crate::memory::GOOD_HEADROOM,
+            crate::memory::GOOD_AFTER
+        );
+        assert!(scripts.acquire.source.contains(&line), "{line}");
+    }
+
+    #[test]
     fn every_script_starts_with_the_common_header_and_has_its_own() {
         let scripts = Scripts::new();
         for s in [

@@ -169,12 +169,25 @@ async fn acquire(
         .tenants
         .get(ask.tenant)
         .and_then(|t| t.share.as_ref());
+    // From a rotating start: the limiter stops at the first account that serves now
+    // with room to spare; candidate indices are mapped back to the model's accounts.
+    let (start, candidates) = model.rotation.next();
     let decision = gw
         .inner
         .limiter
-        .acquire_for(&model.keys, &model.quota, ask.cost, remaining, share)
+        .acquire_for(candidates, &model.quota, ask.cost, remaining, share)
         .instrument(acquire_span.clone())
-        .await;
+        .await
+        .map(|d| match d {
+            Decision::Granted(mut r) => {
+                r.candidate = model.rotation.account(start, r.candidate);
+                Decision::Granted(r)
+            }
+            Decision::Refused(mut r) => {
+                r.candidate = model.rotation.account(start, r.candidate);
+                Decision::Refused(r)
+            }
+        });
     metrics::histogram!("sluice_limiter_seconds", "op" => "acquire")
         .record(t0.elapsed().as_secs_f64());
     if !acquire_span.is_disabled() {
