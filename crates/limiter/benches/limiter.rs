@@ -11,7 +11,8 @@
 //! - Redis time per request with and without a tenant's own limits and budgets.
 //!
 //! `SLUICE_BENCH_QUICK=1` shortens every run (for a smoke test);
-//! `SLUICE_BENCH_ONLY=memory` runs only the in-process part (for profiling),
+//! `SLUICE_BENCH_ONLY=memory` runs only the in-process part (`memory-one`: only its
+//! one-quota run, for profiling),
 //! `SLUICE_BENCH_ONLY=fair` only the Redis time per decision with and without the fair
 //! ledger, `SLUICE_BENCH_ONLY=tenant` only the Redis time per request with and without
 //! a tenant's own limits.
@@ -344,11 +345,16 @@ fn main() {
     println!("\n### In-process store, one thread\n");
     println!("| quotas | decisions/s |");
     println!("|---:|---:|");
-    for n in [1, 100_000] {
+    let sizes: &[usize] = if only == "memory-one" {
+        &[1]
+    } else {
+        &[1, 100_000]
+    };
+    for &n in sizes {
         println!("| {n} | {:.0} |", in_process(n));
     }
 
-    if only == "memory" {
+    if only.starts_with("memory") {
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

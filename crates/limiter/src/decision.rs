@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::quota::{Cost, LimitId, QuotaKey, Unit, Window};
+use crate::quota::{Cost, LimitId, Quota, QuotaKey, Unit, Window};
 use crate::time::Timestamp;
 
 /// The identifier of one reservation, used to make [`reconcile`](crate::Store::reconcile)
@@ -47,7 +47,18 @@ pub enum Origin {
     Unmetered,
 }
 
-/// One limit's budget as the decision left it.
+/// What one limit has left after a decision; which limit it is, its unit and its
+/// window are the quota's limit at the same index (see [`Budget`]).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Left {
+    /// The limit in force: the configured limit or a lower learned one.
+    pub effective: u64,
+    /// What is left of it now, counting every reservation already made (queued ones too).
+    pub remaining: u64,
+}
+
+/// One limit's budget as the decision left it, with the limit it describes
+/// ([`Budget::describe`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Remaining {
     /// The limit.
@@ -60,6 +71,78 @@ pub struct Remaining {
     pub effective: u64,
     /// What is left of it now, counting every reservation already made (queued ones too).
     pub remaining: u64,
+}
+
+/// What each limit of a quota has left after a decision, in the quota's limit order:
+/// `budget[i]` is [`quota.limits()[i]`](crate::Quota::limits), which names the limit,
+/// its unit and its window ([`describe`](Self::describe) pairs them). Held inline (at
+/// most [`Quota::MAX_LIMITS`]), so a decision allocates nothing for it; it reads as a
+/// slice.
+///
+/// ```
+/// use sluice_limiter::{Budget, Left, Limit, Quota, Window};
+/// let budget = Budget::from_iter([Left { effective: 600, remaining: 599 }]);
+/// assert_eq!(budget.len(), 1);
+/// assert_eq!(budget[0].remaining, 599);
+/// assert!(Budget::default().is_empty());
+/// let quota = Quota::new(vec![Limit::requests(600, Window::secs(60).unwrap()).unwrap()]).unwrap();
+/// assert_eq!(budget.describe(&quota)[0].limit.as_str(), "r60000");
+/// ```
+#[derive(Copy, Clone, Default, PartialEq, Eq)]
+pub struct Budget {
+    len: u8,
+    limits: [Left; Quota::MAX_LIMITS],
+}
+
+impl Budget {
+    /// Appends the next limit's budget; one beyond [`Quota::MAX_LIMITS`] is dropped
+    /// (no quota has that many limits).
+    pub fn push(&mut self, left: Left) {
+        if let Some(slot) = self.limits.get_mut(usize::from(self.len)) {
+            *slot = left;
+            self.len += 1;
+        }
+    }
+
+    /// Each limit's budget with the limit of `quota` it describes (the quota the
+    /// decision was made on); a budget of another quota pairs up to the shorter.
+    pub fn describe(&self, quota: &Quota) -> Vec<Remaining> {
+        quota
+            .limits()
+            .iter()
+            .zip(self.iter())
+            .map(|(l, left)| Remaining {
+                limit: l.id().clone(),
+                unit: l.unit(),
+                window: l.window(),
+                effective: left.effective,
+                remaining: left.remaining,
+            })
+            .collect()
+    }
+}
+
+impl FromIterator<Left> for Budget {
+    fn from_iter<I: IntoIterator<Item = Left>>(iter: I) -> Self {
+        let mut budget = Budget::default();
+        for r in iter {
+            budget.push(r);
+        }
+        budget
+    }
+}
+
+impl std::ops::Deref for Budget {
+    type Target = [Left];
+    fn deref(&self) -> &[Left] {
+        &self.limits[..usize::from(self.len)]
+    }
+}
+
+impl fmt::Debug for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 /// A granted slot: the request may go at `slot`, that is after waiting `wait`.
@@ -79,7 +162,7 @@ pub struct Reservation {
     /// What was charged.
     pub cost: Cost,
     /// The budget left per limit.
-    pub remaining: Vec<Remaining>,
+    pub remaining: Budget,
     /// Where it was recorded.
     pub origin: Origin,
 }
@@ -134,7 +217,7 @@ pub struct Refusal {
     /// The candidate the refusal describes.
     pub candidate: usize,
     /// The budget left per limit of that candidate.
-    pub remaining: Vec<Remaining>,
+    pub remaining: Budget,
 }
 
 /// The outcome of [`acquire`](crate::Store::acquire).

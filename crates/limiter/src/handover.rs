@@ -2,7 +2,7 @@
 //! the switch does not let a fleet burst past a provider's limit in either direction.
 //!
 //! **Into local mode.** Every Redis decision tells what is left of each limit of the
-//! account it describes ([`Remaining`]); the last word per account is kept here (a read
+//! account it describes ([`Budget`](crate::Budget)); the last word per account is kept here (a read
 //! lock, a hash lookup and a few relaxed atomic stores per decision, no allocation
 //! once the account was seen). When an account is first decided locally during an
 //! outage, the local store is charged, per limit, with the part of this replica's
@@ -46,7 +46,7 @@ use hashbrown::HashMap;
 use parking_lot::{Mutex, RwLock};
 use rustc_hash::FxBuildHasher;
 
-use crate::decision::{Decision, Origin, Remaining, Reservation};
+use crate::decision::{Budget, Decision, Left, Origin, Reservation};
 use crate::error::LimitError;
 use crate::memory::InProcessStore;
 use crate::quota::{Cost, LimitId, Quota, QuotaKey};
@@ -73,21 +73,22 @@ struct Seen {
 }
 
 impl Seen {
-    fn new(budget: &[Remaining]) -> Self {
+    fn new(quota: &Quota) -> Self {
         Self {
-            ids: budget.iter().map(|r| r.limit.clone()).collect(),
+            ids: quota.limits().iter().map(|l| l.id().clone()).collect(),
             remaining: Default::default(),
             booked_until: AtomicU64::new(0),
             named_until: AtomicU64::new(0),
         }
     }
 
-    /// True when `budget` describes the same limits, in the same order.
-    fn matches(&self, budget: &[Remaining]) -> bool {
-        self.ids.len() == budget.len() && self.ids.iter().zip(budget).all(|(a, b)| *a == b.limit)
+    /// True when `quota` has the same limits, in the same order.
+    fn matches(&self, quota: &Quota) -> bool {
+        let limits = quota.limits();
+        self.ids.len() == limits.len() && self.ids.iter().zip(limits).all(|(a, l)| a == l.id())
     }
 
-    fn store(&self, budget: &[Remaining]) {
+    fn store(&self, budget: &[Left]) {
         for (slot, r) in self.remaining.iter().zip(budget) {
             slot.store(r.remaining, Ordering::Relaxed);
         }
@@ -237,7 +238,7 @@ impl Handover {
     }
 
     /// Remembers what a Redis decision said about the account it describes.
-    pub(crate) fn observe(&self, candidates: &[QuotaKey], decision: &Decision) {
+    pub(crate) fn observe(&self, candidates: &[QuotaKey], quota: &Quota, decision: &Decision) {
         let (key, budget, wait, granted) = match decision {
             Decision::Granted(r) => (&r.key, &r.remaining, r.wait, true),
             Decision::Refused(r) => match candidates.get(r.candidate) {
@@ -252,13 +253,13 @@ impl Handover {
             self.local.now_micros() + duration_micros(wait)
         };
         let booked = if granted { named } else { 0 };
-        if budget.is_empty() || budget.len() > Quota::MAX_LIMITS {
+        if budget.len() != quota.limits().len() {
             return;
         }
         {
             let seen = self.seen.read();
             if let Some(s) = seen.get(key)
-                && s.matches(budget)
+                && s.matches(quota)
             {
                 s.store(budget);
                 if named > 0 {
@@ -271,7 +272,7 @@ impl Handover {
             }
         }
         // First word on this account (or on other limits): once per account.
-        let s = Seen::new(budget);
+        let s = Seen::new(quota);
         s.store(budget);
         s.booked_until.store(booked, Ordering::Relaxed);
         s.named_until.store(named, Ordering::Relaxed);
@@ -368,7 +369,7 @@ impl Handover {
                 retry_after: Some(limit.window().length()),
                 reason: crate::decision::RefusalReason::Limit(limit.id().clone()),
                 candidate: 0,
-                remaining: Vec::new(),
+                remaining: Budget::default(),
             })));
         }
         let mut period = self.period.lock();
@@ -666,14 +667,11 @@ mod tests {
         let budget = |left: u64| {
             q.limits()
                 .iter()
-                .map(|l| Remaining {
-                    limit: l.id().clone(),
-                    unit: l.unit(),
-                    window: l.window(),
+                .map(|l| Left {
                     effective: l.amount(),
                     remaining: left.min(l.amount()),
                 })
-                .collect::<Vec<_>>()
+                .collect()
         };
         let refused = Decision::Refused(crate::decision::Refusal {
             retry_after: None,
@@ -681,9 +679,10 @@ mod tests {
             candidate: 0,
             remaining: budget(80),
         });
-        h.observe(std::slice::from_ref(&key), &refused);
+        h.observe(std::slice::from_ref(&key), &q, &refused);
         h.observe(
             std::slice::from_ref(&key),
+            &q,
             &Decision::Refused(crate::decision::Refusal {
                 retry_after: None,
                 reason: crate::decision::RefusalReason::Queue,

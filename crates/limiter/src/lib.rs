@@ -58,8 +58,8 @@ mod time;
 mod window;
 
 pub use decision::{
-    Decision, LimitStatus, Origin, QuotaStatus, Refusal, RefusalReason, ReleaseOutcome, Remaining,
-    Reservation, ReservationId,
+    Budget, Decision, Left, LimitStatus, Origin, QuotaStatus, Refusal, RefusalReason,
+    ReleaseOutcome, Remaining, Reservation, ReservationId,
 };
 pub use error::{LimitError, QuotaError, StoreError};
 pub use fair::{Priority, Share};
@@ -71,4 +71,4 @@ pub use quota::{
 };
 pub use redis::{RedisConnection, RedisOptions, RedisStore};
 pub use store::{StateChange, Store};
-pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use time::{Clock, ManualClock, MonotonicClock, SystemClock, Timestamp};

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::decision::{
-    Decision, Origin, QuotaStatus, Refusal, RefusalReason, ReleaseOutcome, Reservation,
+    Budget, Decision, Origin, QuotaStatus, Refusal, RefusalReason, ReleaseOutcome, Reservation,
     ReservationId,
 };
 use crate::error::LimitError;
@@ -221,7 +221,7 @@ impl Store for Limiter {
             Err(LimitError::Unavailable(e)) => e,
             Ok(decision) => {
                 if local {
-                    handover.observe(candidates, &decision);
+                    handover.observe(candidates, quota, &decision);
                 }
                 return Ok(decision);
             }
@@ -235,7 +235,7 @@ impl Store for Limiter {
                 retry_after: Some(retry),
                 reason: RefusalReason::Unavailable,
                 candidate: 0,
-                remaining: Vec::new(),
+                remaining: Budget::default(),
             })),
             OnError::FailOpen => {
                 let Some(key) = candidates.first() else {
@@ -248,7 +248,7 @@ impl Store for Limiter {
                     slot: SystemClock.now(),
                     wait: Duration::ZERO,
                     cost,
-                    remaining: Vec::new(),
+                    remaining: Budget::default(),
                     origin: Origin::Unmetered,
                 }))
             }

@@ -1,8 +1,6 @@
 //! [`InProcessStore`]: the limiter in this process's memory, with the same semantics as
 //! Redis. The embedded default for a single instance, and the `local` fallback.
 
-use std::hash::BuildHasher;
-
 use hashbrown::HashMap;
 use rustc_hash::FxBuildHasher;
 use std::sync::Arc;
@@ -12,14 +10,14 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::decision::{
-    Decision, Origin, QuotaStatus, Refusal, RefusalReason, ReleaseOutcome, Reservation,
+    Budget, Decision, Origin, QuotaStatus, Refusal, RefusalReason, ReleaseOutcome, Reservation,
     ReservationId,
 };
 use crate::error::LimitError;
 use crate::fair::{Ledger, Priority, Share};
 use crate::quota::{Cost, Quota, QuotaKey};
 use crate::store::{StateChange, Store};
-use crate::time::{Clock, SystemClock, Timestamp, duration_micros};
+use crate::time::{Clock, MonotonicClock, Timestamp, duration_micros};
 use crate::window::{AccountState, Plan, Unplannable};
 
 const SHARDS: usize = 16;
@@ -55,7 +53,6 @@ struct Shard {
 pub struct InProcessStore {
     clock: Arc<dyn Clock>,
     shards: Box<[Mutex<Shard>]>,
-    hasher: FxBuildHasher,
     accounts: AtomicU64,
 }
 
@@ -66,9 +63,9 @@ impl Default for InProcessStore {
 }
 
 impl InProcessStore {
-    /// A store on the system clock.
+    /// A store on the host's clock ([`MonotonicClock`]).
     pub fn new() -> Self {
-        Self::with_clock(Arc::new(SystemClock))
+        Self::with_clock(Arc::new(MonotonicClock::new()))
     }
 
     /// A store on `clock`.
@@ -76,7 +73,6 @@ impl InProcessStore {
         Self {
             clock,
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            hasher: FxBuildHasher,
             accounts: AtomicU64::new(0),
         }
     }
@@ -86,13 +82,14 @@ impl InProcessStore {
         self.accounts.load(Ordering::Relaxed)
     }
 
-    fn shard(&self, group: &str) -> &Mutex<Shard> {
-        &self.shards[(self.hasher.hash_one(group) as usize) % SHARDS]
+    /// The shard of `key`'s group.
+    fn shard(&self, key: &QuotaKey) -> &Mutex<Shard> {
+        &self.shards[(key.group_hash() as usize) % SHARDS]
     }
 
     fn with_account<T>(&self, key: &QuotaKey, f: impl FnOnce(&mut AccountState, u64) -> T) -> T {
         let now = self.clock.now().as_micros();
-        let mut shard = self.shard(key.group()).lock();
+        let mut shard = self.shard(key).lock();
         let shard = &mut *shard;
         let before = shard.accounts.len();
         let out = f(shard.accounts.entry_ref(key).or_default(), now);
@@ -107,11 +104,12 @@ impl InProcessStore {
             shard.accounts.retain(|_, a| !a.expired(now));
             shard.fair.retain(|_, l| !l.idle(now));
         }
+        // Most decisions neither add nor sweep an account: no atomic write for those.
         let after = shard.accounts.len();
-        if after >= before {
+        if after > before {
             self.accounts
                 .fetch_add((after - before) as u64, Ordering::Relaxed);
-        } else {
+        } else if after < before {
             self.accounts
                 .fetch_sub((before - after) as u64, Ordering::Relaxed);
         }
@@ -159,7 +157,7 @@ impl InProcessStore {
 
     /// Forgets everything about `key`.
     pub(crate) fn forget(&self, key: &QuotaKey) {
-        let mut shard = self.shard(key.group()).lock();
+        let mut shard = self.shard(key).lock();
         if shard.accounts.remove(key).is_some() {
             self.accounts.fetch_sub(1, Ordering::Relaxed);
         }
@@ -171,6 +169,7 @@ impl InProcessStore {
     }
 
     /// The decision, synchronously (the in-process store never waits on IO).
+    #[inline]
     pub fn acquire_now(
         &self,
         candidates: &[QuotaKey],
@@ -194,7 +193,7 @@ impl InProcessStore {
             return Err(LimitError::NoCandidates);
         };
         let now = self.clock.now().as_micros();
-        let mut guard = self.shard(first.group()).lock();
+        let mut guard = self.shard(first).lock();
         let shard = &mut *guard;
         let before = shard.accounts.len();
         let ask = Ask {
@@ -218,6 +217,7 @@ struct Ask<'a> {
 }
 
 /// The best plan among `candidates`, committed when it is within `max_wait`.
+#[inline]
 fn decide(
     shard: &mut Shard,
     candidates: &[QuotaKey],
@@ -228,30 +228,35 @@ fn decide(
     // A batch tenant's slots are paced without the burst tolerance (fair.rs).
     let burst = ask.share.is_none_or(|s| s.priority() != Priority::Batch);
     let reserve = ask.share.map_or(0, |s| u64::from(s.reserve()));
-    let mut best: Option<(usize, Plan)> = None;
+    // The best plan so far, with its headroom.
+    let mut best: Option<(usize, Plan, i64)> = None;
     let mut disabled: Option<(usize, String)> = None;
     let mut capacity: Option<LimitError> = None;
     if let [only] = candidates {
         // One account: one lookup, no second pass.
         let account = shard.accounts.entry_ref(only).or_default();
         return match account.plan_paced(quota, cost, now, burst, reserve) {
-            Ok(plan) => Ok(settle(account, &mut shard.fair, 0, only, plan, quota, ask)),
+            Ok(plan) => Ok(settle(account, &mut shard.fair, 0, only, &plan, quota, ask)),
             Err(Unplannable::Disabled(reason)) => Ok(disabled_refusal(0, reason)),
             Err(Unplannable::Capacity(e)) => Err(e),
         };
     }
     for (i, key) in candidates.iter().enumerate() {
-        if best.as_ref().is_some_and(|(_, b)| good_enough(b, now, i)) {
+        if best
+            .as_ref()
+            .is_some_and(|(_, b, room)| good_enough(b, *room, now, i))
+        {
             break;
         }
         let account = shard.accounts.entry_ref(key).or_default();
         match account.plan_paced(quota, cost, now, burst, reserve) {
             Ok(plan) => {
-                let better = best.as_ref().is_none_or(|(_, b)| {
-                    plan.slot < b.slot || (plan.slot == b.slot && plan.headroom > b.headroom)
+                let room = account.headroom(quota, cost);
+                let better = best.as_ref().is_none_or(|(_, b, best_room)| {
+                    plan.slot < b.slot || (plan.slot == b.slot && room > *best_room)
                 });
                 if better {
-                    best = Some((i, plan));
+                    best = Some((i, plan, room));
                 }
             }
             Err(Unplannable::Disabled(reason)) => {
@@ -262,7 +267,7 @@ fn decide(
             }
         }
     }
-    let Some((i, plan)) = best else {
+    let Some((i, plan, _)) = best else {
         if let Some((i, reason)) = disabled {
             return Ok(disabled_refusal(i, reason));
         }
@@ -277,7 +282,7 @@ fn decide(
         &mut shard.fair,
         i,
         &candidates[i],
-        plan,
+        &plan,
         quota,
         ask,
     ))
@@ -293,8 +298,8 @@ pub(crate) const GOOD_AFTER: usize = 8;
 /// with half of every limit left, or any slot now after [`GOOD_AFTER`] candidates. The
 /// later candidates could only offer more headroom, and examining every one is what
 /// makes a model of many accounts cost (#17).
-fn good_enough(best: &Plan, now: u64, examined: usize) -> bool {
-    best.slot == now && (best.headroom >= GOOD_HEADROOM || examined >= GOOD_AFTER)
+fn good_enough(best: &Plan, headroom: i64, now: u64, examined: usize) -> bool {
+    best.slot == now && (headroom >= GOOD_HEADROOM || examined >= GOOD_AFTER)
 }
 
 fn disabled_refusal(candidate: usize, reason: String) -> Decision {
@@ -302,18 +307,19 @@ fn disabled_refusal(candidate: usize, reason: String) -> Decision {
         retry_after: None,
         reason: RefusalReason::Disabled(reason),
         candidate,
-        remaining: Vec::new(),
+        remaining: Budget::default(),
     })
 }
 
 /// Grants `plan` (committing it) when it is within `max_wait` and, for a slot ahead
 /// asked with a [`Share`], the quota's fair ledger admits it; or refuses it.
+#[inline(always)]
 fn settle(
     account: &mut AccountState,
     fair: &mut HashMap<String, Ledger, FxBuildHasher>,
     candidate: usize,
     key: &QuotaKey,
-    plan: Plan,
+    plan: &Plan,
     quota: &Quota,
     ask: &Ask<'_>,
 ) -> Decision {
@@ -324,7 +330,7 @@ fn settle(
             retry_after: Some(Duration::from_micros(after)),
             reason,
             candidate,
-            remaining: account.remaining(quota, AccountState::plan_effective(&plan)),
+            remaining: account.remaining(quota),
         })
     };
     if wait > duration_micros(ask.max_wait) {
@@ -339,7 +345,7 @@ fn settle(
         }
     }
     if *cost != Cost::ZERO {
-        account.commit(quota, &plan, cost, now);
+        account.commit(quota, plan, cost, now);
     }
     Decision::Granted(Reservation {
         id: ReservationId::random(),
@@ -348,7 +354,7 @@ fn settle(
         slot: Timestamp::from_micros(plan.slot),
         wait: Duration::from_micros(wait),
         cost: *cost,
-        remaining: account.remaining(quota, AccountState::plan_effective(&plan)),
+        remaining: account.remaining(quota),
         origin: Origin::Shared,
     })
 }

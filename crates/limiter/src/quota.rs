@@ -2,6 +2,7 @@
 //! [`Cost`]s, and the [`QuotaKey`] that names one account's copy of it.
 
 use std::fmt;
+use std::hash::BuildHasher;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,8 +88,22 @@ impl Window {
 ///
 /// State is stored per identifier, so changing a limit's amount keeps its window's
 /// usage, while changing its window or unit starts a fresh window.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Eq)]
 pub struct LimitId(Arc<str>);
+
+impl PartialEq for LimitId {
+    fn eq(&self, other: &Self) -> bool {
+        // An account's windows hold clones of its quota's ids: usually the same text.
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl std::hash::Hash for LimitId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Equal ids have equal text.
+        self.0.hash(state);
+    }
+}
 
 impl LimitId {
     /// The identifier as text.
@@ -228,6 +243,18 @@ pub struct Quota {
     limits: Vec<Limit>,
     pacing: Pacing,
     buckets: u32,
+    /// Computed from the fields above whenever one changes.
+    derived: Derived,
+}
+
+/// What every decision on a quota would otherwise compute again (each a division).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Derived {
+    /// Each limit's bucket width in µs, in limit order.
+    bucket_us: [u64; Quota::MAX_LIMITS],
+    /// Pacing interval and burst tolerance (µs) at the configured limits and no
+    /// slow-down: what an account that learned nothing paces at.
+    pacing: Option<(u64, u64)>,
 }
 
 impl Quota {
@@ -256,7 +283,21 @@ impl Quota {
             limits,
             pacing: Pacing::Auto,
             buckets: Self::DEFAULT_BUCKETS,
-        })
+            derived: Derived::default(),
+        }
+        .derive())
+    }
+
+    /// This quota with [`Derived`] computed again from its fields.
+    fn derive(mut self) -> Self {
+        let mut bucket_us = [0; Self::MAX_LIMITS];
+        for (w, l) in bucket_us.iter_mut().zip(&self.limits) {
+            *w = (l.window.micros() / u64::from(self.buckets)).max(1);
+        }
+        let configured: Vec<u64> = self.limits.iter().map(|l| l.amount.get()).collect();
+        let pacing = crate::window::pacing(&self, &configured, crate::window::PACE_MIN);
+        self.derived = Derived { bucket_us, pacing };
+        self
     }
 
     /// The same quota with another pacing rule.
@@ -267,7 +308,7 @@ impl Quota {
             return Err(QuotaError::InvalidPacing);
         }
         self.pacing = pacing;
-        Ok(self)
+        Ok(self.derive())
     }
 
     /// The same quota with each window divided into `buckets` buckets (1 to 3600).
@@ -279,7 +320,7 @@ impl Quota {
             return Err(QuotaError::InvalidBuckets(buckets));
         }
         self.buckets = buckets;
-        Ok(self)
+        Ok(self.derive())
     }
 
     /// The limits, in the order given.
@@ -306,9 +347,15 @@ impl Quota {
             .unwrap_or(Window(Duration::from_millis(1)))
     }
 
-    /// The bucket width of `limit`, in microseconds (at least 1).
-    pub(crate) fn bucket_micros(&self, limit: &Limit) -> u64 {
-        (limit.window.micros() / u64::from(self.buckets)).max(1)
+    /// The bucket width of the `i`-th limit, in microseconds (at least 1).
+    pub(crate) fn bucket_micros(&self, i: usize) -> u64 {
+        self.derived.bucket_us[i]
+    }
+
+    /// Pacing interval and burst tolerance (µs) at the configured limits and no
+    /// slow-down ([`crate::window::pacing`] with nothing learned), computed once.
+    pub(crate) fn configured_pacing(&self) -> Option<(u64, u64)> {
+        self.derived.pacing
     }
 
     /// How long after a reservation's slot its reconcile is accepted: twice the longest
@@ -375,7 +422,9 @@ impl Quota {
             limits,
             pacing: self.pacing,
             buckets: self.buckets,
+            derived: Derived::default(),
         }
+        .derive()
     }
 }
 
@@ -450,10 +499,27 @@ impl Cost {
 /// The group is the Redis Cluster hash tag: every quota of one group lives in one
 /// slot, so [`acquire`](crate::Store::acquire) can choose among a group's accounts
 /// in one atomic script.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct QuotaKey {
-    group: Arc<str>,
-    name: Arc<str>,
+///
+/// Cheap to clone and to hash: one shared allocation holds both parts and their
+/// hashes, computed once (a decision clones the key it grants and hashes it twice).
+///
+/// ```
+/// use sluice_limiter::QuotaKey;
+/// let key = QuotaKey::new("dashscope/qwen3-max", "key-0").unwrap();
+/// assert_eq!((key.group(), key.name()), ("dashscope/qwen3-max", "key-0"));
+/// assert_eq!(key.to_string(), "dashscope/qwen3-max/key-0");
+/// ```
+#[derive(Clone)]
+pub struct QuotaKey(Arc<KeyParts>);
+
+struct KeyParts {
+    /// The group, then the name.
+    text: Box<str>,
+    group_len: usize,
+    /// Hash of the group alone (the in-process store's shard).
+    group_hash: u64,
+    /// Hash of both parts.
+    hash: u64,
 }
 
 impl QuotaKey {
@@ -470,20 +536,74 @@ impl QuotaKey {
                 return Err(QuotaError::InvalidKey(part.clone()));
             }
         }
-        Ok(Self {
-            group: group.into(),
-            name: name.into(),
-        })
+        // Keys come from the operator's configuration, not from callers: a fast
+        // unkeyed hash is safe.
+        let hasher = rustc_hash::FxBuildHasher;
+        let group_hash = hasher.hash_one(&group);
+        let hash = hasher.hash_one((&group, &name));
+        let group_len = group.len();
+        let mut text = group;
+        text.push_str(&name);
+        Ok(Self(Arc::new(KeyParts {
+            text: text.into_boxed_str(),
+            group_len,
+            group_hash,
+            hash,
+        })))
     }
 
     /// The group (hash tag).
     pub fn group(&self) -> &str {
-        &self.group
+        &self.0.text[..self.0.group_len]
     }
 
     /// The name within the group.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.text[self.0.group_len..]
+    }
+
+    /// A hash of the group alone, computed once: keys of one group share it.
+    pub(crate) fn group_hash(&self) -> u64 {
+        self.0.group_hash
+    }
+}
+
+impl PartialEq for QuotaKey {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&*self.0, &*other.0);
+        Arc::ptr_eq(&self.0, &other.0)
+            || (a.hash == b.hash && a.group_len == b.group_len && a.text == b.text)
+    }
+}
+
+impl Eq for QuotaKey {}
+
+impl std::hash::Hash for QuotaKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // Equal keys have equal parts, so equal precomputed hashes.
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl PartialOrd for QuotaKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for QuotaKey {
+    /// By group, then by name.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.group(), self.name()).cmp(&(other.group(), other.name()))
+    }
+}
+
+impl fmt::Debug for QuotaKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QuotaKey")
+            .field("group", &self.group())
+            .field("name", &self.name())
+            .finish()
     }
 }
 
@@ -495,7 +615,7 @@ impl From<&QuotaKey> for QuotaKey {
 
 impl fmt::Display for QuotaKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.group, self.name)
+        write!(f, "{}/{}", self.group(), self.name())
     }
 }
 

@@ -67,6 +67,60 @@ impl Clock for SystemClock {
     }
 }
 
+/// The host's clock, read cheaply: the wall clock read once, at creation, then advanced
+/// by a monotonic counter (the CPU's time-stamp counter where it is invariant, through
+/// [`quanta`]; the OS's monotonic clock otherwise).
+///
+/// A read costs about 10 ns where [`SystemClock`] costs about 26 ns, which is a fifth
+/// of an in-process decision; the in-process store uses it. Time never goes backwards
+/// and ignores steps of the wall clock; it can drift from the wall clock by the
+/// counter's calibration error (parts per million, far less than the bucket a window
+/// already errs by). Only the store that owns it reads it: Redis keeps its own time.
+///
+/// ```
+/// use sluice_limiter::{Clock, MonotonicClock, SystemClock};
+/// let clock = MonotonicClock::new();
+/// let (a, b) = (clock.now(), clock.now());
+/// assert!(b >= a);
+/// let wall = SystemClock.now();
+/// assert!(a.as_micros().abs_diff(wall.as_micros()) < 60_000_000);
+/// ```
+#[derive(Clone, Debug)]
+pub struct MonotonicClock {
+    counter: quanta::Clock,
+    /// The counter's raw reading at creation.
+    start: u64,
+    /// The wall clock at `start` (µs since the epoch).
+    start_micros: u64,
+}
+
+impl MonotonicClock {
+    /// A clock that starts at the wall clock's time now.
+    pub fn new() -> Self {
+        let counter = quanta::Clock::new();
+        let start = counter.raw();
+        Self {
+            start_micros: SystemClock.now().as_micros(),
+            counter,
+            start,
+        }
+    }
+}
+
+impl Default for MonotonicClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Timestamp {
+        // Raw readings scaled to nanoseconds: a multiply and a shift, no `Duration`.
+        let elapsed_ns = self.counter.delta_as_nanos(self.start, self.counter.raw());
+        Timestamp(self.start_micros.saturating_add(elapsed_ns / 1000))
+    }
+}
+
 /// A clock that moves only when told to; clones share the same time.
 ///
 /// ```

@@ -38,7 +38,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use crate::decision::{
-    LimitStatus, QuotaStatus, RefusalReason, ReleaseOutcome, Remaining, ReservationId,
+    Budget, Left, LimitStatus, QuotaStatus, RefusalReason, ReleaseOutcome, ReservationId,
 };
 use crate::error::LimitError;
 use crate::quota::{Cost, Limit, LimitId, MAX_CHARGE, Pacing, Quota, Unit};
@@ -69,6 +69,18 @@ impl Hole {
             .iter()
             .find(|(i, _)| i == id)
             .map_or(0, |&(_, v)| v)
+    }
+}
+
+/// `x` rounded down and saturated to `i64`, as `x.floor() as i64` (and Lua's
+/// `math.floor`) gives it: a conversion and a compare, where `f64::floor` is a libm
+/// call on a baseline x86-64 target.
+fn floor(x: f64) -> i64 {
+    let t = x as i64;
+    if (t as f64) > x {
+        t.saturating_sub(1)
+    } else {
+        t
     }
 }
 
@@ -219,11 +231,9 @@ pub(crate) fn windows_ttl_after(quota: &Quota) -> u64 {
 pub(crate) struct Plan {
     pub(crate) slot: u64,
     pub(crate) binding: Binding,
-    /// Headroom after the charge, in millionths of the tightest limit (may be negative).
-    pub(crate) headroom: i64,
-    charges: [u64; Quota::MAX_LIMITS],
-    effective: [u64; Quota::MAX_LIMITS],
-    limits: usize,
+    /// Charges and limits in force are not kept: a plan is made and committed under
+    /// one lock, and both are cheaper to compute again than to copy (a plan is moved
+    /// out of `plan_paced` and into `settle`).
     pacing: Option<(u64, u64)>,
     /// The released slot this plan takes (index into the account's holes), if any.
     hole: Option<usize>,
@@ -294,7 +304,7 @@ impl AccountState {
     /// Drops every bucket that left its window by `now`.
     pub(crate) fn evict(&mut self, quota: &Quota, now: u64) {
         for (i, limit) in quota.limits().iter().enumerate() {
-            let w = quota.bucket_micros(limit);
+            let w = quota.bucket_micros(i);
             self.window_at(i, limit.id())
                 .evict(now, limit.window().micros(), w);
         }
@@ -344,7 +354,11 @@ impl AccountState {
                 }));
             }
         }
-        let pacing = pacing(quota, &effective[..n], self.pace());
+        let pacing = if self.effective.is_empty() && self.pace() == PACE_MIN {
+            quota.configured_pacing()
+        } else {
+            pacing(quota, &effective[..n], self.pace())
+        };
         let mut slot = now;
         let mut binding = Binding::Now;
         let raise = |t: u64, b: Binding, slot: &mut u64, binding: &mut Binding| {
@@ -376,10 +390,9 @@ impl AccountState {
             raise(paced, Binding::Pacing, &mut slot, &mut binding);
         }
         let from = slot;
-        let mut headroom = i64::MAX;
         for (i, limit) in quota.limits().iter().enumerate() {
             let (eff, charge) = (effective[i], charges[i]);
-            let w = quota.bucket_micros(limit);
+            let w = quota.bucket_micros(i);
             let buckets = self.window_at(i, limit.id());
             if charge > 0 {
                 // What this ask may fill: all of the limit, or for a batch tenant all
@@ -391,8 +404,6 @@ impl AccountState {
                 };
                 let t = buckets.fit(from, charge, cap, limit.window().micros(), w);
                 raise(t, Binding::Limit(i), &mut slot, &mut binding);
-                let left = eff as f64 - buckets.total as f64 - charge as f64;
-                headroom = headroom.min((left / eff as f64 * 1e6).floor() as i64);
             }
         }
         // A released slot no later than the tail's, covering the cost in every limit.
@@ -424,13 +435,35 @@ impl AccountState {
         Ok(Plan {
             slot,
             binding,
-            headroom,
-            charges,
-            effective,
-            limits: n,
             pacing,
             hole,
         })
+    }
+
+    /// Headroom after charging `cost`, in millionths of the tightest limit it charges
+    /// (may be negative; `i64::MAX` when it charges none): how candidates with the
+    /// same slot are ranked (`acquire.lua` computes it alike). Read after
+    /// [`plan_paced`](Self::plan_paced), which evicted; only a scan of several
+    /// candidates needs it.
+    pub(crate) fn headroom(&self, quota: &Quota, cost: &Cost) -> i64 {
+        let mut headroom = i64::MAX;
+        for (i, limit) in quota.limits().iter().enumerate() {
+            let charge = limit.charge(cost);
+            if charge > 0 {
+                let eff = self.effective_of(limit);
+                let total = match self.windows.get(i) {
+                    Some((id, b)) if id == limit.id() => b.total,
+                    _ => self
+                        .windows
+                        .iter()
+                        .find(|(id, _)| id == limit.id())
+                        .map_or(0, |(_, b)| b.total),
+                };
+                let left = eff as f64 - total as f64 - charge as f64;
+                headroom = headroom.min(floor(left / eff as f64 * 1e6));
+            }
+        }
+        headroom
     }
 
     /// Records `plan` for `cost`.
@@ -441,9 +474,10 @@ impl AccountState {
             self.holes.remove(j);
             return;
         }
-        for (i, (limit, &charge)) in quota.limits().iter().zip(&plan.charges).enumerate() {
+        for (i, limit) in quota.limits().iter().enumerate() {
+            let charge = limit.charge(cost);
             if charge > 0 {
-                let w = quota.bucket_micros(limit);
+                let w = quota.bucket_micros(i);
                 self.window_at(i, limit.id()).add(
                     plan.slot / w,
                     i128::from(charge),
@@ -462,27 +496,18 @@ impl AccountState {
     }
 
     /// The budget left per limit, counting everything recorded.
-    pub(crate) fn remaining(&mut self, quota: &Quota, plan_effective: &[u64]) -> Vec<Remaining> {
-        quota
-            .limits()
-            .iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let eff = plan_effective[i];
-                Remaining {
-                    limit: l.id().clone(),
-                    unit: l.unit(),
-                    window: l.window(),
-                    effective: eff,
-                    remaining: eff.saturating_sub(self.window_at(i, l.id()).total),
-                }
-            })
-            .collect()
-    }
-
-    /// The effective limits a plan used.
-    pub(crate) fn plan_effective(plan: &Plan) -> &[u64] {
-        &plan.effective[..plan.limits]
+    #[inline(always)]
+    pub(crate) fn remaining(&mut self, quota: &Quota) -> Budget {
+        let mut budget = Budget::default();
+        for (i, l) in quota.limits().iter().enumerate() {
+            let effective = self.effective_of(l);
+            let used = self.window_at(i, l.id()).total;
+            budget.push(Left {
+                effective,
+                remaining: effective.saturating_sub(used),
+            });
+        }
+        budget
     }
 
     /// Replaces a reservation's charges by `actual`'s (idempotent per reservation id).
@@ -507,7 +532,7 @@ impl AccountState {
         self.evict(quota, now);
         let previous = self.reconciled.get(&id).map(|(p, _)| p.clone());
         let mut applied = Vec::with_capacity(quota.limits().len());
-        for limit in quota.limits() {
+        for (i, limit) in quota.limits().iter().enumerate() {
             let before = match &previous {
                 Some(p) => p
                     .iter()
@@ -517,7 +542,7 @@ impl AccountState {
             };
             let after = limit.charge(actual);
             let delta = i128::from(after) - i128::from(before);
-            let (window, w) = (limit.window().micros(), quota.bucket_micros(limit));
+            let (window, w) = (limit.window().micros(), quota.bucket_micros(i));
             let k = slot / w;
             if delta != 0 && k >= kmin(now, window, w) {
                 self.window_mut(limit.id()).add(k, delta, window, w);
@@ -580,10 +605,10 @@ impl AccountState {
     /// Adds usage seen outside Sluice to the current buckets, unchecked.
     pub(crate) fn record_usage(&mut self, quota: &Quota, cost: &Cost, now: u64) {
         self.evict(quota, now);
-        for limit in quota.limits() {
+        for (i, limit) in quota.limits().iter().enumerate() {
             let charge = limit.charge(cost);
             if charge > 0 {
-                let w = quota.bucket_micros(limit);
+                let w = quota.bucket_micros(i);
                 self.window_mut(limit.id()).add(
                     now / w,
                     i128::from(charge),
@@ -599,8 +624,8 @@ impl AccountState {
     /// unchecked; a charge whose bucket already left its window by `now` is dropped.
     pub(crate) fn record_charges(&mut self, quota: &Quota, charges: &[u64], at: u64, now: u64) {
         self.evict(quota, now);
-        for (limit, &charge) in quota.limits().iter().zip(charges) {
-            let (window, w) = (limit.window().micros(), quota.bucket_micros(limit));
+        for (i, (limit, &charge)) in quota.limits().iter().zip(charges).enumerate() {
+            let (window, w) = (limit.window().micros(), quota.bucket_micros(i));
             if charge > 0 && at / w >= kmin(now, window, w) {
                 self.window_mut(limit.id())
                     .add(at / w, i128::from(charge), window, w);
@@ -691,6 +716,29 @@ mod tests {
             .unwrap()
             .with_buckets(buckets)
             .unwrap()
+    }
+
+    #[test]
+    fn floor_is_f64_floor_saturated() {
+        for x in [
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.0,
+            -1.0,
+            499_999.999,
+            -2.5,
+            1e6,
+            -1e6,
+            9.3e18,
+            -9.3e18,
+            -9e21,
+            1e300,
+            f64::MIN,
+        ] {
+            assert_eq!(floor(x), x.floor() as i64, "{x}");
+        }
     }
 
     #[test]

@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 use sluice_config::{Model, Tenant};
 use sluice_limiter::{
-    Cost, Decision, Limit, LimitError, LimitId, Pacing, Quota, QuotaError, QuotaKey, RefusalReason,
-    Remaining, Reservation, Store, Unit, Window,
+    Budget, Cost, Decision, Limit, LimitError, LimitId, Pacing, Quota, QuotaError, QuotaKey,
+    RefusalReason, Remaining, Reservation, Store, Unit, Window,
 };
 
 use crate::error::{ApiError, RateLimited};
@@ -198,7 +198,7 @@ pub(crate) async fn charge(
             .await;
         let refusal = match decision {
             Ok(Decision::Granted(res)) => {
-                publish(&tenant.name, limits, &res.remaining);
+                publish(&tenant.name, limits, &res.remaining.describe(quota));
                 return Ok(TenantHold {
                     held: Some(Held {
                         gw: gw.clone(),
@@ -243,7 +243,8 @@ pub(crate) async fn charge(
             tokio::time::sleep(wait).await;
             continue;
         }
-        publish(&tenant.name, limits, &refusal.remaining);
+        let remaining = refusal.remaining.describe(quota);
+        publish(&tenant.name, limits, &remaining);
         metrics::counter!("sluice_tenant_refusals_total", "tenant" => tenant.name.clone(), "limit" => bound.clone()).increment(1);
         return Err(TenantRefusal::Limited(
             RateLimited {
@@ -253,7 +254,7 @@ pub(crate) async fn charge(
                     "tenant {}'s own limit: {bound}; the provider was not asked",
                     tenant.name
                 ),
-                remaining: refusal.remaining,
+                remaining,
             },
             format!("tenant {}: {bound}", tenant.name),
         ));
@@ -381,7 +382,7 @@ impl Gateway {
             slot: sluice_limiter::Timestamp::from_micros(charge.slot_us),
             wait: Duration::ZERO,
             cost: reserved,
-            remaining: Vec::new(),
+            remaining: Budget::default(),
             origin: if charge.local {
                 sluice_limiter::Origin::Local
             } else {

@@ -256,7 +256,7 @@ async fn acquire(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byt
                 sig: String::new(),
             };
             s.tickets.sign(&mut ticket);
-            let remaining: Vec<_> = r.remaining.iter().map(|x| serde_json::json!({"limit": x.limit.to_string(), "effective": x.effective, "remaining": x.remaining})).collect();
+            let remaining: Vec<_> = r.remaining.describe(&m.quota).iter().map(|x| serde_json::json!({"limit": x.limit.to_string(), "effective": x.effective, "remaining": x.remaining})).collect();
             axum::Json(serde_json::json!({
                 "granted": true,
                 "model": m.name,
@@ -513,7 +513,7 @@ async fn report(AxState(s): St, headers: http::HeaderMap, body: axum::body::Byte
                 slot: Timestamp::from_micros(t.slot_us),
                 wait: Duration::ZERO,
                 cost: reserved,
-                remaining: Vec::new(),
+                remaining: sluice_limiter::Budget::default(),
                 origin: match t.origin.as_str() {
                     "local" => Origin::Local,
                     "unmetered" => Origin::Unmetered,

@@ -15,8 +15,8 @@ use redis::Value;
 use crate::LimitStatus;
 use crate::breaker::{Breaker, Permit};
 use crate::decision::{
-    Decision, Origin, QuotaStatus, Refusal, RefusalReason, ReleaseOutcome, Remaining, Reservation,
-    ReservationId,
+    Budget, Decision, Left, Origin, QuotaStatus, Refusal, RefusalReason, ReleaseOutcome,
+    Reservation, ReservationId,
 };
 use crate::error::{LimitError, StoreError};
 use crate::fair::{Priority, Share};
@@ -196,7 +196,7 @@ impl RedisStore {
         for (i, l) in quota.limits().iter().enumerate() {
             args.push(l.id().as_str().to_owned());
             args.push(l.window().micros().to_string());
-            args.push(quota.bucket_micros(l).to_string());
+            args.push(quota.bucket_micros(i).to_string());
             args.push(charges.get(i).copied().unwrap_or(0).to_string());
             args.push(if_fresh.get(i).copied().unwrap_or(0).to_string());
         }
@@ -326,7 +326,7 @@ fn limit_rows(quota: &Quota, mut extra: impl FnMut(usize) -> [u64; 2]) -> Vec<St
         let [a, b] = extra(i);
         args.push(l.id().as_str().to_owned());
         args.push(l.window().micros().to_string());
-        args.push(quota.bucket_micros(l).to_string());
+        args.push(quota.bucket_micros(i).to_string());
         args.push(l.amount().to_string());
         args.push(a.to_string());
         args.push(b.to_string());
@@ -389,7 +389,7 @@ fn text(v: &Value) -> Result<String, StoreError> {
     }
 }
 
-fn remaining(quota: &Quota, tail: &[Value]) -> Result<Vec<Remaining>, StoreError> {
+fn remaining(quota: &Quota, tail: &[Value]) -> Result<Budget, StoreError> {
     let n = quota.limits().len();
     if tail.len() != 2 * n {
         return Err(StoreError::Protocol(format!(
@@ -398,15 +398,9 @@ fn remaining(quota: &Quota, tail: &[Value]) -> Result<Vec<Remaining>, StoreError
             tail.len()
         )));
     }
-    quota
-        .limits()
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            Ok(Remaining {
-                limit: l.id().clone(),
-                unit: l.unit(),
-                window: l.window(),
+    (0..n)
+        .map(|i| {
+            Ok(Left {
                 remaining: uint(&tail[i])?,
                 effective: uint(&tail[n + i])?,
             })
@@ -514,7 +508,7 @@ impl RedisStore {
                 candidate: candidate(&r[1], candidates)?,
                 retry_after: None,
                 reason: RefusalReason::Disabled(text(&r[2])?),
-                remaining: Vec::new(),
+                remaining: Budget::default(),
             })),
             (Some(3), 4) => {
                 let i = usize::try_from(int(&r[1])? - 1).unwrap_or(usize::MAX);

@@ -207,25 +207,29 @@ fn refusal(r: Refusal, model: &ModelState, max_wait: Duration) -> Failure {
         RefusalReason::Unavailable => {
             Failure::StoreDown(r.retry_after.unwrap_or(Duration::from_secs(1)))
         }
-        reason => Failure::Refused(
-            RateLimited {
-                model: model.cfg.name.clone(),
-                retry_after: r
-                    .retry_after
-                    .unwrap_or(max_wait)
-                    .max(Duration::from_millis(1)),
-                what: describe(&reason, &r.remaining, model),
-                remaining: r.remaining.clone(),
-            },
-            Bound {
-                account: model
-                    .accounts
-                    .get(r.candidate)
-                    .map_or("none", |a| a.name.as_str())
-                    .to_owned(),
-                limit: binding_limit(&reason, &r.remaining, model),
-            },
-        ),
+        reason => {
+            let remaining = r.remaining.describe(&model.quota);
+            let limit = binding_limit(&reason, &remaining, model);
+            Failure::Refused(
+                RateLimited {
+                    model: model.cfg.name.clone(),
+                    retry_after: r
+                        .retry_after
+                        .unwrap_or(max_wait)
+                        .max(Duration::from_millis(1)),
+                    what: describe(&reason, &remaining, model),
+                    remaining,
+                },
+                Bound {
+                    account: model
+                        .accounts
+                        .get(r.candidate)
+                        .map_or("none", |a| a.name.as_str())
+                        .to_owned(),
+                    limit,
+                },
+            )
+        }
     }
 }
 
@@ -336,7 +340,10 @@ fn record_decision(span: &Span, decision: &Result<Decision, LimitError>, model: 
             span.record("decision", "granted");
             span.record("account", account(res.candidate));
             span.record("quota_key", res.key.to_string());
-            span.record("remaining", remaining(&res.remaining));
+            span.record(
+                "remaining",
+                remaining(&res.remaining.describe(&model.quota)),
+            );
         }
         Ok(Decision::Refused(r)) => {
             span.record("decision", "refused");
@@ -345,12 +352,13 @@ fn record_decision(span: &Span, decision: &Result<Decision, LimitError>, model: 
                 span.record("quota_key", k.to_string());
             }
             span.record("reason", reason_label(&r.reason));
-            span.record("limit", binding_limit(&r.reason, &r.remaining, model));
+            let described = r.remaining.describe(&model.quota);
+            span.record("limit", binding_limit(&r.reason, &described, model));
             span.record(
                 "retry_after_ms",
                 r.retry_after.map(|d| d.as_millis() as u64),
             );
-            span.record("remaining", remaining(&r.remaining));
+            span.record("remaining", remaining(&described));
         }
         Err(LimitError::InsufficientCapacity { limit, .. }) => {
             span.record("decision", "too_large");
@@ -478,7 +486,7 @@ mod tests {
             retry_after,
             reason,
             candidate: 1,
-            remaining: Vec::new(),
+            remaining: sluice_limiter::Budget::default(),
         }
     }
 

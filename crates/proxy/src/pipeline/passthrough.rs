@@ -132,14 +132,15 @@ async fn slot(gw: &Gateway, mi: usize, max_wait: Duration) -> Result<Reservation
     let res = match decision {
         Ok(Decision::Granted(r)) => r,
         Ok(Decision::Refused(r)) => {
+            let remaining = r.remaining.describe(&model.quota);
             return Err(ApiError::RateLimited(RateLimited {
                 model: model.cfg.name.clone(),
                 retry_after: r
                     .retry_after
                     .unwrap_or(max_wait)
                     .max(Duration::from_millis(1)),
-                what: describe(&r.reason, &r.remaining, model),
-                remaining: r.remaining,
+                what: describe(&r.reason, &remaining, model),
+                remaining,
             }));
         }
         Err(_) => {

@@ -32,8 +32,8 @@ pub(super) async fn send(
     let inner = &*gw.inner;
     let model = &inner.models[mi];
     let account = &model.accounts[res.candidate];
-    for r in &res.remaining {
-        metrics::gauge!("sluice_headroom", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "limit" => r.limit.to_string()).set(r.remaining as f64);
+    for (limit, left) in model.quota.limits().iter().zip(res.remaining.iter()) {
+        metrics::gauge!("sluice_headroom", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "limit" => limit.id().to_string()).set(left.remaining as f64);
     }
     let url = upstream::url(model, p.path, None);
     let up_span = tracing::trace_span!(
@@ -125,7 +125,11 @@ pub(super) async fn success(
         "x-sluice-account",
         HeaderValue::from_str(&model.accounts[c].name).unwrap_or(HeaderValue::from_static("?")),
     );
-    ratelimit_headers(&mut headers, &settle.reservation.remaining, None);
+    ratelimit_headers(
+        &mut headers,
+        &settle.reservation.remaining.describe(&model.quota),
+        None,
+    );
     let is_sse = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
