@@ -219,7 +219,7 @@ for c = 1, candidates do
       local t, tau = pacing(mode, interval, burst, pace, rows)
       local w = redis.call('HMGET', h, unpack(wfields))
       local tail, tat, exp = tonumber(w[1]) or 0, tonumber(w[2]) or 0, tonumber(w[3]) or 0
-      local evicted, current = {}, {}
+      local evicted, moved, current = {}, {}, {}
       local spread = 0
       for i, r in ipairs(rows) do
         total[i] = tonumber(w[1 + 3 * i]) or 0
@@ -230,6 +230,7 @@ for c = 1, candidates do
           total[i] = drop_buckets(h, r.id, oldest[i], kmin, total[i])
           oldest[i] = kmin
           evicted[#evicted + 1] = i
+          moved[i] = true
         end
         if oldest[i] ~= nil then spread = spread + r.know - oldest[i] + 1 end
       end
@@ -282,7 +283,7 @@ for c = 1, candidates do
         end
       end
       local plan = { c = c, slot = slot, binding = binding, headroom = headroom, eff = eff,
-                     total = total, oldest = oldest, evicted = evicted, t = t, tat = tat,
+                     total = total, oldest = oldest, evicted = evicted, moved = moved, t = t, tat = tat,
                      tail = tail, h = h, exp = exp, current = current,
                      holes = holes, hole = hole }
       if best == nil or slot < best.slot or (slot == best.slot and headroom > best.headroom) then
@@ -401,6 +402,9 @@ else
     local m = 4
     for i, r in ipairs(rows) do
       local total, oldest = best.total[i], best.oldest[i]
+      -- A total and an eviction pointer are written only when they change: the total
+      -- on a charge or an eviction, the pointer on the first charge or an eviction.
+      local moved = best.moved[i] or (oldest == nil and r.charge > 0)
       if r.charge > 0 then
         local k = math.floor(best.slot / r.bucket)
         if k == r.know then
@@ -413,9 +417,12 @@ else
         best.total[i] = total
         oldest = oldest or kmin_of(now, r.window, r.bucket)
       end
-      if oldest ~= nil then
+      if moved then
         f[m + 1], f[m + 2], f[m + 3], f[m + 4] = r.ft, total, r.fo, oldest
         m = m + 4
+      elseif r.charge > 0 then
+        f[m + 1], f[m + 2] = r.ft, total
+        m = m + 2
       end
     end
     -- The key must live until windows_ttl past the latest of tail and tat. Its expiry
