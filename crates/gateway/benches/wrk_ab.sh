@@ -1,10 +1,13 @@
 #!/bin/bash
 # Closed-loop A/B of gateway builds on the embedded store (docs/benchmarks.md, #17).
-# Usage: crates/gateway/benches/wrk_ab.sh OLD_GATEWAY_BINARY NEW_GATEWAY_BINARY [ROUNDS]
+# Usage: [REDIS_URL=redis://…] crates/gateway/benches/wrk_ab.sh OLD_GATEWAY_BINARY NEW_GATEWAY_BINARY [ROUNDS]
+# (with REDIS_URL, the gateways use that Redis instead of the embedded store)
 # Starts sluice-sim (target/release) on 127.0.0.1:18090 with limits far above the load,
-# then per round and per build: a fresh gateway on 127.0.0.1:18080 with one account,
-# three `wrk -t2 -c4 -d6s` runs in a row (a gateway that slows as it runs shows it),
-# then one run against the simulator directly. Needs wrk; prints p50, p99, req/s.
+# then per round and per build: a fresh gateway on 127.0.0.1:18080 with one account and
+# its default logging (info, to /dev/null), three `wrk -t2 -c4 -d6s` runs in a row (a
+# gateway that slows as it runs shows it) and one at 64 connections, then one run
+# against the simulator directly. Needs wrk; prints p50, p99, req/s and the CPU time
+# the gateway (or the simulator) spent per request, from /proc/PID/stat.
 set -euo pipefail
 old=$1; new=$2; rounds=${3:-2}
 dir=$(mktemp -d)
@@ -35,17 +38,24 @@ target/release/sluice-sim --listen 127.0.0.1:18090 --rpm 100000000 --tpm 1000000
 sim=$!
 trap 'kill $sim 2>/dev/null || true; rm -rf "$dir"' EXIT
 until curl -s -o /dev/null http://127.0.0.1:18090/; do sleep 0.1; done
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# load URL PID [CONNECTIONS]
 load() {
-  wrk -t2 -c4 -d6s --latency -s "$dir/chat.lua" "$1/v1/chat/completions" |
-    awk '/^ +50%/{p50=$2} /^ +99%/{p99=$2} /^Requests\/sec/{rps=$2} END{print "p50 " p50 ", p99 " p99 ", " rps " req/s"}'
+  local t0 out
+  t0=$(cpu_ticks "$2")
+  out=$(wrk -t2 -c"${3:-4}" -d6s --latency -s "$dir/chat.lua" "$1/v1/chat/completions")
+  echo "$out" | awk -v t0="$t0" -v t1="$(cpu_ticks "$2")" -v hz="$(getconf CLK_TCK)" \
+    '/^ +50%/{p50=$2} /^ +99%/{p99=$2} /requests in/{n=$1} /^Requests\/sec/{rps=$2}
+     END{printf "p50 %s, p99 %s, %s req/s, %.0f us CPU per request\n", p50, p99, rps, (t1-t0)/hz*1e6/n}'
 }
 for r in $(seq "$rounds"); do
   for build in "$old" "$new"; do
-    SLUICE_LOG=error "$build" --config "$dir/gw.toml" >/dev/null 2>&1 &
+    "$build" --config "$dir/gw.toml" ${REDIS_URL:+--redis-url "$REDIS_URL"} >/dev/null 2>&1 &
     gw=$!
     until curl -s -o /dev/null http://127.0.0.1:18080/healthz; do sleep 0.1; done
-    for run in 1 2 3; do echo "round $r, $build, run $run: $(load http://127.0.0.1:18080)"; done
+    for run in 1 2 3; do echo "round $r, $build, run $run: $(load http://127.0.0.1:18080 $gw)"; done
+    echo "round $r, $build, 64 connections: $(load http://127.0.0.1:18080 $gw 64)"
     kill $gw; wait $gw 2>/dev/null || true
   done
-  echo "round $r, sim directly: $(load http://127.0.0.1:18090)"
+  echo "round $r, sim directly: $(load http://127.0.0.1:18090 $sim)"
 done

@@ -1,7 +1,8 @@
 //! A stub upstream that counts what reaches it and answers by the upstream model
 //! named in the body: `ok` (200 with usage), `throttle` (429 with Retry-After),
-//! `badkey` (401 `invalid_api_key`, the key masked as OpenAI does) and `block` (waits
-//! until the test releases it, after telling the test it arrived).
+//! `badkey` (401 `invalid_api_key`, the key masked as OpenAI does), `redirect` (307 to
+//! another path of the stub, which a client following it would hit a second time) and
+//! `block` (waits until the test releases it, after telling the test it arrived).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,6 +62,12 @@ async fn answer(State(s): State<Shared>, _headers: HeaderMap, body: bytes::Bytes
             StatusCode::UNAUTHORIZED,
             [("content-type", "application/json")],
             r#"{"error":{"message":"Incorrect API key provided: sk-****abcd.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
+        )
+            .into_response(),
+        "redirect" => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [("location", "/v1/elsewhere")],
+            "",
         )
             .into_response(),
         other => {

@@ -1,8 +1,8 @@
 //! Issue #12, "upstream text is evidence, not command" and "paths": a real gateway
 //! process in front of the simulator. An echoed 400 never takes an account out of
 //! rotation; a genuine refusal takes the last live account out only when a second
-//! request corroborates it; no path climbs out of the upstream's base path; and
-//! arbitrary requests always get a well-formed answer.
+//! request corroborates it; a redirect is passed on, never followed; no path climbs out
+//! of the upstream's base path; and arbitrary requests always get a well-formed answer.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use sluice_sim::{FaultRule, SimHandle};
 
+use crate::stub::stub;
 use crate::support::*;
 
 fn retry_toml(base: &str, keys: &[&str], models: &[&str]) -> String {
@@ -123,6 +124,43 @@ async fn an_echoed_400_leaves_every_account_active_and_later_requests_are_served
         (0, 6),
         "3 accounts x 2 models, all active: {}",
         quotas_text(&c, &gw.url).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_redirect_is_passed_to_the_client_never_followed_with_the_key() {
+    let upstream = stub().await;
+    let toml = format!(
+        r#"
+[[upstreams]]
+name = "stub"
+base_url = "{base}"
+keys = ["sk-stub-key"]
+[[models]]
+name = "m"
+upstream = "stub"
+upstream_model = "redirect"
+limits = [{{ requests = 100, per = "60s" }}]
+"#,
+        base = upstream.base_url
+    );
+    let gw = gateway(&toml).await;
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_redirects
+        .post(format!("{gw}/v1/chat/completions"))
+        .json(&say("m", "hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 307, "the provider's answer, as it came");
+    assert_eq!(resp.headers()["location"], "/v1/elsewhere");
+    assert_eq!(
+        upstream.hits(),
+        1,
+        "the gateway did not follow the redirect with the account's key"
     );
 }
 

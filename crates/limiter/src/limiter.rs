@@ -175,12 +175,9 @@ impl Limiter {
             Backend::Redis { store, .. } => store.ping().await,
         }
     }
-}
 
-impl Store for Limiter {
-    /// Redis down under `local`: decided in process without the fair ledger (each
-    /// replica serves its own callers, at its share of the limit).
-    async fn acquire_for(
+    /// [`Store::acquire_for`] on the Redis backend, under its failure policy.
+    async fn acquire_shared(
         &self,
         candidates: &[QuotaKey],
         quota: &Quota,
@@ -256,6 +253,62 @@ impl Store for Limiter {
         }
     }
 
+    /// [`Store::reconcile`] at once, when it needs no I/O: on the embedded store, and
+    /// for a reservation that was never metered. Returns `false`, having done nothing,
+    /// when the reservation lives in Redis (or in the hand-over): then await
+    /// [`Store::reconcile`]. A caller that would spawn a task for the reconcile skips
+    /// the task where it is not needed.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use sluice_limiter::{Cost, Decision, Limit, Limiter, Quota, QuotaKey, Store, Window};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let limiter = Limiter::embedded();
+    /// let quota = Quota::new(vec![Limit::tokens(100, Window::secs(60).unwrap()).unwrap()]).unwrap();
+    /// let key = QuotaKey::new("qwen3-max", "account-a").unwrap();
+    /// let Ok(Decision::Granted(r)) = limiter.acquire(&[key], &quota, Cost::request(10, 50), Duration::ZERO).await
+    /// else { unreachable!() };
+    /// assert!(limiter.reconcile_in_place(&quota, &r, Cost::request(10, 5)));
+    /// # });
+    /// ```
+    pub fn reconcile_in_place(
+        &self,
+        quota: &Quota,
+        reservation: &Reservation,
+        actual: Cost,
+    ) -> bool {
+        match (&self.backend, reservation.origin) {
+            (_, Origin::Unmetered) => true,
+            (Backend::Embedded(s), _) => {
+                s.reconcile_now(quota, reservation, &actual);
+                true
+            }
+            (Backend::Redis { .. }, _) => false,
+        }
+    }
+}
+
+impl Store for Limiter {
+    /// Redis down under `local`: decided in process without the fair ledger (each
+    /// replica serves its own callers, at its share of the limit).
+    async fn acquire_for(
+        &self,
+        candidates: &[QuotaKey],
+        quota: &Quota,
+        cost: Cost,
+        max_wait: Duration,
+        share: Option<&Share>,
+    ) -> Result<Decision, LimitError> {
+        match &self.backend {
+            Backend::Embedded(s) => s.acquire_now_for(candidates, quota, cost, max_wait, share),
+            // Boxed: the shared path's future (Redis, the hand-over) takes kilobytes,
+            // which every caller's future would otherwise carry and copy, embedded too.
+            Backend::Redis { .. } => {
+                Box::pin(self.acquire_shared(candidates, quota, cost, max_wait, share)).await
+            }
+        }
+    }
+
     async fn reconcile(
         &self,
         quota: &Quota,
@@ -319,5 +372,41 @@ impl Store for Limiter {
             Backend::Embedded(s) => s.status(key, quota).await,
             Backend::Redis { store, .. } => store.status(key, quota).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Limit, Window};
+
+    /// Every caller's future holds the limiter's inline: the Redis path's kilobytes
+    /// (connection, script, hand-over) stay boxed, so a request future moves cheaply.
+    #[tokio::test]
+    async fn the_limiters_futures_stay_small() {
+        let limiter = Limiter::embedded();
+        let limit = Limit::requests(2, Window::secs(60).unwrap()).unwrap();
+        let quota = Quota::new(vec![limit]).unwrap();
+        let keys = [QuotaKey::new("m", "a").unwrap()];
+        let cost = Cost::request(1, 1);
+        let acquire = limiter.acquire(&keys, &quota, cost, Duration::ZERO);
+        assert!(size_of_val(&acquire) <= 1024, "{}", size_of_val(&acquire));
+        let Decision::Granted(r) = acquire.await.unwrap() else {
+            panic!("refused")
+        };
+        let reconcile = limiter.reconcile(&quota, &r, Cost::ZERO);
+        assert!(
+            size_of_val(&reconcile) <= 1024,
+            "{}",
+            size_of_val(&reconcile)
+        );
+        reconcile.await.unwrap();
+        let release = limiter.release(&quota, &r);
+        assert!(size_of_val(&release) <= 1024, "{}", size_of_val(&release));
+        release.await.unwrap();
+        assert!(
+            limiter.reconcile_in_place(&quota, &r, Cost::ZERO),
+            "the embedded store reconciles without I/O"
+        );
     }
 }

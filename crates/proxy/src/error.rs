@@ -205,55 +205,51 @@ pub(crate) fn ratelimit_headers(
     remaining: &[Remaining],
     reset: Option<Duration>,
 ) {
-    let put = |h: &mut HeaderMap, name: String, value: String| {
-        if let (Ok(n), Ok(v)) = (
-            http::HeaderName::try_from(name),
-            HeaderValue::try_from(value),
-        ) {
-            h.insert(n, v);
-        }
+    let put = |h: &mut HeaderMap, name: &'static str, value: HeaderValue| {
+        h.insert(http::HeaderName::from_static(name), value);
     };
+    let text = |s: String| HeaderValue::try_from(s).ok();
     let tightest = |unit: Unit| {
         remaining
             .iter()
             .filter(|r| r.unit == unit)
             .min_by_key(|r| r.remaining)
     };
-    for (unit, suffix) in [(Unit::Requests, "requests"), (Unit::Tokens, "tokens")] {
+    const NAMES: [(Unit, [&str; 3]); 2] = [
+        (
+            Unit::Requests,
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+        ),
+        (
+            Unit::Tokens,
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ),
+    ];
+    for (unit, [limit, left, reset_name]) in NAMES {
         let Some(r) = tightest(unit) else {
             continue;
         };
-        put(
-            headers,
-            format!("x-ratelimit-limit-{suffix}"),
-            r.effective.to_string(),
-        );
-        put(
-            headers,
-            format!("x-ratelimit-remaining-{suffix}"),
-            r.remaining.to_string(),
-        );
-        if let Some(reset) = reset {
-            put(
-                headers,
-                format!("x-ratelimit-reset-{suffix}"),
-                go_duration(reset),
-            );
+        put(headers, limit, HeaderValue::from(r.effective));
+        put(headers, left, HeaderValue::from(r.remaining));
+        if let Some(v) = reset.and_then(|reset| text(go_duration(reset))) {
+            put(headers, reset_name, v);
         }
     }
     // A tenant's budget (micro-USD in the limiter), in USD.
     if let Some(r) = tightest(Unit::Spend) {
-        let usd = |v: u64| format!("{:.6}", v as f64 / 1e6);
-        put(
-            headers,
-            "x-sluice-budget-limit-usd".into(),
-            usd(r.effective),
-        );
-        put(
-            headers,
-            "x-sluice-budget-remaining-usd".into(),
-            usd(r.remaining),
-        );
+        let usd = |v: u64| text(format!("{:.6}", v as f64 / 1e6));
+        if let (Some(limit), Some(left)) = (usd(r.effective), usd(r.remaining)) {
+            put(headers, "x-sluice-budget-limit-usd", limit);
+            put(headers, "x-sluice-budget-remaining-usd", left);
+        }
     }
 }
 

@@ -200,6 +200,26 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
+    /// Every endpoint, in declaration order (`self as usize` indexes it).
+    pub(crate) const ALL: [Endpoint; 5] = [
+        Self::Chat,
+        Self::Completions,
+        Self::Embeddings,
+        Self::Responses,
+        Self::Messages,
+    ];
+
+    /// Its path after `/v1`, here and upstream.
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            Self::Chat => "/chat/completions",
+            Self::Completions => "/completions",
+            Self::Embeddings => "/embeddings",
+            Self::Responses => "/responses",
+            Self::Messages => "/messages",
+        }
+    }
+
     /// Whether a request of this endpoint may ask for a streamed answer.
     pub(crate) fn streams(self) -> bool {
         self != Self::Embeddings

@@ -33,6 +33,7 @@ mod error;
 mod estimate;
 mod fair;
 mod learner;
+mod meters;
 mod observe;
 mod override_store;
 mod overrides;

@@ -222,20 +222,11 @@ impl Gateway {
             self.inner.config.server.max_connections.get() as usize,
         ));
         Router::new()
-            .route(
-                "/v1/chat/completions",
-                metered(Endpoint::Chat, "/chat/completions"),
-            )
-            .route(
-                "/v1/completions",
-                metered(Endpoint::Completions, "/completions"),
-            )
-            .route(
-                "/v1/embeddings",
-                metered(Endpoint::Embeddings, "/embeddings"),
-            )
-            .route("/v1/responses", metered(Endpoint::Responses, "/responses"))
-            .route("/v1/messages", metered(Endpoint::Messages, "/messages"))
+            .route("/v1/chat/completions", metered(Endpoint::Chat))
+            .route("/v1/completions", metered(Endpoint::Completions))
+            .route("/v1/embeddings", metered(Endpoint::Embeddings))
+            .route("/v1/responses", metered(Endpoint::Responses))
+            .route("/v1/messages", metered(Endpoint::Messages))
             .route("/v1/models", get(models))
             .route("/v1/quotas", get(quotas))
             .route(
@@ -424,9 +415,9 @@ fn metrics(State(g): State<Gateway>, headers: HeaderMap, open: bool) -> Response
 
 /// The route of a metered API: `POST` through the pipeline as `endpoint`, sent to
 /// `path` of the model's upstream.
-fn metered(endpoint: Endpoint, path: &'static str) -> axum::routing::MethodRouter<Live> {
+fn metered(endpoint: Endpoint) -> axum::routing::MethodRouter<Live> {
     post(move |State(g): State<Gateway>, req: Request| {
         let (parts, body) = req.into_parts();
-        pipeline::completions(g, endpoint, path, parts.headers, body)
+        pipeline::completions(g, endpoint, endpoint.path(), parts.headers, body)
     })
 }

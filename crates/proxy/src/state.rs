@@ -44,6 +44,10 @@ pub(crate) struct ModelState {
     /// Base URL with `{model}` filled in.
     pub(crate) base_url: String,
     pub(crate) api_version: Option<String>,
+    /// The metered APIs' URLs on `base_url`, parsed once.
+    pub(crate) metered_urls: crate::upstream::MeteredUrls,
+    /// The request path's metric handles.
+    pub(crate) meters: crate::meters::ModelMeters,
     pub(crate) chain: Vec<usize>,
     /// Kept across reloads while the model keeps its name.
     pub(crate) learner: Arc<Learner>,
@@ -378,6 +382,9 @@ pub(crate) fn upstream_client(config: &Config) -> Result<reqwest::Client, StartE
         .pool_max_idle_per_host(1024)
         .pool_idle_timeout(Duration::from_secs(90))
         .tcp_nodelay(true)
+        // A provider's redirect is passed to the client, never followed with the
+        // account's key (and no redirect policy runs on every request).
+        .redirect(reqwest::redirect::Policy::none())
         .build()?)
 }
 
@@ -543,14 +550,19 @@ fn model_states(
             .collect();
         let mut chain = vec![by_name[&m.name]];
         chain.extend(m.fallback.iter().filter_map(|f| by_name.get(f).copied()));
+        let base_url = up.base_url.replace("{model}", &m.upstream_model);
+        let metered_urls = crate::upstream::MeteredUrls::new(&base_url, up.api_version.as_deref());
+        let limits = cm.quota.limits().len();
         models.push(ModelState {
+            meters: crate::meters::ModelMeters::new(keys.len(), limits, tenant_count),
+            metered_urls,
             quota: cm.quota.clone(),
             sampled_ms: keys.iter().map(|_| AtomicU64::new(0)).collect(),
             rotation: Rotation::new(&keys),
             keys,
             accounts,
             provider: cm.provider,
-            base_url: up.base_url.replace("{model}", &m.upstream_model),
+            base_url,
             api_version: up.api_version.clone(),
             chain,
             learner: before(&m.name)

@@ -6,6 +6,7 @@ use sluice_limiter::{Cost, Reservation, Store};
 use tracing::Instrument;
 
 use crate::estimate::Endpoint;
+use crate::meters::TokenSeries;
 use crate::state::Gateway;
 use crate::tenant_limits::TenantHold;
 
@@ -211,26 +212,31 @@ impl Settle {
     pub(crate) fn finish(self, usage: Option<Usage>) {
         let inner = &self.gw.inner;
         let m = &inner.models[self.model];
-        let model = m.cfg.name.clone();
-        let tenant = inner.tenant_name(self.tenant).to_owned();
+        let (model, tenant) = (&m.cfg.name, inner.tenant_name(self.tenant));
+        let count = |series: TokenSeries, tokens: u64| {
+            let (kind, source) = series.labels();
+            let make = || metrics::counter!("sluice_tokens_total", "model" => model.clone(), "tenant" => tenant.to_owned(), "kind" => kind, "source" => source);
+            m.meters.tokens(self.tenant, series, make).increment(tokens);
+        };
         let est = self.reservation.cost;
-        metrics::counter!("sluice_tokens_total", "model" => model.clone(), "tenant" => tenant.clone(), "kind" => "input", "source" => "estimated").increment(est.input_tokens);
-        metrics::counter!("sluice_tokens_total", "model" => model.clone(), "tenant" => tenant.clone(), "kind" => "output", "source" => "estimated").increment(est.output_tokens);
+        count(TokenSeries::InputEstimated, est.input_tokens);
+        count(TokenSeries::OutputEstimated, est.output_tokens);
         let (input, output) = match usage {
             Some(u) => (u.prompt_tokens, u.completion_tokens),
             None => (est.input_tokens, est.output_tokens),
         };
         if let Some(u) = usage {
             m.learner.observe(self.raw_prompt, u.prompt_tokens);
-            metrics::gauge!("sluice_estimate_factor", "model" => model.clone())
-                .set(m.learner.factor());
-            metrics::counter!("sluice_tokens_total", "model" => model.clone(), "tenant" => tenant.clone(), "kind" => "input", "source" => "actual").increment(u.prompt_tokens);
-            metrics::counter!("sluice_tokens_total", "model" => model.clone(), "tenant" => tenant.clone(), "kind" => "output", "source" => "actual").increment(u.completion_tokens);
+            let factor = || metrics::gauge!("sluice_estimate_factor", "model" => model.clone());
+            m.meters.estimate_factor(factor).set(m.learner.factor());
+            count(TokenSeries::InputActual, u.prompt_tokens);
+            count(TokenSeries::OutputActual, u.completion_tokens);
         }
         let (uncached, cached) = usage.map_or((input, 0), |u| u.billed_input());
         if let Some(p) = m.cfg.price {
-            metrics::counter!("sluice_spend_microusd_total", "model" => model, "tenant" => tenant)
-                .increment(p.micro_usd(uncached, cached, output));
+            let make = || metrics::counter!("sluice_spend_microusd_total", "model" => model.clone(), "tenant" => tenant.to_owned());
+            let spent = p.micro_usd(uncached, cached, output);
+            m.meters.spend(self.tenant, make).increment(spent);
         }
         match usage {
             Some(u) => self
@@ -247,9 +253,18 @@ impl Settle {
     }
 }
 
-/// Replaces a reservation's cost in the background (off the response path), inside
-/// the current span (the request's `reconcile` span when tracing is on).
+/// Replaces a reservation's cost: at once where that needs no I/O (the embedded
+/// store), else in the background (off the response path), inside the current span
+/// (the request's `reconcile` span when tracing is on).
 pub(crate) fn reconcile(gw: Gateway, model: usize, reservation: Reservation, actual: Cost) {
+    let quota = &gw.inner.models[model].quota;
+    if gw
+        .inner
+        .limiter
+        .reconcile_in_place(quota, &reservation, actual)
+    {
+        return;
+    }
     let work = async move {
         let m = &gw.inner.models[model];
         if let Err(e) = gw

@@ -237,7 +237,10 @@ impl RedisStore {
         if self.breaker.permit() == Permit::Reject {
             return Err(StoreError::CircuitOpen);
         }
-        let result = async {
+        // Boxed: the connection and script futures take kilobytes, and every future that
+        // awaits a store (the in-process one included, through `Limiter`) would carry
+        // them inline and copy them on each move.
+        let result = Box::pin(async {
             let mut handle = self.handle().await?;
             let call = script.invoke(&mut handle, keys, args);
             match tokio::time::timeout(self.options.timeout, call).await {
@@ -253,7 +256,7 @@ impl RedisStore {
                     Err(StoreError::Timeout(self.options.timeout))
                 }
             }
-        }
+        })
         .await;
         match &result {
             Ok(_) => {

@@ -103,7 +103,11 @@ pub(super) async fn admit(
         res.wait.as_micros() as u64,
         std::sync::atomic::Ordering::Relaxed,
     );
-    metrics::histogram!("sluice_queue_wait_seconds", "model" => model.cfg.name.clone())
+    let queue_wait =
+        || metrics::histogram!("sluice_queue_wait_seconds", "model" => model.cfg.name.clone());
+    model
+        .meters
+        .queue_wait(queue_wait)
         .record(res.wait.as_secs_f64());
     // Until the request is sent, a client that goes away (hyper drops this future)
     // gives the slot back for a later waiter.
@@ -188,7 +192,10 @@ async fn acquire(
                 Decision::Refused(r)
             }
         });
-    metrics::histogram!("sluice_limiter_seconds", "op" => "acquire")
+    let acquire_seconds = || metrics::histogram!("sluice_limiter_seconds", "op" => "acquire");
+    model
+        .meters
+        .acquire_seconds(acquire_seconds)
         .record(t0.elapsed().as_secs_f64());
     if !acquire_span.is_disabled() {
         record_decision(&acquire_span, &decision, model);

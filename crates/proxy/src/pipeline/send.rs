@@ -32,10 +32,14 @@ pub(super) async fn send(
     let inner = &*gw.inner;
     let model = &inner.models[mi];
     let account = &model.accounts[res.candidate];
-    for (limit, left) in model.quota.limits().iter().zip(res.remaining.iter()) {
-        metrics::gauge!("sluice_headroom", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "limit" => limit.id().to_string()).set(left.remaining as f64);
+    let limits = model.quota.limits().iter().zip(res.remaining.iter());
+    for (i, (limit, left)) in limits.enumerate() {
+        let make = || metrics::gauge!("sluice_headroom", "model" => model.cfg.name.clone(), "account" => account.name.clone(), "limit" => limit.id().to_string());
+        model
+            .meters
+            .headroom(res.candidate, i, make)
+            .set(left.remaining as f64);
     }
-    let url = upstream::url(model, p.path, None);
     let up_span = tracing::trace_span!(
         target: SPANS,
         "upstream",
@@ -52,7 +56,15 @@ pub(super) async fn send(
     );
     let mut up_headers = p.forward.clone();
     telemetry::inject(&up_span, &mut up_headers);
-    let sent = upstream::request(&inner.client, Method::POST, url, model, account, up_headers)
+    let (client, post) = (&inner.client, Method::POST);
+    let request = match model.metered_urls.get(p.endpoint) {
+        Some(url) => upstream::request(client, post, url.clone(), model, account, up_headers),
+        None => {
+            let url = upstream::url(model, p.path, None);
+            upstream::request(client, post, url, model, account, up_headers)
+        }
+    };
+    let sent = request
         .body(body.clone())
         .send()
         .instrument(up_span.clone())
