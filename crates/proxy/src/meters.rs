@@ -80,7 +80,13 @@ pub(crate) struct ModelMeters {
     spend: Box<[OnceLock<Counter>]>,
 }
 
+/// The most cells one table of a model gets: past it (thousands of tenants times many
+/// accounts) the table is left empty and its series are looked up as before, so a
+/// configuration's load never allocates more than this per table.
+const MAX_CELLS: usize = 1 << 16;
+
 fn cells<T>(n: usize) -> Box<[OnceLock<T>]> {
+    let n = if n > MAX_CELLS { 0 } else { n };
     (0..n).map(|_| OnceLock::new()).collect()
 }
 
@@ -236,5 +242,15 @@ mod tests {
             Counter::noop
         )));
         assert!(!cached(m.spend(2, Counter::noop)));
+        let huge = ModelMeters::new(64, 3, 1_000);
+        assert!(
+            !cached(huge.answered(0, 0, Answered::Ok, Counter::noop)),
+            "a table past MAX_CELLS is not allocated"
+        );
+        assert!(cached(huge.tokens(
+            999,
+            TokenSeries::InputActual,
+            Counter::noop
+        )));
     }
 }

@@ -414,10 +414,10 @@ fn metrics(State(g): State<Gateway>, headers: HeaderMap, open: bool) -> Response
 }
 
 /// The route of a metered API: `POST` through the pipeline as `endpoint`, sent to
-/// `path` of the model's upstream.
+/// its path on the model's upstream.
 fn metered(endpoint: Endpoint) -> axum::routing::MethodRouter<Live> {
     post(move |State(g): State<Gateway>, req: Request| {
         let (parts, body) = req.into_parts();
-        pipeline::completions(g, endpoint, endpoint.path(), parts.headers, body)
+        pipeline::completions(g, endpoint, parts.headers, body)
     })
 }

@@ -106,7 +106,6 @@ enum Failure {
 pub(crate) async fn completions(
     gw: Gateway,
     endpoint: Endpoint,
-    path: &'static str,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -118,7 +117,7 @@ pub(crate) async fn completions(
         otel.kind = "server",
         otel.status_code = Empty,
         request_id = rid.to_str().unwrap_or("?"),
-        route = path,
+        route = endpoint.path(),
         model = Empty,
         tenant = Empty,
         account = Empty,
@@ -128,7 +127,7 @@ pub(crate) async fn completions(
         retry_after_ms = Empty,
     );
     telemetry::continue_trace(&span, &headers);
-    let served = serve(&gw, endpoint, path, &headers, body, started)
+    let served = serve(&gw, endpoint, &headers, body, started)
         .instrument(span.clone())
         .await;
     let mut resp = settle_request(&gw, &span, &rid, started, endpoint, served);
@@ -250,13 +249,12 @@ type Refuse = (Option<usize>, String, ApiError, Option<Bound>);
 async fn serve(
     gw: &Gateway,
     endpoint: Endpoint,
-    path: &'static str,
     headers: &HeaderMap,
     body: Body,
     started: Instant,
 ) -> Result<Done, Refuse> {
     let inner = &*gw.inner;
-    let p = prepare(gw, endpoint, path, headers, body, started).await?;
+    let p = prepare(gw, endpoint, headers, body, started).await?;
     let mut failure = Failure::None;
     let chain = inner.models[p.first].chain.clone();
     for (hop, &mi) in chain.iter().enumerate() {
@@ -270,7 +268,7 @@ async fn serve(
             if hop == 0 {
                 let wrong = ApiError::WrongApi {
                     model: model.cfg.name.clone(),
-                    api: path,
+                    api: endpoint.path(),
                 };
                 return Err((Some(p.tenant), p.name.clone(), wrong, None));
             }
@@ -566,16 +564,7 @@ price = {{ input_per_mtok = 1.0, output_per_mtok = 100.0 }}
         body: Value,
     ) -> Prepared {
         let body = Body::from(body.to_string());
-        match prepare(
-            gw,
-            endpoint,
-            "/chat/completions",
-            &bearer(key),
-            body,
-            Instant::now(),
-        )
-        .await
-        {
+        match prepare(gw, endpoint, &bearer(key), body, Instant::now()).await {
             Ok(p) => p,
             Err((_, _, e, _)) => panic!("prepare refused: {}", e.kind()),
         }
@@ -592,13 +581,7 @@ mod tests {
     #[test]
     fn a_requests_future_stays_small() {
         let gw = testing::gateway("http://127.0.0.1:9", "");
-        let request = completions(
-            gw,
-            Endpoint::Chat,
-            Endpoint::Chat.path(),
-            HeaderMap::new(),
-            Body::empty(),
-        );
+        let request = completions(gw, Endpoint::Chat, HeaderMap::new(), Body::empty());
         assert!(
             size_of_val(&request) <= 6 * 1024,
             "{}",

@@ -24,9 +24,8 @@ use crate::upstream::presented_key;
 
 /// A request once authenticated and parsed: what every later stage reads.
 pub(super) struct Prepared {
-    /// The API and the path it is sent to upstream.
+    /// The API (and so the path it is sent to upstream, [`Endpoint::path`]).
     pub(super) endpoint: Endpoint,
-    pub(super) path: &'static str,
     pub(super) tenant: usize,
     /// The tenant's fair-share weight.
     pub(super) weight: u32,
@@ -53,7 +52,6 @@ pub(super) struct Prepared {
 pub(super) async fn prepare(
     gw: &Gateway,
     endpoint: Endpoint,
-    path: &'static str,
     headers: &HeaderMap,
     body: Body,
     started: Instant,
@@ -96,7 +94,6 @@ pub(super) async fn prepare(
         .or_insert(HeaderValue::from_static("application/json"));
     Ok(Prepared {
         endpoint,
-        path,
         tenant,
         weight: t.map_or(1, |t| t.weight),
         max_wait,
@@ -183,16 +180,7 @@ mod tests {
 
     async fn refusal(gw: &Gateway, headers: HeaderMap, body: Value) -> (Option<usize>, ApiError) {
         let body = Body::from(body.to_string());
-        match prepare(
-            gw,
-            Endpoint::Chat,
-            "/chat/completions",
-            &headers,
-            body,
-            Instant::now(),
-        )
-        .await
-        {
+        match prepare(gw, Endpoint::Chat, &headers, body, Instant::now()).await {
             Ok(_) => panic!("prepared a request that should be refused"),
             Err((tenant, _, e, _)) => (tenant, e),
         }
@@ -239,28 +227,14 @@ mod tests {
         let body = || Body::from(chat("m").to_string());
         let t0 = Instant::now();
         let headers = bearer("sk-slow-key");
-        let slow = prepare(
-            &gw,
-            Endpoint::Chat,
-            "/chat/completions",
-            &headers,
-            body(),
-            t0,
-        );
+        let slow = prepare(&gw, Endpoint::Chat, &headers, body(), t0);
         let slow = slow.await.ok().expect("prepared");
         assert_eq!((slow.tenant, slow.max_wait), (1, Duration::from_secs(2)));
         assert_eq!(slow.deadline, t0 + Duration::from_secs(2));
 
         let mut headers = bearer("sk-slow-key");
         headers.insert("x-sluice-max-wait", HeaderValue::from_static("500ms"));
-        let client = prepare(
-            &gw,
-            Endpoint::Chat,
-            "/chat/completions",
-            &headers,
-            body(),
-            t0,
-        );
+        let client = prepare(&gw, Endpoint::Chat, &headers, body(), t0);
         let client = client.await.ok().expect("prepared");
         assert_eq!(client.max_wait, Duration::from_millis(500));
     }

@@ -60,7 +60,7 @@ pub(super) async fn send(
     let request = match model.metered_urls.get(p.endpoint) {
         Some(url) => upstream::request(client, post, url.clone(), model, account, up_headers),
         None => {
-            let url = upstream::url(model, p.path, None);
+            let url = upstream::url(model, p.endpoint.path(), None);
             upstream::request(client, post, url, model, account, up_headers)
         }
     };
