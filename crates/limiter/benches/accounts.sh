@@ -15,8 +15,10 @@ until redis-cli -p $P ping >/dev/null 2>&1; do sleep 0.1; done
 f="$dir/acquire.lua"
 git show "$rev:crates/limiter/lua/common.lua" > "$f"
 git show "$rev:crates/limiter/lua/acquire.lua" >> "$f"
-fold=""
-grep -q 'sluice_acquire_v4' "$f" && fold="0 0"
+# v4 takes the two carried-reconcile arguments (0 0), v5 also the group's tail index key.
+fold=""; tails=()
+grep -q 'sluice_acquire_v[45]' "$f" && fold="0 0"
+grep -q 'sluice_acquire_v5' "$f" && tails=('sluice:{g}:tails')
 rpm=1000000000; pacing=1
 case $mode in
   idle) ;;
@@ -35,13 +37,13 @@ for n in "$@"; do
     calls=4000
     for i in $(seq 1 "$n"); do
       # shellcheck disable=SC2086
-      redis-benchmark -p $P -n 1200 -c 4 -q EVALSHA "$sha" 2 "sluice:{g}:w:a$i" "sluice:{g}:s:a$i" \
+      redis-benchmark -p $P -n 1200 -c 4 -q EVALSHA "$sha" $((2 + ${#tails[@]})) "sluice:{g}:w:a$i" "sluice:{g}:s:a$i" "${tails[@]}" \
         '' 3600000000 1 0 $pacing 0 0 61000 3 $fold $rows >/dev/null
     done
   fi
   redis-cli -p $P config resetstat >/dev/null
   # shellcheck disable=SC2086
-  redis-benchmark -p $P -n $calls -c 8 -q EVALSHA "$sha" $((2 * n)) "${keys[@]}" \
+  redis-benchmark -p $P -n $calls -c 8 -q EVALSHA "$sha" $((2 * n + ${#tails[@]})) "${keys[@]}" "${tails[@]}" \
     '' 3600000000 1 0 $pacing 0 0 61000 3 $fold $rows >/dev/null
   echo "$rev $mode accounts=$n $(redis-cli -p $P info commandstats | grep evalsha | sed 's/.*usec_per_call=\([0-9.]*\).*/\1/') us/call"
 done

@@ -4,7 +4,8 @@
 # Starts its own redis-server on port 7777, then per round and per revision: loads
 # common.lua + acquire.lua of that revision, warms a hash with 60,000 calls and prints
 # `usec_per_call` over 100,000 more (`redis-benchmark -c 8`, INFO commandstats), with the
-# windows hash's encoding. A v4 script gets the two carried-reconcile arguments (0 0).
+# windows hash's encoding. A v4 or later script gets the two carried-reconcile arguments (0 0), a v5 one
+# the group's tail index key.
 # Then `spaced`: the same call 200 times, one `redis-cli` process each (a few ms apart,
 # as a lightly loaded gateway calls), where Redis runs the script with cold caches.
 set -euo pipefail
@@ -18,21 +19,22 @@ run() {
   local rev=$1 f="$dir/$1.lua"
   git show "$rev:crates/limiter/lua/common.lua" > "$f"
   git show "$rev:crates/limiter/lua/acquire.lua" >> "$f"
-  local fold=""
-  grep -q 'sluice_acquire_v4' "$f" && fold="0 0"
+  local fold="" tails=()
+  grep -q 'sluice_acquire_v[45]' "$f" && fold="0 0"
+  grep -q 'sluice_acquire_v5' "$f" && tails=('sluice:{g}:tails')
   redis-cli -p $P flushall >/dev/null
   local sha; sha=$(redis-cli -p $P -x script load < "$f")
   for n in 60000 100000; do
     redis-cli -p $P config resetstat >/dev/null
     # shellcheck disable=SC2086
-    redis-benchmark -p $P -n $n -c 8 -q EVALSHA "$sha" 2 'sluice:{g}:w:a' 'sluice:{g}:s:a' \
+    redis-benchmark -p $P -n $n -c 8 -q EVALSHA "$sha" $((2 + ${#tails[@]})) 'sluice:{g}:w:a' 'sluice:{g}:s:a' "${tails[@]}" \
       '' 3600000000 1 0 1 0 0 61000 3 $fold $rows >/dev/null
   done
   local warm; warm=$(per_call)
   redis-cli -p $P config resetstat >/dev/null
   for _ in $(seq 200); do
     # shellcheck disable=SC2086
-    redis-cli -p $P EVALSHA "$sha" 2 'sluice:{g}:w:a' 'sluice:{g}:s:a' \
+    redis-cli -p $P EVALSHA "$sha" $((2 + ${#tails[@]})) 'sluice:{g}:w:a' 'sluice:{g}:s:a' "${tails[@]}" \
       '' 3600000000 1 0 1 0 0 61000 3 $fold $rows >/dev/null
   done
   echo "$rev $warm us/call back to back, $(per_call) us/call spaced," \

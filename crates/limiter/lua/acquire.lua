@@ -1,6 +1,7 @@
--- sluice_acquire_v4: reserve the earliest slot for a cost on the best of N accounts,
+-- sluice_acquire_v5: reserve the earliest slot for a cost on the best of N accounts,
 -- and, for a tenant's share, take it only when the quota's fair ledger admits it;
--- first apply the reconciles it carries (v4), so that a request costs one call.
+-- first apply the reconciles it carries (v4), so that a request costs one call;
+-- skip the accounts the group's tail index shows cannot do better (v5).
 -- Bump the version (name, Rust constant and docs/ARCHITECTURE.md) whenever KEYS, ARGV
 -- or the reply change: old and new gateways run side by side during a rolling deploy.
 --
@@ -11,7 +12,9 @@
 --   then, when a share is given (ARGV after the rows), the fair ledger of the group:
 --   sluice:{<group>}:f (zset: slots booked ahead, member <i|b>|<start tag>|<seq>|<tenant>,
 --   score the slot) and sluice:{<group>}:fc (hash: v = virtual time, f:<tenant> = its
---   finish tag, seq).
+--   finish tag, seq),
+--   and last (v5) the group's tail index sluice:{<group>}:tails (hash: field = an
+--   account's windows key, value = a lower bound of its tail, us).
 -- ARGV:
 --   [1] now (us) or '' to read Redis TIME     [2] max wait (us)
 --   [3] requests in the cost (for pacing)     [4] 1 for a read-only check (cost zero)
@@ -57,8 +60,20 @@
 -- with at least half of every charged limit left, or at the best slot now of the first
 -- eight (GOOD_HEADROOM, GOOD_AFTER): an account far from full costs one account's work
 -- however many are listed. The caller rotates the order to spread the load.
+-- Tail index (v5): once the best slot found is ahead of now, the candidate the index
+-- shows earliest is examined next, and a candidate whose indexed tail proves its slot
+-- later than the best found is not examined at all. Its slot is at
+-- least max(now, tail), plus the least pacing interval this call's arguments allow
+-- (pace is never below 1000, a learned limit never above the configured one) when the
+-- tail is ahead of now; a hole (release.lua deletes the account's entry) is the only
+-- slot before the tail. The tail never moves back while the windows hash lives, so an
+-- entry never written since is only lower than the truth (more examined, never fewer);
+-- an entry is written only for an account with no holes and its tail ahead of now.
+-- A skipped candidate could not have become the best, the early one cannot stop the scan
+-- (its slot is ahead of now), and ties go to the earlier in the order given, so the
+-- decision is exactly the one examining every candidate in order makes.
 -- Invariants: read all, check all, then write: a refusal charges nothing (it may drop
--- expired buckets). Pacing is GCRA whose burst tolerance serves only arrivals with
+-- expired buckets and write tails it read into the tail index). Pacing is GCRA whose burst tolerance serves only arrivals with
 -- nobody queued ahead (tail <= now); queued slots are at least one interval apart. A slot is never before the account's tail, so the only window a
 -- charge can overfill is the one ending at its slot, and that window's usage only falls
 -- as the slot moves later; the slot chosen is the earliest where every limit fits.
@@ -76,15 +91,16 @@ local share_at = fold_at + folded * (1 + 2 * n)
 local tenant = ARGV[share_at]
 local fair = tenant ~= nil
 local fair_z, fair_c, weight, class
-local candidates = (#KEYS - 2 * folded) / 2
+local tails_key = KEYS[#KEYS]
+local candidates = (#KEYS - 1 - 2 * folded) / 2
 local scale, horizon
 local reserve = 0
 if fair then
   weight, class = tonumber(ARGV[share_at + 1]), ARGV[share_at + 2]
   scale, horizon = tonumber(ARGV[share_at + 3]), tonumber(ARGV[share_at + 4])
   if class == 'b' then reserve = tonumber(ARGV[share_at + 5]) or 0 end
-  candidates = (#KEYS - 2 * folded - 2) / 2
-  fair_z, fair_c = KEYS[#KEYS - 1], KEYS[#KEYS]
+  candidates = (#KEYS - 1 - 2 * folded - 2) / 2
+  fair_z, fair_c = KEYS[#KEYS - 2], KEYS[#KEYS - 1]
 end
 local unchosen = {}
 
@@ -186,32 +202,60 @@ local function parse_holes(raw)
   return out
 end
 
+-- The tail index's entries, read once the best slot found is ahead of now (nil: not
+-- read), and the bound they give each candidate's slot (nil: none). The bound of an
+-- indexed tail ahead of now adds the least pacing interval any candidate gets from this
+-- call (pace >= 1000, learned limits <= configured ones: common.lua's pacing with
+-- eff = limit and pace = 1000).
+local indexed, bounds = nil, nil
+
 local best = nil
 local disabled = nil
 local capacity = nil
-for c = 1, candidates do
-  -- Good enough (#17): a slot now with half of every limit left, or the best slot now
-  -- of the first eight; past that, the later candidates cannot do better where it
-  -- matters, and examining them is what makes many accounts cost (store.rs).
-  if best ~= nil and best.slot == now
-    and (best.headroom >= GOOD_HEADROOM or c > GOOD_AFTER) then
-    break
-  end
-  local h, st = KEYS[2 * c - 1], KEYS[2 * c]
-  local off, cool, pace = read_state(st, rows)
-  if off then
-    if disabled == nil then
-      disabled = { c, off }
-    end
+-- The scan, in the order given (c), but for one candidate examined ahead of its turn
+-- (early): the one the index shows earliest, whose slot then bounds which of the rest
+-- can do better. Ties (slot, then headroom) go to the earlier in the order given, so the
+-- decision does not depend on the order of examination. Each candidate is examined at
+-- most once: examining writes evictions of buckets that left their windows, whose totals
+-- are written with the plan's commit or by keep_eviction.
+local c, early, pending = 0, nil, nil
+while true do
+  local this = pending
+  if this ~= nil then
+    pending = nil
   else
+    c = c + 1
+    if c == early then c = c + 1 end
+    if c > candidates then break end
+    -- Good enough (#17): a slot now with half of every limit left, or the best slot now
+    -- of the first eight; past that, the later candidates cannot do better where it
+    -- matters, and examining them is what makes many accounts cost (store.rs).
+    if best ~= nil and best.slot == now
+      and (best.headroom >= GOOD_HEADROOM or c > GOOD_AFTER) then
+      break
+    end
+    this = c
+    -- skipped when its slot must be later than the best's: it can change nothing
+    if bounds ~= nil and bounds[c] ~= nil and bounds[c] > best.slot then this = nil end
+  end
+  if this ~= nil then
+    local h, st = KEYS[2 * this - 1], KEYS[2 * this]
+    local off, cool, pace = read_state(st, rows)
     local ok = true
     local eff, total, oldest = {}, {}, {}
-    for i, r in ipairs(rows) do
-      eff[i] = r.eff
-      if ok and r.charge > r.eff then
-        ok = false
-        if capacity == nil then
-          capacity = { i, r.eff, r.charge }
+    if off then
+      ok = false
+      if disabled == nil then
+        disabled = { this, off }
+      end
+    else
+      for i, r in ipairs(rows) do
+        eff[i] = r.eff
+        if ok and r.charge > r.eff then
+          ok = false
+          if capacity == nil then
+            capacity = { i, r.eff, r.charge }
+          end
         end
       end
     end
@@ -282,19 +326,40 @@ for c = 1, candidates do
           end
         end
       end
-      local plan = { c = c, slot = slot, binding = binding, headroom = headroom, eff = eff,
-                     total = total, oldest = oldest, evicted = evicted, moved = moved, t = t, tat = tat,
-                     tail = tail, h = h, exp = exp, current = current,
-                     holes = holes, hole = hole }
-      if best == nil or slot < best.slot or (slot == best.slot and headroom > best.headroom) then
+      if best == nil or slot < best.slot or (slot == best.slot and (headroom > best.headroom
+        or (headroom == best.headroom and this < best.c))) then
         if best ~= nil then
           table.insert(unchosen, best)
         end
-        best = plan
+        best = { c = this, slot = slot, binding = binding, headroom = headroom, eff = eff,
+                 total = total, oldest = oldest, evicted = evicted, moved = moved, t = t,
+                 tat = tat, tail = tail, h = h, exp = exp, current = current,
+                 holes = holes, hole = hole, holed = w[holes_at] ~= false }
       else
-        table.insert(unchosen, plan)
+        table.insert(unchosen, { c = this, slot = slot, headroom = headroom, total = total,
+                                 oldest = oldest, evicted = evicted, tail = tail, h = h,
+                                 holed = w[holes_at] ~= false })
       end
     end
+  end
+  if bounds == nil and best ~= nil and best.slot > now and c < candidates then
+    local least_interval = 0
+    if requests > 0 then
+      for _, r in ipairs(rows) do r.eff = r.limit end
+      least_interval = pacing(mode, interval, burst, 1000, rows) or 0
+    end
+    local names = {}
+    for j = 1, candidates do names[j] = KEYS[2 * j - 1] end
+    indexed, bounds = redis.call('HMGET', tails_key, unpack(names)), {}
+    local m = nil
+    for j = 1, candidates do
+      local tail = tonumber(indexed[j])
+      if tail ~= nil and tail > now then
+        bounds[j] = tail + least_interval
+        if j > c and (m == nil or bounds[j] < bounds[m]) then m = j end
+      end
+    end
+    if m ~= nil and bounds[m] < best.slot then pending, early = m, m end
   end
 end
 
@@ -393,6 +458,7 @@ else
   elseif not read_only then
     local h = best.h
     local tail = math.max(best.tail, best.slot)
+    best.tail = tail
     local tat = best.tat
     if best.t ~= nil and requests > 0 then
       tat = math.max(tat, best.slot) + best.t * requests
@@ -442,6 +508,27 @@ else
     fair_book(best.slot, fair_start)
   end
   reply = { 1, best.c, best.slot, wait, best.binding }
+end
+-- The tail index (v5), kept only for two or more candidates: the tails ahead of now of
+-- the examined accounts without holes, where they passed their entries (the granted
+-- account's tail as it now is).
+if candidates > 1 then
+  local f, latest = {}, now
+  for _, p in ipairs(unchosen) do table.insert(f, p) end
+  table.insert(f, best)
+  local fields = {}
+  for _, p in ipairs(f) do
+    local known = indexed and tonumber(indexed[p.c]) or 0
+    if p.tail > now and p.tail > known and not p.holed and p.hole == nil then
+      fields[#fields + 1] = p.h
+      fields[#fields + 1] = p.tail
+      if p.tail > latest then latest = p.tail end
+    end
+  end
+  if #fields > 0 then
+    redis.call('HSET', tails_key, unpack(fields))
+    redis.call('PEXPIRE', tails_key, math.ceil((latest - now) / 1000) + windows_ttl_ms)
+  end
 end
 for i = 1, n do
   reply[#reply + 1] = math.max(best.eff[i] - best.total[i], 0)

@@ -5,6 +5,9 @@
 --   sluice:{<group>}:s:<name>        state hash     (TTL: 24 h past the last change, or the cooldown)
 --   sluice:{<group>}:r:<name>:<id>   reconcile mark (TTL: the reconcile window past the slot,
 --                                    Quota::reconcile_window: 20 min to 1 h)
+--   sluice:{<group>}:tails           tail index (acquire.lua, v5): per windows key, a lower
+--                                    bound of its tail (TTL: the windows TTL past the
+--                                    latest tail written)
 -- Windows hash fields, per limit id (e.g. r60000 = requests per 60000 ms):
 --   <id>:t  sum of the buckets kept      <id>:o  oldest bucket index kept (eviction pointer)
 --   <id>:<k> amount charged in bucket k (k = floor(slot_us / bucket_us))

@@ -1,8 +1,9 @@
--- sluice_release_v1: give back a reservation that will not be used (its client went
+-- sluice_release_v2: give back a reservation that will not be used (its client went
 -- away before it was sent), so that a later request may take its slot.
 -- Bump the version whenever KEYS, ARGV or the reply change (see acquire.lua).
 --
 -- KEYS: [1] sluice:{<group>}:w:<name>   [2] sluice:{<group>}:r:<name>:<reservation id>
+--   [3] (v2) the group's tail index sluice:{<group>}:tails (acquire.lua)
 -- ARGV:
 --   [1] now (us) or '' to read Redis TIME   [2] the reservation's slot (us)
 --   [3] mark TTL (ms)                       [4] n, the number of limits
@@ -18,13 +19,15 @@
 -- made only for a slot ahead of now and not after the tail. At most 64 holes are kept
 -- per account (passed ones dropped, then the earliest). Field `holes`: entries
 -- `<slot>@<id>=<charge>,...` joined by ';' (acquire.lua reads and takes them).
+-- A hole is a slot before the tail, so making one deletes the account's entry in the
+-- tail index (v2), whose value must never be later than the account's earliest slot.
 
 local MAX_HOLES = 64
 local now = clock(ARGV[1])
 local slot = tonumber(ARGV[2])
 local mark_ttl_ms = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
-local h, mark = KEYS[1], KEYS[2]
+local h, mark, tails_key = KEYS[1], KEYS[2], KEYS[3]
 
 if redis.call('EXISTS', mark) == 1 then
   return 3
@@ -70,4 +73,5 @@ for i, k in ipairs(kept) do
   texts[i] = k.text
 end
 redis.call('HSET', h, 'holes', table.concat(texts, ';'))
+redis.call('HDEL', tails_key, h)
 return 1

@@ -4,6 +4,7 @@
 
 #![allow(unreachable_pub)]
 
+mod accounts;
 mod carried;
 mod cluster;
 mod concurrency;

@@ -220,6 +220,12 @@ impl RedisStore {
         )
     }
 
+    /// The tail index of `key`'s group (acquire.lua, release.lua): a lower bound of each
+    /// account's tail, so that an acquire skips the accounts that cannot do better.
+    fn tails_key(&self, key: &QuotaKey) -> String {
+        format!("{}:{{{}}}:tails", self.options.key_prefix, key.group())
+    }
+
     fn now_arg(&self) -> String {
         self.options
             .clock
@@ -605,6 +611,7 @@ impl Store for RedisStore {
             args.push(crate::fair::HORIZON.to_string());
             args.push(share.reserve().to_string());
         }
+        keys.push(self.tails_key(first));
         let reply = match self.call(&self.scripts.acquire, &keys, &args).await {
             Ok(reply) => Self::answer_carried(reply, carried)?,
             Err(e) => {
@@ -673,6 +680,7 @@ impl Store for RedisStore {
         let keys = [
             self.key("w", &reservation.key),
             format!("{}:{}", self.key("r", &reservation.key), reservation.id),
+            self.tails_key(&reservation.key),
         ];
         let mark_ttl =
             2 * quota.longest_window().micros() + duration_micros(reservation.wait) + 1_000_000;

@@ -36,9 +36,9 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn new() -> Self {
         Self {
-            acquire: script!("sluice_acquire_v4", "acquire.lua"),
+            acquire: script!("sluice_acquire_v5", "acquire.lua"),
             reconcile: script!("sluice_reconcile_v3", "reconcile.lua"),
-            release: script!("sluice_release_v1", "release.lua"),
+            release: script!("sluice_release_v2", "release.lua"),
             record: script!("sluice_record_v4", "record.lua"),
             update: script!("sluice_update_v1", "update.lua"),
             status: script!("sluice_status_v1", "status.lua"),
