@@ -123,8 +123,10 @@ impl Replica {
             let key = QuotaKey::new("split/model", "key-0").expect("valid key");
             (InProcessStore::new(), share, [key])
         });
+        // Below the gateway's idle close (`server.header_timeout`, 10 s), so that a
+        // request is never sent on a connection the gateway is closing.
         let http = reqwest::Client::builder()
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .expect("http client");
         Self {

@@ -183,7 +183,7 @@ pub struct KeyFindings {
     pub scans: u64,
     /// Scans skipped because Redis was down or paused.
     pub scans_skipped: u64,
-    /// Highest PTTL seen per key kind (`w`, `r`, `s`, `stream`, `other`), ms.
+    /// Highest PTTL seen per key kind (`w`, `r`, `s`, `tails`, `stream`, `other`), ms.
     pub max_pttl_ms: BTreeMap<String, i64>,
     /// The bound per kind, ms.
     pub bound_ms: BTreeMap<String, i64>,
@@ -213,7 +213,8 @@ impl KeyFindings {
     }
 }
 
-/// The kind of a Sluice key under `prefix`: `w`, `r`, `s`, `stream` or `other`.
+/// The kind of a Sluice key under `prefix`: `w`, `r`, `s`, `tails` (a group's tail
+/// index), `stream` or `other`.
 fn key_kind(key: &str, prefix: &str) -> &'static str {
     if key == STREAM_KEY {
         return "stream";
@@ -228,6 +229,7 @@ fn key_kind(key: &str, prefix: &str) -> &'static str {
         Some("w") => "w",
         Some("r") => "r",
         Some("s") => "s",
+        Some("tails") => "tails",
         _ => "other",
     }
 }
@@ -321,8 +323,10 @@ pub(super) fn key_bounds(longest: Duration, max_wait: Duration) -> KeyFindings {
         sluice_limiter::RECONCILE_MAX_WINDOW,
     );
     let r_bound = reconcile_window + max_wait + Duration::from_secs(2);
+    // The tail index lives the windows TTL past the latest tail written: as a windows key.
     for (k, b) in [
         ("w", w_bound),
+        ("tails", w_bound),
         ("r", r_bound),
         ("s", STATE_TTL + Duration::from_secs(60)),
     ] {
@@ -774,6 +778,7 @@ mod tests {
         assert_eq!(key_kind("soak1:{sim/m}:r:key-0:abc", p), "r");
         assert_eq!(key_kind(STREAM_KEY, p), "stream");
         assert_eq!(key_kind("other:{x}:w:k", p), "other");
+        assert_eq!(key_kind("soak1:{sim/m}:tails", p), "tails");
         let mut f = KeyFindings::default();
         f.bound_ms.insert("w".into(), 1000);
         record_scan(

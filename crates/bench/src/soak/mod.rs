@@ -131,8 +131,11 @@ pub async fn soak(opts: &SoakOptions) -> Result<SoakReport, BenchError> {
     } = fleet::start(opts, &s, &sim_cfg, &prefix, count).await?;
     eprintln!("sluice-bench soak: {setup}");
 
+    // Idle connections are dropped well before the gateway closes them (it does after
+    // `server.header_timeout`, 10 s): with the same 10 s on both sides, a request sent on
+    // a connection the gateway was closing at that instant ended as a connection error.
     let http = reqwest::Client::builder()
-        .pool_idle_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| BenchError::Http(e.to_string()))?;
     http.post(format!("{sim_root}/admin/reset"))
