@@ -73,9 +73,10 @@
 -- (its slot is ahead of now), and ties go to the earlier in the order given, so the
 -- decision is exactly the one examining every candidate in order makes.
 -- Invariants: read all, check all, then write: a refusal charges nothing (it may drop
--- expired buckets and write tails it read into the tail index). Pacing is GCRA whose burst tolerance serves only arrivals with
--- nobody queued ahead (tail <= now); queued slots are at least one interval apart. A slot is never before the account's tail, so the only window a
--- charge can overfill is the one ending at its slot, and that window's usage only falls
+-- expired buckets and write tails it read into the tail index). Pacing is GCRA whose
+-- burst tolerance serves only arrivals with nobody queued ahead (tail <= now); queued
+-- slots are at least one interval apart. A slot is never before the account's tail, so
+-- the only window a charge can overfill is the one ending at its slot, and that window's usage only falls
 -- as the slot moves later; the slot chosen is the earliest where every limit fits.
 
 local now = clock(ARGV[1])
