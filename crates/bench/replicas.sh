@@ -7,6 +7,8 @@
 # latency p50 / p99, Redis's CPU (user + sys, INFO cpu) per request and as a share of one
 # core, and the script calls per request with their usec_per_call (INFO commandstats).
 #   [RATE=requests/s] bash crates/bench/replicas.sh [N ...]   (default: 1 2 4 8 16 32)
+# after cargo build --release -p sluice-bench -p sluice-gateway -p sluice-sim (BIN= for
+# another directory of binaries).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bin=${BIN:-target/release}
