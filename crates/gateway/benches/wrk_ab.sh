@@ -9,6 +9,7 @@
 # against the simulator directly. Needs wrk; prints p50, p99, req/s and the CPU time
 # the gateway (or the simulator) spent per request, from /proc/PID/stat.
 set -euo pipefail
+command -v wrk >/dev/null || { echo "wrk_ab.sh needs wrk (apt-get install wrk)" >&2; exit 1; }
 old=$1; new=$2; rounds=${3:-2}
 dir=$(mktemp -d)
 cat > "$dir/gw.toml" <<'TOML'

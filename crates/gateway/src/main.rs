@@ -6,6 +6,12 @@ use anyhow::Context;
 use clap::Parser;
 use sluice_proxy::Gateway;
 
+/// mimalloc instead of the system allocator: a gateway request makes many small,
+/// short-lived allocations (headers, JSON, futures) across worker threads, which
+/// glibc's malloc serves more slowly (docs/benchmarks.md, #17).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The OpenAI-compatible gateway that makes replicas share one provider quota.
 #[derive(Parser, Debug)]
 #[command(version, about)]

@@ -21,6 +21,16 @@ const TENANTS: [(&str, &str, u32); 3] = [
 /// The provider's quota: 20 requests per 2 s (10 per second), tokens never binding.
 const REQUESTS: u64 = 20;
 const PER: Duration = Duration::from_secs(2);
+/// The provider's window is this much shorter than the gateways' `PER`. A request reaches
+/// the provider a little after its slot, by an amount that varies: a request sent 20
+/// slots (one window) before another is seen inside that one's window when it is delayed
+/// by more than the later one plus the one bucket (33 ms here) the gateway's window errs
+/// by on the safe side. Three gateway processes and 48 clients on two cores that other
+/// tests share delay some requests that much (once in several CI runs). These tests are
+/// about shares; that no window is overfilled, whatever the load, is held by the
+/// limiter's conformance and multi-process hammer tests, which count the slots granted,
+/// not arrivals.
+const TRANSIT_ALLOWANCE: Duration = Duration::from_millis(50);
 
 fn config(redis: &str, sim: &str, classes: [&str; 3], reserve: u32) -> String {
     let mut toml = format!(
@@ -212,7 +222,16 @@ async fn fleet_reserving(
     reserve: u32,
 ) -> (RedisServer, sluice_sim::SimHandle, Vec<GatewayProcess>) {
     let redis = RedisServer::start();
-    let sim = sim(vec![sim_model("fair-m", REQUESTS, 10_000_000, PER)], &[]).await;
+    let sim = sim(
+        vec![sim_model(
+            "fair-m",
+            REQUESTS,
+            10_000_000,
+            PER - TRANSIT_ALLOWANCE,
+        )],
+        &[],
+    )
+    .await;
     let toml = config(&redis.url(), &sim.base_url(), classes, reserve);
     let gateways = (0..3).map(|_| GatewayProcess::start(&toml)).collect();
     (redis, sim, gateways)
