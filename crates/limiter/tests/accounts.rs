@@ -13,12 +13,12 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use sluice_limiter::{
-    Cost, Decision, InProcessStore, Limit, ManualClock, Pacing, Quota, QuotaKey, RedisOptions,
-    RedisStore, Reservation, StateChange, Store, Timestamp,
+    Cost, Decision, InProcessStore, Limit, ManualClock, Pacing, Quota, QuotaKey, RedisStore,
+    Reservation, StateChange, Store, Timestamp,
 };
 use sluice_testkit::RedisServer;
 
-use crate::support::{T0, key, ms, window};
+use crate::support::{T0, command_calls, key, ms, redis_cases, redis_options, window};
 
 const ACCOUNTS: usize = 5;
 
@@ -206,62 +206,24 @@ async fn check<A: Store, B: Store>(
     Ok(())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// One server for every case; each case gets its own key prefix.
+/// The same on Redis (`support::redis_cases`: one server, a key prefix per case).
 #[test]
 fn redis_chooses_among_accounts_as_the_in_process_store_does() {
-    let server = RedisServer::start();
-    let url = server.url();
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 96,
-        ..ProptestConfig::default()
-    });
-    let case = std::sync::atomic::AtomicU64::new(0);
-    let result = runner.run(
-        &(setup(), prop::collection::vec(op(), 1..80)),
-        |(s, ops)| {
-            let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let q = build(s);
+    redis_cases(
+        "accounts",
+        96,
+        (setup(), prop::collection::vec(op(), 1..80)),
+        |(s, ops), rt, store, clock| {
             let reference_clock = ManualClock::new(Timestamp::from_micros(T0));
             let reference = InProcessStore::with_clock(Arc::new(reference_clock.clone()));
-            let clock = ManualClock::new(Timestamp::from_micros(T0));
-            let options = RedisOptions {
-                clock: Some(Arc::new(clock.clone())),
-                key_prefix: format!("accounts{case}"),
-                timeout: Duration::from_secs(5),
-                ..RedisOptions::default()
-            };
-            let rt = runtime();
-            let store = rt
-                .block_on(async { RedisStore::new(&url, options) })
-                .unwrap();
             rt.block_on(check(
                 (&reference, &reference_clock),
-                (&store, &clock),
-                &q,
+                (store, clock),
+                &build(s),
                 &ops,
             ))
         },
     );
-    if let Err(e) = result {
-        panic!("{e}");
-    }
-}
-
-/// The script's own hash reads (`HMGET`) so far, from `INFO commandstats`.
-fn hash_reads(server: &RedisServer) -> u64 {
-    let stats = server.cli(&["info", "commandstats"]);
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_hmget:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
 }
 
 /// On Redis, an acquire over sixteen accounts all queued ahead examines only those that
@@ -273,12 +235,7 @@ fn hash_reads(server: &RedisServer) -> u64 {
 async fn an_acquire_over_accounts_queued_ahead_examines_only_those_that_can_do_better() {
     let server = RedisServer::start();
     let clock = ManualClock::new(Timestamp::from_micros(T0));
-    let options = RedisOptions {
-        clock: Some(Arc::new(clock.clone())),
-        timeout: Duration::from_secs(5),
-        ..RedisOptions::default()
-    };
-    let store = RedisStore::new(&server.url(), options).unwrap();
+    let store = RedisStore::new(&server.url(), redis_options(&clock)).unwrap();
     let q = Quota::new(vec![Limit::requests(1000, window(60_000)).unwrap()])
         .unwrap()
         .with_pacing(Pacing::Fixed {
@@ -310,7 +267,7 @@ async fn an_acquire_over_accounts_queued_ahead_examines_only_those_that_can_do_b
     );
     assert_eq!(first.key.name(), "acct-0");
     assert_eq!(first.wait, ms(20));
-    let before = hash_reads(&server);
+    let before = command_calls(&server, "hmget");
     let second = grant(
         store
             .acquire(&rotated, &q, Cost::request(1, 0), ms(60_000))
@@ -319,7 +276,7 @@ async fn an_acquire_over_accounts_queued_ahead_examines_only_those_that_can_do_b
     );
     // acct-0 is now two intervals ahead, as acct-1 was three before: acct-0 again.
     assert_eq!((second.key.name(), second.wait), ("acct-0", ms(30)));
-    let reads = hash_reads(&server) - before;
+    let reads = command_calls(&server, "hmget") - before;
     assert_eq!(
         reads, 5,
         "account 8 (2 reads), the index (1), account 0 (2): got {reads}"

@@ -5,22 +5,23 @@ use std::future::Future;
 use std::task::Poll;
 use std::time::Duration;
 
-use sluice_limiter::{Cost, Decision, Limit, RedisOptions, RedisStore, Store};
+use sluice_limiter::{Cost, Decision, Limit, Quota, RedisOptions, RedisStore, Reservation, Store};
 use sluice_testkit::RedisServer;
 
-use crate::support::{key, quota, tokens, window};
+use crate::support::{command_calls, key, quota, tokens, window};
 
 fn evalsha_calls(server: &RedisServer) -> u64 {
-    server
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .and_then(|l| {
-            l.split(',')
-                .find_map(|f| f.strip_prefix("cmdstat_evalsha:calls="))
-        })
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    command_calls(server, "evalsha")
+}
+
+/// 600 tokens on account `a`, granted at once.
+async fn six_hundred(store: &RedisStore, q: &Quota) -> Reservation {
+    store
+        .acquire(&[key("a")], q, tokens(600), Duration::ZERO)
+        .await
+        .unwrap()
+        .granted()
+        .unwrap()
 }
 
 fn store(server: &RedisServer, within: Duration) -> RedisStore {
@@ -47,12 +48,7 @@ async fn the_next_acquire_carries_a_waiting_reconcile_and_decides_with_it() {
     // Long enough that only the acquire can have carried it.
     let store = store(&server, Duration::from_secs(30));
     let q = quota(vec![Limit::tokens(1_000, window(60_000)).unwrap()]);
-    let first = store
-        .acquire(&[key("a")], &q, tokens(600), Duration::ZERO)
-        .await
-        .unwrap()
-        .granted()
-        .unwrap();
+    let first = six_hundred(&store, &q).await;
     let mut reconcile = std::pin::pin!(store.reconcile(&q, &first, tokens(100)));
     assert!(poll_once(reconcile.as_mut()).await.is_pending());
     server.cli(&["CONFIG", "RESETSTAT"]);
@@ -73,12 +69,7 @@ async fn a_reconcile_no_acquire_carries_is_sent_alone_and_applied_once_when_repe
     let server = RedisServer::start();
     let store = store(&server, Duration::from_millis(1));
     let q = quota(vec![Limit::tokens(1_000, window(60_000)).unwrap()]);
-    let r = store
-        .acquire(&[key("a")], &q, tokens(600), Duration::ZERO)
-        .await
-        .unwrap()
-        .granted()
-        .unwrap();
+    let r = six_hundred(&store, &q).await;
     store.reconcile(&q, &r, tokens(100)).await.unwrap();
     assert_eq!(
         store.status(&key("a"), &q).await.unwrap().limits[0].used,
@@ -105,12 +96,7 @@ async fn an_acquire_on_another_quota_does_not_carry_it() {
     let store = store(&server, Duration::from_millis(50));
     let q = quota(vec![Limit::tokens(1_000, window(60_000)).unwrap()]);
     let other = quota(vec![Limit::tokens(2_000, window(60_000)).unwrap()]);
-    let r = store
-        .acquire(&[key("a")], &q, tokens(600), Duration::ZERO)
-        .await
-        .unwrap()
-        .granted()
-        .unwrap();
+    let r = six_hundred(&store, &q).await;
     let mut reconcile = std::pin::pin!(store.reconcile(&q, &r, tokens(100)));
     assert!(poll_once(reconcile.as_mut()).await.is_pending());
     server.cli(&["CONFIG", "RESETSTAT"]);

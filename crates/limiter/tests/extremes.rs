@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use sluice_limiter::{
-    Cost, Decision, InProcessStore, LimitError, ManualClock, Quota, RedisOptions, RedisStore,
-    Reservation, Store, Timestamp,
+    Cost, Decision, InProcessStore, LimitError, ManualClock, Quota, RedisStore, Reservation, Store,
+    Timestamp,
 };
 use sluice_testkit::RedisServer;
 
-use crate::support::{T0, key, quota, window};
+use crate::support::{T0, key, quota, redis_cases, redis_options, runtime, window};
 
 /// An amount at an extreme of u64, or a random one.
 fn amount() -> impl Strategy<Value = u64> {
@@ -138,13 +138,6 @@ async fn check<S: Store>(
     Ok(())
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
     #[test]
@@ -156,41 +149,18 @@ proptest! {
     }
 }
 
-/// One server for every case; each case gets its own key prefix.
+/// The same on Redis (`support::redis_cases`: one server, a key prefix per case).
 #[test]
 fn redis_extreme_amounts_never_overfill_or_double_apply() {
-    let server = RedisServer::start();
-    let url = server.url();
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 64,
-        ..ProptestConfig::default()
-    });
-    let case = std::sync::atomic::AtomicU64::new(0);
-    let result = runner.run(
-        &(
+    redis_cases(
+        "extreme",
+        64,
+        (
             prop_oneof![Just(100u64), amount()],
             prop::collection::vec(op(), 1..40),
         ),
-        |(limit, ops)| {
-            let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let q = build(limit);
-            let clock = ManualClock::new(Timestamp::from_micros(T0));
-            let options = RedisOptions {
-                clock: Some(Arc::new(clock.clone())),
-                key_prefix: format!("extreme{case}"),
-                timeout: Duration::from_secs(5),
-                ..RedisOptions::default()
-            };
-            let rt = runtime();
-            let store = rt
-                .block_on(async { RedisStore::new(&url, options) })
-                .unwrap();
-            rt.block_on(check(&store, &clock, &q, &ops))
-        },
+        |(limit, ops), rt, store, clock| rt.block_on(check(store, clock, &build(limit), &ops)),
     );
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }
 
 /// The figure: a usage of 2^63 tokens used to wrap negative in Redis, after
@@ -199,15 +169,7 @@ fn redis_extreme_amounts_never_overfill_or_double_apply() {
 async fn a_usage_of_two_to_the_63_closes_the_window_on_redis() {
     let server = RedisServer::start();
     let clock = ManualClock::new(Timestamp::from_micros(T0));
-    let store = RedisStore::new(
-        &server.url(),
-        RedisOptions {
-            clock: Some(Arc::new(clock.clone())),
-            timeout: Duration::from_secs(5),
-            ..RedisOptions::default()
-        },
-    )
-    .unwrap();
+    let store = RedisStore::new(&server.url(), redis_options(&clock)).unwrap();
     let q = build(100);
     let huge = Cost {
         requests: 0,

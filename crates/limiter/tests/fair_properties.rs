@@ -10,12 +10,11 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use sluice_limiter::{
-    Cost, Decision, InProcessStore, Limit, ManualClock, Pacing, Priority, Quota, RedisOptions,
-    RedisStore, RefusalReason, Share, Store, Timestamp,
+    Cost, Decision, InProcessStore, Limit, ManualClock, Pacing, Priority, Quota, RefusalReason,
+    Share, Store, Timestamp,
 };
-use sluice_testkit::RedisServer;
 
-use crate::support::{T0, key, window};
+use crate::support::{T0, key, redis_cases, runtime, window};
 
 const SCALE: u64 = 1_000_000;
 const HORIZON: u64 = 4;
@@ -158,13 +157,6 @@ impl NowMicros for ManualClock {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
     #[test]
@@ -175,35 +167,13 @@ proptest! {
     }
 }
 
-/// One server for every case; each case gets its own key prefix.
+/// The same on Redis (`support::redis_cases`: one server, a key prefix per case).
 #[test]
 fn redis_fair_ledger_matches_the_model() {
-    let server = RedisServer::start();
-    let url = server.url();
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 48,
-        ..ProptestConfig::default()
-    });
-    let case = std::sync::atomic::AtomicU64::new(0);
-    let result = runner.run(
-        &(tenants(), prop::collection::vec(op(), 1..120)),
-        |(t, ops)| {
-            let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let clock = ManualClock::new(Timestamp::from_micros(T0));
-            let options = RedisOptions {
-                clock: Some(Arc::new(clock.clone())),
-                key_prefix: format!("fair{case}"),
-                timeout: Duration::from_secs(5),
-                ..RedisOptions::default()
-            };
-            let rt = runtime();
-            let store = rt
-                .block_on(async { RedisStore::new(&url, options) })
-                .unwrap();
-            rt.block_on(check(&store, &clock, &t, &ops))
-        },
+    redis_cases(
+        "fair",
+        48,
+        (tenants(), prop::collection::vec(op(), 1..120)),
+        |(t, ops), rt, store, clock| rt.block_on(check(store, clock, &t, &ops)),
     );
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }

@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use sluice_limiter::{
-    Cost, Decision, InProcessStore, Limit, ManualClock, Pacing, Quota, RedisOptions, RedisStore,
-    ReleaseOutcome, Reservation, Store, Timestamp,
+    Cost, Decision, InProcessStore, Limit, ManualClock, Pacing, Quota, ReleaseOutcome, Reservation,
+    Store, Timestamp,
 };
-use sluice_testkit::RedisServer;
 
-use crate::support::{T0, key, window};
+use crate::support::{T0, key, redis_cases, runtime, window};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -441,13 +440,6 @@ fn model_used(model: &Model, q: &Quota, now: u64) -> Vec<u64> {
     (0..q.limits().len()).map(|i| model.used(i, now)).collect()
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
     #[test]
@@ -459,37 +451,13 @@ proptest! {
     }
 }
 
-/// One server for every case (a server per case would dominate the run time); each
-/// case gets its own key prefix.
+/// The same on Redis (`support::redis_cases`: one server, a key prefix per case).
 #[test]
 fn redis_store_matches_the_reference_model() {
-    let server = RedisServer::start();
-    let url = server.url();
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 64,
-        ..ProptestConfig::default()
-    });
-    let case = std::sync::atomic::AtomicU64::new(0);
-    let result = runner.run(
-        &(setup(), prop::collection::vec(op(), 1..60)),
-        |(s, ops)| {
-            let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let q = build(s);
-            let clock = ManualClock::new(Timestamp::from_micros(T0));
-            let options = RedisOptions {
-                clock: Some(Arc::new(clock.clone())),
-                key_prefix: format!("prop{case}"),
-                timeout: Duration::from_secs(5),
-                ..RedisOptions::default()
-            };
-            let rt = runtime();
-            let store = rt
-                .block_on(async { RedisStore::new(&url, options) })
-                .unwrap();
-            rt.block_on(check(&store, &clock, &q, &ops))
-        },
+    redis_cases(
+        "prop",
+        64,
+        (setup(), prop::collection::vec(op(), 1..60)),
+        |(s, ops), rt, store, clock| rt.block_on(check(store, clock, &build(s), &ops)),
     );
-    if let Err(e) = result {
-        panic!("{e}");
-    }
 }

@@ -1,13 +1,82 @@
 //! A test rig: a store on a manual clock, in process or on a real `redis-server`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use proptest::strategy::Strategy;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseResult, TestRunner};
 
 use sluice_limiter::{
     Cost, Decision, InProcessStore, Limit, ManualClock, Pacing, Quota, QuotaKey, RedisOptions,
     RedisStore, Refusal, Reservation, Store, Timestamp, Window,
 };
 use sluice_testkit::RedisServer;
+
+/// A current-thread runtime, for what runs outside an async test (proptest's runner
+/// calls each case synchronously).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Options for a Redis store on `clock`, with the default key prefix.
+pub fn redis_options(clock: &ManualClock) -> RedisOptions {
+    RedisOptions {
+        clock: Some(Arc::new(clock.clone())),
+        timeout: Duration::from_secs(5),
+        ..RedisOptions::default()
+    }
+}
+
+/// Runs `cases` property cases drawn from `strategy` on one `redis-server` (a server
+/// per case would dominate the run time): case `n` gets its own store, on its own manual
+/// clock at [`T0`], its keys under the prefix `{prefix}{n}`; a failing case panics with
+/// proptest's minimal input.
+pub fn redis_cases<S: Strategy>(
+    prefix: &str,
+    cases: u32,
+    strategy: S,
+    case: impl Fn(S::Value, &tokio::runtime::Runtime, &RedisStore, &ManualClock) -> TestCaseResult,
+) {
+    let server = RedisServer::start();
+    let url = server.url();
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        ..ProptestConfig::default()
+    });
+    let n = AtomicU64::new(0);
+    let result = runner.run(&strategy, |value| {
+        let n = n.fetch_add(1, Ordering::Relaxed);
+        let clock = ManualClock::new(Timestamp::from_micros(T0));
+        let options = RedisOptions {
+            key_prefix: format!("{prefix}{n}"),
+            ..redis_options(&clock)
+        };
+        let rt = runtime();
+        let store = rt
+            .block_on(async { RedisStore::new(&url, options) })
+            .unwrap();
+        case(value, &rt, &store, &clock)
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// How many times `command` (lower case: `evalsha`, `hmget`) ran on `server` since its
+/// statistics were last reset, from `INFO commandstats` (0 when never).
+pub fn command_calls(server: &RedisServer, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:calls=");
+    server
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
 
 /// A start time aligned with every bucket of the windows the tests use.
 pub const T0: u64 = 1_800_000_000_000_000;
@@ -70,13 +139,8 @@ impl Rig<RedisStore> {
     pub fn redis() -> Self {
         let server = RedisServer::start();
         let clock = ManualClock::new(Timestamp::from_micros(T0));
-        let options = RedisOptions {
-            clock: Some(Arc::new(clock.clone())),
-            timeout: Duration::from_secs(5),
-            ..RedisOptions::default()
-        };
         Self {
-            store: RedisStore::new(&server.url(), options).unwrap(),
+            store: RedisStore::new(&server.url(), redis_options(&clock)).unwrap(),
             clock,
             _server: Some(server),
         }
