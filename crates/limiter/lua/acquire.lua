@@ -346,6 +346,8 @@ while true do
   if bounds == nil and best ~= nil and best.slot > now and c < candidates then
     local least_interval = 0
     if requests > 0 then
+      -- the configured limits stand in for the learned ones here; read_state sets r.eff
+      -- afresh for every candidate examined after, and each plan keeps its own copy (eff)
       for _, r in ipairs(rows) do r.eff = r.limit end
       least_interval = pacing(mode, interval, burst, 1000, rows) or 0
     end
